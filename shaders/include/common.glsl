@@ -1,0 +1,15 @@
+// Shared by every vkloss kernel: workgroup size as a specialization constant, and the flat index of an
+// invocation in a 2-D grid of workgroups (every device caps a dispatch at 65535 workgroups per dimension,
+// so large tensors spread over y; see vkloss/engine.py grid()).
+#extension GL_EXT_control_flow_attributes : enable
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 256;
+
+uint workgroup_index() {
+    return gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
+}
+
+uint global_index() {
+    return workgroup_index() * WG + gl_LocalInvocationID.x;
+}

