@@ -1,0 +1,77 @@
+"""The tape and backward.
+
+Each differentiable op's output holds a Node: the op, its input tensors and attributes (micrograd's `_prev` and
+`_backward`, with the rule looked up in the registry). `backward` sorts the tensors that lead to the root
+topologically with an explicit stack (deep tapes would overflow recursion), walks them in reverse, sums the
+gradients of a tensor used more than once, and stores the result in `.grad` of each leaf that requires one.
+Visited nodes are freed afterwards, so the tape does not outlive its use and a second backward says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(eq=False)
+class Node:
+    op: object  # registry.Op
+    inputs: tuple  # Tensors, in the op's order
+    attrs: dict
+
+
+FREED = "freed"  # what a tensor's node becomes after backward passed through it
+
+
+class Context:
+    """What a backward rule sees: the graph, the op's inputs and output, its attributes, and which inputs need a
+    gradient (a rule may return None for the others and so skip their work)."""
+
+    __slots__ = ("g", "inputs", "output", "attrs", "needs")
+
+    def __init__(self, g, output, node: Node):
+        self.g, self.inputs, self.output, self.attrs = g, node.inputs, output, node.attrs
+        self.needs = tuple(t.requires_grad for t in node.inputs)
+
+
+def topological_order(root) -> list:
+    """Tensors with a node that `root` depends on (root included), each after all of its inputs."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        tensor, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(tensor)
+            continue
+        if id(tensor) in visited or not isinstance(tensor.node, Node):
+            continue
+        visited.add(id(tensor))
+        stack.append((tensor, True))
+        stack.extend((t, False) for t in reversed(tensor.node.inputs) if t.requires_grad)
+    return order
+
+
+def backward(g, root, seed) -> None:
+    """Accumulate d(root)/d(leaf), seeded with `seed`, into `.grad` of every leaf that requires a gradient."""
+    order = topological_order(root)
+    grads = {id(root): seed}
+    leaves = {id(root): root} if root.is_leaf else {}
+    for tensor in reversed(order):
+        node, tensor.node = tensor.node, FREED
+        grad = grads.pop(id(tensor), None)
+        if grad is None:
+            continue
+        input_grads = node.op.backward(Context(g, tensor, node), grad)
+        if len(input_grads) != len(node.inputs):
+            raise RuntimeError(f"backward of {node.op.name} returned {len(input_grads)} gradients "
+                               f"for {len(node.inputs)} inputs")
+        for inp, inp_grad in zip(node.inputs, input_grads):
+            if inp_grad is None or not inp.requires_grad:
+                continue
+            if inp_grad.shape != inp.shape:
+                raise RuntimeError(f"backward of {node.op.name} gave a gradient of shape {inp_grad.shape} "
+                                   f"for an input of shape {inp.shape}")
+            seen = grads.get(id(inp))
+            grads[id(inp)] = inp_grad if seen is None else g.add(seen, inp_grad)
+            if inp.is_leaf:
+                leaves[id(inp)] = inp
+    for key, leaf in leaves.items():
+        grad = grads[key]
+        leaf.grad = grad if leaf.grad is None else g.add(leaf.grad, grad)

@@ -1,0 +1,130 @@
+"""Graph: the user's `g`. Holds the device, makes tensors, applies registered ops, runs backward.
+
+Its op methods (`g.add`, `g.mse_loss`, ...) come from the registry, so an op declared there is on every Graph.
+It knows nothing of kp: the engine does the device work.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+from . import autodiff, registry
+from .device import DeviceInfo, choose_device
+from .engine import Engine
+from .tensor import Tensor
+
+_FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
+
+
+class Graph:
+    """A device and the tensors and ops on it.
+
+    `Graph(device=None)`: `device` is an index into `vkloss.devices()`; None reads `VKLOSS_DEVICE`, else prefers
+    a discrete GPU, then an integrated one, then a CPU implementation such as lavapipe. `g.device` says which.
+    """
+
+    def __init__(self, device: int | str | None = None):
+        self.device: DeviceInfo = choose_device(device)
+        self._engine = Engine(self.device)
+        self._grad_enabled = True
+
+    # ---- tensors -------------------------------------------------------------------------------------------
+    def tensor(self, data, requires_grad: bool = False) -> Tensor:
+        """A device tensor holding `data` as float32 (float64, float16 and integer arrays are converted).
+
+        A 0-d value becomes shape (1,). Bool, complex, object and string arrays raise TypeError; empty arrays
+        raise ValueError."""
+        array = np.asarray(data)
+        if array.dtype.kind not in _FLOAT_LIKE:
+            raise TypeError(f"g.tensor takes real numbers; got an array of dtype {array.dtype} with shape {array.shape}")
+        if array.size == 0:
+            raise ValueError(f"g.tensor got an empty array of shape {array.shape}")
+        shape = array.shape or (1,)
+        self._engine.check_size(array.size)  # before converting: a too-large array is refused without a copy
+        buffer = self._engine.upload(array.astype(np.float32, copy=False))
+        return Tensor(self, shape, buffer, requires_grad=bool(requires_grad))
+
+    def _read(self, tensor: Tensor) -> np.ndarray:
+        return self._engine.read(tensor.buffer)
+
+    # ---- ops -----------------------------------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        op = registry.get(name)
+
+        def apply(*tensors, **attrs):
+            return self._apply(op, tensors, attrs)
+
+        apply.__name__, apply.__qualname__, apply.__doc__ = name, f"Graph.{name}", op.doc
+        return apply
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | {op.name for op in registry.all_ops()})
+
+    def _apply(self, op, tensors: tuple, attrs: dict) -> Tensor:
+        if len(tensors) != op.arity:
+            raise TypeError(f"g.{op.name} takes {op.arity} tensor(s), got {len(tensors)}")
+        for position, t in enumerate(tensors, 1):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"g.{op.name}: argument {position} is a {type(t).__name__}, not a vkloss Tensor "
+                                "(wrap arrays with g.tensor)")
+            if t.graph is not self:
+                raise ValueError(f"g.{op.name}: argument {position} belongs to another Graph")
+        if op.compose is not None:
+            return op.compose(self, *tensors, **attrs)
+        shape = tuple(op.shape(*(t.shape for t in tensors), **attrs))
+        out = self._engine.alloc(math.prod(shape))
+        op.forward(self._engine, [t.buffer for t in tensors], out, [t.shape for t in tensors], **attrs)
+        differentiable = self._grad_enabled and op.backward is not None and any(t.requires_grad for t in tensors)
+        node = autodiff.Node(op, tensors, attrs) if differentiable else None
+        return Tensor(self, shape, out, requires_grad=differentiable, node=node)
+
+    # ---- autodiff ------------------------------------------------------------------------------------------
+    def backward(self, loss: Tensor) -> None:
+        """Gradients of `loss` (shape (1,)) into `.grad` of every leaf tensor that requires one.
+
+        Gradients add up over repeated calls, as in PyTorch; set `t.grad = None` to start again."""
+        if not isinstance(loss, Tensor) or loss.graph is not self:
+            raise ValueError("backward takes a Tensor of this Graph")
+        if loss.shape != (1,):
+            raise ValueError(f"backward needs a scalar loss of shape (1,), got shape {loss.shape}")
+        if not loss.requires_grad:
+            raise RuntimeError("backward: the loss does not require a gradient (no input has requires_grad=True)")
+        if loss.node is autodiff.FREED:
+            raise RuntimeError("backward: this loss's tape was already used and freed by an earlier backward")
+        with self.no_grad():
+            autodiff.backward(self, loss, self.tensor(np.ones(1, np.float32)))
+
+    @contextlib.contextmanager
+    def no_grad(self):
+        """Within it, ops record no tape (backward rules run this way)."""
+        previous, self._grad_enabled = self._grad_enabled, False
+        try:
+            yield
+        finally:
+            self._grad_enabled = previous
+
+    # ---- lifetime ------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Run all recorded work now."""
+        self._engine.flush()
+
+    @property
+    def stats(self) -> dict:
+        """Counters: submissions, dispatches, barriers, algorithms and buffers created."""
+        return dict(self._engine.stats)
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Graph(device={self.device})"

@@ -1,0 +1,74 @@
+"""Reductions to one value and their broadcast back: shaders/reduce.comp."""
+from __future__ import annotations
+
+import math
+
+from .. import shaders
+from ..engine import WORKGROUP
+from ..registry import Op, register
+
+SHADER = "reduce.comp"
+SUM_PASS = shaders.variant(SHADER, MODE_SUM=1)
+FILL = shaders.variant(SHADER, MODE_FILL=1)
+PER_WORKGROUP = 2 * WORKGROUP  # elements one workgroup folds in one pass
+
+
+def tree_sum(engine, source, n: int, out, scale: float) -> None:
+    """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/512 -> ... -> 1.
+
+    Each pass is one dispatch without loops over the data (so no lavapipe loop limit), its workgroups spread over
+    a 2-D grid (so no 65535-workgroup limit); the engine orders the passes."""
+    while True:
+        groups = -(-n // PER_WORKGROUP)
+        last = groups == 1
+        target = out if last else engine.alloc(groups)
+        engine.dispatch(SUM_PASS, [source], [target], [n, scale if last else 1.0], engine.grid(groups))
+        if last:
+            return
+        source, n = target, groups
+
+
+def _sum_forward(engine, inputs, out, shapes, scale=1.0):
+    tree_sum(engine, inputs[0], math.prod(shapes[0]), out, float(scale))
+
+
+def _mean_all_forward(engine, inputs, out, shapes):
+    tree_sum(engine, inputs[0], math.prod(shapes[0]), out, 1.0 / math.prod(shapes[0]))
+
+
+def _expand_forward(engine, inputs, out, shapes, shape, scale=1.0):
+    engine.dispatch(FILL, inputs, [out], [out.size, float(scale)], engine.groups_for(out.size))
+
+
+def _expand_shape(s, shape, scale=1.0):
+    if s != (1,):
+        raise ValueError(f"expand: needs a tensor of shape (1,), got {s}")
+    shape = tuple(int(d) for d in shape)
+    if not shape or min(shape) <= 0:
+        raise ValueError(f"expand: target shape {shape} must have positive dimensions")
+    return shape
+
+
+register(Op(
+    name="mean_all", arity=1, shader=SHADER, backward_kind="own rule",
+    doc="mean_all(x) -> (1,): the mean of every element, summed as a pairwise tree (deterministic; error grows "
+        "with log2 n). d/dx = 1/n everywhere.",
+    shape=lambda s: (1,), forward=_mean_all_forward,
+    backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape,
+                                             scale=1.0 / math.prod(ctx.inputs[0].shape)),),
+    variants=lambda: [SUM_PASS],
+))
+register(Op(
+    name="sum_all", arity=1, shader=SHADER, backward_kind="own rule",
+    doc="sum_all(x, scale=1.0) -> (1,): scale * the sum of every element (pairwise tree). d/dx = scale.",
+    shape=lambda s, scale=1.0: (1,), forward=_sum_forward,
+    backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape, scale=ctx.attrs.get("scale", 1.0)),),
+    variants=lambda: [SUM_PASS],
+))
+register(Op(
+    name="expand", arity=1, shader=SHADER, backward_kind="own rule",
+    doc="expand(s, shape=, scale=1.0) -> shape: s of shape (1,) repeated, times scale. d/ds = scale * sum(grad).",
+    shape=_expand_shape, forward=_expand_forward,
+    backward=lambda ctx, grad: (ctx.g.sum_all(grad, scale=ctx.attrs.get("scale", 1.0)),),
+    variants=lambda: [FILL],
+))

@@ -1,0 +1,87 @@
+"""python -m vkloss.tools {compile,check,list,devices}: build and check the shaders, show the op table."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import registry, shaders
+from ..device import choose_device, devices
+from ..errors import ShaderCheckError, ShaderCompileError
+
+
+def all_variants() -> list[shaders.Variant]:
+    """Every shader variant a registered op may dispatch, each once, in registry order."""
+    seen: dict[shaders.Variant, None] = {}
+    for op in registry.all_ops():
+        for v in op.variants() if op.variants else ():
+            seen.setdefault(v)
+    return list(seen)
+
+
+def cmd_compile(args) -> int:
+    try:
+        for v, key in shaders.compile_all(all_variants()):
+            print(f"compiled {v.name:48s} {key}")
+    except ShaderCompileError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"cache: {shaders.cache_dir()}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    failures = 0
+    variants = all_variants()
+    for v in variants:
+        try:
+            shaders.check(v)
+            print(f"ok      {v.name}")
+        except (ShaderCheckError, ShaderCompileError) as e:
+            failures += 1
+            print(f"FAILED  {e}", file=sys.stderr)
+    used = {v.path for v in variants}
+    for path in sorted(shaders.shader_dir().glob("*.comp")):
+        if path.resolve() not in used:
+            print(f"note    {path.name} is used by no registered op")
+    print(f"{len(variants) - failures} of {len(variants)} shader variants valid and current")
+    return 1 if failures else 0
+
+
+def op_table() -> list[tuple[str, str, str]]:
+    return [(op.name, op.shader or "(composed)", op.backward_kind) for op in registry.all_ops()]
+
+
+def cmd_list(args) -> int:
+    rows = [("op", "shader", "backward")] + op_table()
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print(line(rows[0]))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows[1:]:
+        print(line(r))
+    return 0
+
+
+def cmd_devices(args) -> int:
+    chosen = choose_device(None)
+    for d in devices():
+        mark = "*" if d.index == chosen.index else " "
+        print(f"{mark} {d}  maxStorageBufferRange={d.max_storage_buffer_range:,}B "
+              f"maxWorkgroupCount={d.max_workgroup_count}")
+    print("* = the default (VKLOSS_DEVICE, else discrete > integrated > cpu)")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vkloss.tools", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("compile", help="compile every shader variant into the SPIR-V cache")
+    sub.add_parser("check", help="run spirv-val on every cached variant; fail on an invalid, missing or stale one")
+    sub.add_parser("list", help="print the op registry: op, shader, how it differentiates")
+    sub.add_parser("devices", help="list the Vulkan devices and which one is the default")
+    args = parser.parse_args(argv)
+    return {"compile": cmd_compile, "check": cmd_check, "list": cmd_list, "devices": cmd_devices}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
