@@ -1,0 +1,96 @@
+"""The tape: composed chains, accumulation, which tensors get gradients, and its errors."""
+import numpy as np
+import pytest
+
+from helpers import device_gradients, f32
+
+
+def test_composed_chain_mean_of_d_times_abs_d(g, rng):
+    x, y = f32(rng.standard_normal((16, 9))), f32(rng.standard_normal((16, 9)))
+    d = x - y
+    tx, ty = g.tensor(x, requires_grad=True), g.tensor(y, requires_grad=True)
+    dt = g.add(tx, g.neg(ty))
+    loss = g.mean_all(g.mul(dt, g.abs(dt)))
+    assert loss.item() == pytest.approx(np.mean(d * np.abs(d)), rel=1e-5)
+    g.backward(loss)
+    np.testing.assert_allclose(tx.grad.numpy(), 2 * np.abs(d) / d.size, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(ty.grad.numpy(), -2 * np.abs(d) / d.size, rtol=1e-5, atol=1e-9)
+
+
+def test_tensor_used_twice_gets_the_sum_of_its_gradients(g, rng):
+    x = f32(rng.standard_normal(50))
+    (grad,) = device_gradients(g, lambda t: g.mean_all(g.add(g.mul(t, t), t)), [x])
+    np.testing.assert_allclose(grad, (2 * x + 1) / x.size, rtol=1e-5, atol=1e-9)
+
+
+def test_diamond_graph_accumulates_through_both_paths(g, rng):
+    x = f32(rng.uniform(0.5, 2.0, 20))
+    # s = sigmoid(x) feeds both a mul and an add
+    (grad,) = device_gradients(g, lambda t: g.mean_all(g.mul(g.sigmoid(t), g.add(g.sigmoid(t), t))), [x])
+    s = 1 / (1 + np.exp(-x))
+    ds = s * (1 - s)
+    np.testing.assert_allclose(grad, (ds * (s + x) + s * (ds + 1)) / x.size, rtol=1e-5, atol=1e-9)
+
+
+def test_grad_accumulates_across_backward_calls_like_pytorch(g, rng):
+    x = f32(rng.standard_normal(8))
+    t = g.tensor(x, requires_grad=True)
+    g.backward(g.mean_all(t))
+    g.backward(g.mean_all(g.mul(t, t)))
+    np.testing.assert_allclose(t.grad.numpy(), 1 / 8 + 2 * x / 8, rtol=1e-5)
+
+
+def test_no_gradient_for_tensors_that_do_not_require_one(g, rng):
+    x, y = g.tensor(rng.standard_normal(5), requires_grad=True), g.tensor(rng.standard_normal(5))
+    loss = g.mse_loss(x, y)
+    g.backward(loss)
+    assert y.grad is None and not y.requires_grad
+    assert x.grad is not None
+    neg_y = g.neg(y)
+    assert not neg_y.requires_grad and neg_y.node is None
+
+
+def test_backward_rejects_a_non_scalar_root(g):
+    x = g.tensor(np.ones((2, 2)), requires_grad=True)
+    with pytest.raises(ValueError, match=r"shape \(1,\).*\(2, 2\)"):
+        g.backward(g.mul(x, x))
+
+
+def test_backward_rejects_a_root_without_gradient(g):
+    with pytest.raises(RuntimeError, match="does not require a gradient"):
+        g.backward(g.mean_all(g.tensor(np.ones(3))))
+
+
+def test_second_backward_through_a_freed_tape_is_an_error(g):
+    x = g.tensor(np.ones(3), requires_grad=True)
+    loss = g.mean_all(g.mul(x, x))
+    g.backward(loss)
+    with pytest.raises(RuntimeError, match="already used and freed"):
+        g.backward(loss)
+
+
+def test_loss_backward_method(g, rng):
+    x = g.tensor(rng.standard_normal(4), requires_grad=True)
+    g.mean_all(x).backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full(4, 0.25))
+
+
+def test_leaf_root_gets_gradient_one(g):
+    x = g.tensor([2.0], requires_grad=True)
+    g.backward(x)
+    assert x.grad.item() == 1.0
+
+
+def test_no_grad_records_no_tape(g):
+    x = g.tensor(np.ones(3), requires_grad=True)
+    with g.no_grad():
+        y = g.mul(x, x)
+    assert not y.requires_grad
+
+
+def test_tensors_from_two_graphs_are_refused(g):
+    import vkloss
+
+    with vkloss.Graph() as other:
+        with pytest.raises(ValueError, match="another Graph"):
+            g.add(g.tensor(np.ones(2)), other.tensor(np.ones(2)))

@@ -1,0 +1,90 @@
+"""The engine: algorithm and buffer reuse, few submissions, size limits, lazy execution."""
+import gc
+
+import numpy as np
+import pytest
+
+import vkloss
+
+
+def test_repeated_op_on_same_tensors_reuses_its_algorithm(g):
+    a, b = g.tensor(np.ones(100)), g.tensor(np.ones(100))
+    g.add(a, b).numpy()
+    before = g.stats["algorithms_created"]
+    for _ in range(3):
+        g.add(a, b).numpy()
+    assert g.stats["algorithms_created"] == before
+
+
+def test_training_loop_stops_creating_buffers_and_algorithms():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    with vkloss.Graph() as g:
+        tx, ty = g.tensor(x), g.tensor(y)
+        w = np.array([0.0], np.float32)
+        counts = []
+        for _ in range(7):
+            tw = g.tensor(w, requires_grad=True)
+            loss = g.mse_loss(g.mul(g.expand(tw, shape=(1000,)), tx), ty)
+            g.backward(loss)
+            w = w - 0.1 * tw.grad.numpy()
+            del tw, loss
+            gc.collect()
+            counts.append((g.stats["buffers_created"], g.stats["algorithms_created"]))
+        # steady state after the first steps: every buffer from the pool, every algorithm from the cache
+        assert counts[-1] == counts[-3], counts
+
+
+def test_dependent_chain_on_small_tensors_needs_one_submission(g, rng):
+    x = g.tensor(rng.standard_normal(64), requires_grad=True)
+    y = g.tensor(rng.standard_normal(64))
+    g.flush()
+    before = g.stats["submissions"]
+    loss = g.mse_loss(x, y)
+    g.backward(loss)
+    x.grad.numpy()
+    assert g.stats["submissions"] - before == 1
+
+
+def test_nothing_runs_until_a_host_read(g):
+    before = g.stats["submissions"]
+    t = g.neg(g.tensor(np.ones(10)))
+    assert g.stats["submissions"] == before
+    np.testing.assert_array_equal(t.numpy(), -np.ones(10))
+    assert g.stats["submissions"] == before + 1
+
+
+def test_tensor_too_large_for_one_binding_is_a_memory_error_and_graph_stays_usable(g):
+    limit = g.device.max_storage_buffer_range // 4
+    huge = np.broadcast_to(np.float32(0), (limit + 1,))  # no real memory behind it
+    with pytest.raises(MemoryError, match=f"{g.device.max_storage_buffer_range:,}"):
+        g.tensor(huge)
+    with pytest.raises(MemoryError, match="maxStorageBufferRange"):
+        g.expand(g.tensor([1.0]), shape=(limit + 1,))
+    np.testing.assert_array_equal(g.add(g.tensor([1.0, 2.0]), g.tensor([3.0, 4.0])).numpy(), [4.0, 6.0])
+
+
+def test_tensor_converts_dtypes_and_refuses_others(g):
+    for array in (np.arange(4), np.arange(4, dtype=np.float64), np.arange(4, dtype=np.float16)):
+        t = g.tensor(array)
+        np.testing.assert_array_equal(t.numpy(), np.arange(4, dtype=np.float32))
+    with pytest.raises(TypeError, match="bool"):
+        g.tensor(np.array([True, False]))
+    with pytest.raises(TypeError, match="complex"):
+        g.tensor(np.array([1j]))
+    with pytest.raises(ValueError, match=r"empty.*\(0, 3\)"):
+        g.tensor(np.zeros((0, 3)))
+
+
+def test_tensor_basics(g):
+    t = g.tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
+    assert t.shape == (2, 3) and t.size == 6 and t.ndim == 2 and t.grad is None
+    assert g.tensor(3.5).shape == (1,) and g.tensor(3.5).item() == 3.5
+    with pytest.raises(ValueError, match="one element"):
+        t.item()
+    assert "requires_grad=True" in repr(t)
+
+
+def test_closed_graph_context_manager():
+    with vkloss.Graph() as g:
+        assert g.neg(g.tensor([1.0])).item() == -1.0

@@ -1,0 +1,102 @@
+"""GLSL -> SPIR-V: errors name file and line, the cache key covers everything the binary is built from, a
+corrupted entry is rebuilt, and `python -m vkloss.tools` compiles, checks and lists."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vkloss import shaders
+from vkloss.errors import ShaderCheckError, ShaderCompileError
+
+GOOD = """#version 450
+#extension GL_GOOGLE_include_directive : require
+#include "helper.glsl"
+layout(local_size_x = 1) in;
+layout(set = 0, binding = 0) buffer B { float b[]; };
+void main() { b[0] = VALUE * helper(); }
+"""
+
+
+@pytest.fixture
+def shader_tree(tmp_path, monkeypatch):
+    monkeypatch.setenv("VKLOSS_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "helper.glsl").write_text("float helper() { return 2.0; }\n")
+    (tmp_path / "k.comp").write_text(GOOD)
+    shaders.forget_loaded()
+    yield tmp_path
+    shaders.forget_loaded()
+
+
+def test_compile_error_names_file_line_and_message(shader_tree):
+    bad = shader_tree / "bad.comp"
+    bad.write_text("#version 450\nlayout(local_size_x = 1) in;\nvoid main() { undeclared_thing = 1; }\n")
+    with pytest.raises(ShaderCompileError, match=r"bad\.comp:3.*undeclared_thing"):
+        shaders.compile_variant(shaders.variant(bad))
+
+
+def test_key_covers_source_includes_and_defines(shader_tree):
+    v = shaders.variant(shader_tree / "k.comp", VALUE=1)
+    key = v.key()
+    assert shaders.variant(shader_tree / "k.comp", VALUE=2).key() != key
+    (shader_tree / "include" / "helper.glsl").write_text("float helper() { return 3.0; }\n")
+    assert v.key() != key
+    (shader_tree / "include" / "helper.glsl").write_text("float helper() { return 2.0; }\n")
+    assert v.key() == key
+
+
+def test_corrupted_cache_entry_is_detected_and_rebuilt(shader_tree):
+    v = shaders.variant(shader_tree / "k.comp", VALUE=1)
+    spirv = shaders.load(v)
+    entry = shader_tree / "cache" / f"{v.key()}.spv"
+    blob = bytearray(entry.read_bytes())
+    blob[-5] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    with pytest.raises(ShaderCheckError, match="corrupted"):
+        shaders.check(v)
+    shaders.forget_loaded()
+    assert shaders.load(v) == spirv
+    shaders.check(v)
+
+
+def test_check_reports_a_stale_binary(shader_tree):
+    v = shaders.variant(shader_tree / "k.comp", VALUE=1)
+    shaders.compile_all([v])
+    shaders.check(v)
+    (shader_tree / "k.comp").write_text(GOOD.replace("VALUE *", "VALUE +"))
+    with pytest.raises(ShaderCheckError, match="stale"):
+        shaders.check(v)
+
+
+def test_spirv_val_rejects_an_invalid_module():
+    with pytest.raises(ShaderCheckError, match="spirv-val"):
+        shaders.validate(b"\x03\x02\x23\x07" + b"\0" * 40, "garbage")
+
+
+def run_tools(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "vkloss.tools", *args], capture_output=True, text=True, env=env)
+
+
+def test_tools_compile_then_check_pass(tmp_path):
+    env = dict(os.environ, VKLOSS_CACHE_DIR=str(tmp_path))
+    compiled = run_tools("compile", env=env)
+    assert compiled.returncode == 0, compiled.stderr
+    assert "elementwise[ARITY=2,OP_ADD=1]" in compiled.stdout
+    checked = run_tools("check", env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "valid and current" in checked.stdout
+
+
+def test_tools_check_fails_before_compile(tmp_path):
+    checked = run_tools("check", env=dict(os.environ, VKLOSS_CACHE_DIR=str(tmp_path)))
+    assert checked.returncode == 1 and "not compiled" in checked.stderr
+
+
+def test_tools_list_prints_how_each_op_differentiates():
+    listed = run_tools("list")
+    assert listed.returncode == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in listed.stdout.splitlines()[2:]}
+    assert rows["mse_loss"] == rows["l1_loss"] == "primitive autodiff"
+    for op in ("neg", "add", "mul", "abs", "mean_all", "sigmoid"):
+        assert rows[op] == "own rule"
