@@ -23,7 +23,7 @@ if [ -n "$missing" ]; then
 fi
 
 # The stamp records what was installed from; when pyproject and this script are unchanged, we are done.
-want=$(cat "$repo/pyproject.toml" "$repo/tools/bootstrap.sh" | sha256sum | cut -d' ' -f1)
+want=$( (cat "$repo/pyproject.toml" "$repo/tools/bootstrap.sh"; echo "torch=${VKLOSS_TORCH:-1}") | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import kp, vkloss" 2>/dev/null; then
   exit 0
 fi
@@ -44,5 +44,7 @@ if ! "$venv/bin/python" -c "import kp" 2>/dev/null; then
   CMAKE_PREFIX_PATH=$("$venv/bin/python" -m pybind11 --cmakedir) \
     $pip install --no-build-isolation kp==0.9.0 >&2
 fi
-$pip install --no-build-isolation -e "$repo[test]" >&2
+extras=test
+[ "${VKLOSS_TORCH:-1}" = 0 ] || extras=test,torch
+$pip install --no-build-isolation -e "$repo[$extras]" >&2
 echo "$want" > "$stamp"
