@@ -98,5 +98,18 @@ def test_tools_list_prints_how_each_op_differentiates():
     assert listed.returncode == 0
     rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in listed.stdout.splitlines()[2:]}
     assert rows["mse_loss"] == rows["l1_loss"] == "primitive autodiff"
+    assert rows["cross_entropy_loss"] == rows["bce_loss"] == "fused kernel"
     for op in ("neg", "add", "mul", "abs", "mean_all", "sigmoid"):
         assert rows[op] == "own rule"
+
+
+def test_binding_count_is_read_from_spirv():
+    assert shaders.binding_count(shaders.load(shaders.variant("elementwise.comp", ARITY=2, OP_ADD=1))) == 3
+    assert shaders.binding_count(shaders.load(shaders.variant("bce.comp", WRITE_GRAD=1))) == 5
+
+
+def test_dispatch_with_the_wrong_number_of_buffers_is_refused(g):
+    engine = g._engine  # test-only: the engine's own guard, below any op
+    a = engine.alloc(4)
+    with pytest.raises(ValueError, match=r"declares 3 buffer bindings but was given 2"):
+        engine.dispatch(shaders.variant("elementwise.comp", ARITY=2, OP_ADD=1), [a], [a], [4], (1, 1, 1))

@@ -16,20 +16,23 @@ class Node:
     op: object  # registry.Op
     inputs: tuple  # Tensors, in the op's order
     attrs: dict
+    saved: object = None  # what a fused kernel computed for backward (its gradient tensor)
 
 
 FREED = "freed"  # what a tensor's node becomes after backward passed through it
 
 
 class Context:
-    """What a backward rule sees: the graph, the op's inputs and output, its attributes, and which inputs need a
-    gradient (a rule may return None for the others and so skip their work)."""
+    """What a backward rule sees: the graph, the op's inputs and output, its attributes, what its forward saved,
+    which inputs need a gradient (a rule may return None for the others and so skip their work), and whether the
+    upstream gradient is the seed 1 (a fused rule then returns its saved gradient untouched)."""
 
-    __slots__ = ("g", "inputs", "output", "attrs", "needs")
+    __slots__ = ("g", "inputs", "output", "attrs", "saved", "needs", "upstream_is_one")
 
-    def __init__(self, g, output, node: Node):
-        self.g, self.inputs, self.output, self.attrs = g, node.inputs, output, node.attrs
+    def __init__(self, g, output, node: Node, upstream_is_one: bool):
+        self.g, self.inputs, self.output, self.attrs, self.saved = g, node.inputs, output, node.attrs, node.saved
         self.needs = tuple(t.requires_grad for t in node.inputs)
+        self.upstream_is_one = upstream_is_one
 
 
 def topological_order(root) -> list:
@@ -58,7 +61,7 @@ def backward(g, root, seed) -> None:
         grad = grads.pop(id(tensor), None)
         if grad is None:
             continue
-        input_grads = node.op.backward(Context(g, tensor, node), grad)
+        input_grads = node.op.backward(Context(g, tensor, node, upstream_is_one=grad is seed), grad)
         if len(input_grads) != len(node.inputs):
             raise RuntimeError(f"backward of {node.op.name} returned {len(input_grads)} gradients "
                                f"for {len(node.inputs)} inputs")

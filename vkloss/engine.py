@@ -233,6 +233,10 @@ class Engine:
             self._algorithms.move_to_end(key)
             return algo
         spirv = shaders.load(variant)
+        declared = shaders.binding_count(spirv)
+        if declared != len(buffers):
+            # kp would bind them anyway, and the shader would read or write past what it was given
+            raise ValueError(f"{variant.name} declares {declared} buffer bindings but was given {len(buffers)}")
         algo = self.manager.algorithm([b.block.kp for b in buffers], spirv, list(grid),
                                       np.array([WORKGROUP], np.uint32), push)
         self.stats["algorithms_created"] += 1
@@ -319,12 +323,12 @@ class Engine:
                             if b.host_sync_recorded:  # not written again after this copy
                                 b.host_valid, b.host_sync_recorded = True, False
 
-    def read(self, buffer: Buffer) -> np.ndarray:
-        """A host copy of the buffer's contents, after all recorded work."""
+    def read(self, buffers: list[Buffer]) -> list[np.ndarray]:
+        """Host copies of the buffers' contents after all recorded work, in one flush."""
         with self._lock:
-            if not buffer.host_valid:
-                self.flush([buffer])
-            return np.array(buffer.block.kp.data(), copy=True)
+            if any(not b.host_valid for b in buffers):
+                self.flush(buffers)
+            return [np.array(b.block.kp.data(), copy=True) for b in buffers]
 
     def live_counts(self) -> dict:
         with self._lock:

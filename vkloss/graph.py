@@ -29,6 +29,7 @@ class Graph:
         self.device: DeviceInfo = choose_device(device)
         self._engine = Engine(self.device)
         self._grad_enabled = True
+        self._checks: list[tuple] = []  # (count tensor, message) from fused kernels, read with the next host read
 
     # ---- tensors -------------------------------------------------------------------------------------------
     def tensor(self, data, requires_grad: bool = False) -> Tensor:
@@ -47,7 +48,12 @@ class Graph:
         return Tensor(self, shape, buffer, requires_grad=bool(requires_grad))
 
     def _read(self, tensor: Tensor) -> np.ndarray:
-        return self._engine.read(tensor.buffer)
+        checks, self._checks = self._checks, []
+        values = self._engine.read([tensor.buffer] + [count for count, _ in checks])
+        for (_, message), count in zip(checks, values[1:]):
+            if count[0] != 0:
+                raise ValueError(message.format(count=int(count[0])))
+        return values[0]
 
     # ---- ops -----------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -76,10 +82,22 @@ class Graph:
         if op.compose is not None:
             return op.compose(self, *tensors, **attrs)
         shape = tuple(op.shape(*(t.shape for t in tensors), **attrs))
-        out = self._engine.alloc(math.prod(shape))
-        op.forward(self._engine, [t.buffer for t in tensors], out, [t.shape for t in tensors], **attrs)
         differentiable = self._grad_enabled and op.backward is not None and any(t.requires_grad for t in tensors)
-        node = autodiff.Node(op, tensors, attrs) if differentiable else None
+        out = self._engine.alloc(math.prod(shape))
+        buffers, shapes = [t.buffer for t in tensors], [t.shape for t in tensors]
+        saved = None
+        if op.backward_kind == "fused kernel":
+            for position, t in enumerate(tensors[1:], 2):
+                if t.requires_grad:
+                    raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument 1 "
+                                     f"only; argument {position} (shape {t.shape}) must not require a gradient")
+            fused = op.forward(self._engine, buffers, out, shapes, want_grad=differentiable, **attrs)
+            self._checks.extend((count, message) for count, message in fused.checks)
+            if fused.grad is not None:
+                saved = Tensor(self, tensors[0].shape, fused.grad)
+        else:
+            op.forward(self._engine, buffers, out, shapes, **attrs)
+        node = autodiff.Node(op, tensors, attrs, saved) if differentiable else None
         return Tensor(self, shape, out, requires_grad=differentiable, node=node)
 
     # ---- autodiff ------------------------------------------------------------------------------------------

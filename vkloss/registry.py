@@ -25,11 +25,23 @@ class Op:
     doc: str
     shader: str | None = None  # the .comp family, for `tools list`
     shape: Callable | None = None  # (*input_shapes, **attrs) -> output shape; raises ValueError
-    forward: Callable | None = None  # (engine, input buffers, output buffer, input shapes, **attrs) -> None
+    # (engine, input buffers, output buffer, input shapes, **attrs) -> None, or for a fused kernel
+    # (..., want_grad=bool, **attrs) -> FusedResult
+    forward: Callable | None = None
     backward: Callable | None = None  # (ctx, grad) -> one gradient Tensor (or None) per input
     compose: Callable | None = None  # (graph, *tensors, **attrs) -> Tensor, for composed ops
     variants: Callable | None = None  # () -> the shader variants this op may use, for `tools compile/check`
     attrs: tuple = field(default=())
+
+
+@dataclass
+class FusedResult:
+    """What a fused kernel's forward leaves beside its value: the gradient with respect to its first input (None
+    when that input needs none), and device-side checks, each a (count buffer, message) pair: a non-zero count
+    raises ValueError(message.format(count=...)) at the next host read, read back in the same flush."""
+
+    grad: object = None
+    checks: list = field(default_factory=list)
 
 
 _OPS: dict[str, Op] = {}

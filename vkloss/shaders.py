@@ -171,6 +171,22 @@ def load(v: Variant) -> bytes:
     return spirv
 
 
+def binding_count(spirv: bytes) -> int:
+    """How many descriptor bindings a SPIR-V module declares (its OpDecorate ... Binding instructions)."""
+    import array
+
+    words = array.array("I", spirv[: len(spirv) // 4 * 4])
+    if words[0] != 0x07230203:
+        words.byteswap()
+    count, i = 0, 5  # the header is five words
+    while i < len(words):
+        opcode, length = words[i] & 0xFFFF, words[i] >> 16
+        if opcode == 71 and length >= 3 and words[i + 2] == 33:  # OpDecorate <id> Binding <n>
+            count += 1
+        i += max(length, 1)
+    return count
+
+
 def forget_loaded() -> None:
     """Drop the in-memory copies, so the next `load` reads (and verifies) the disk cache again."""
     _loaded.clear()

@@ -1,7 +1,24 @@
-"""Losses. MSE and L1 are composed from primitives and differentiated by the tape."""
+"""Losses. Cross-entropy and binary cross-entropy are fused kernels that compute the loss and its gradient in one
+pass; MSE and L1 are composed from primitives and differentiated by the tape."""
 from __future__ import annotations
 
-from ..registry import Op, register
+import math
+
+from .. import shaders
+from ..engine import WORKGROUP
+from ..registry import FusedResult, Op, register
+from .reductions import tree_sum
+
+CE_SHADER, BCE_SHADER = "cross_entropy.comp", "bce.comp"
+CE_SMALL = {want: shaders.variant(CE_SHADER, MODE_SMALL=1, WRITE_GRAD=int(want)) for want in (False, True)}
+CE_STATS = shaders.variant(CE_SHADER, MODE_STATS=1)
+CE_COMBINE = shaders.variant(CE_SHADER, MODE_COMBINE=1)
+CE_GRAD = shaders.variant(CE_SHADER, MODE_GRAD=1)
+BCE = {want: shaders.variant(BCE_SHADER, WRITE_GRAD=int(want)) for want in (False, True)}
+
+SMALL_ROW = 64  # classes up to which one invocation handles a whole row
+CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
+BCE_PER_WORKGROUP = 8 * WORKGROUP  # ITEMS * WG in bce.comp
 
 
 def _check_same(name, pred, target):
@@ -9,6 +26,90 @@ def _check_same(name, pred, target):
         raise ValueError(f"{name}: pred has shape {pred.shape} and target {target.shape}; they must match")
 
 
+# ---- cross-entropy ---------------------------------------------------------------------------------------------
+def _ce_shape(pred, target):
+    if len(pred) != 2 or pred != target:
+        raise ValueError(f"cross_entropy_loss: needs logits and a target of one shape [batch, classes]; "
+                         f"got pred {pred} and target {target}")
+    return (1,)
+
+
+def _ce_forward(engine, inputs, out, shapes, want_grad):
+    pred, target = inputs
+    rows, classes = shapes[0]
+    grad = engine.alloc(rows * classes) if want_grad else None
+    row_loss = engine.alloc(rows)
+    if classes <= SMALL_ROW:
+        push = [rows, classes, 1, classes, 1.0 / rows]
+        engine.dispatch(CE_SMALL[want_grad], [pred, target], [row_loss] + ([grad] if want_grad else []), push,
+                        engine.groups_for(rows))
+    else:
+        chunks = -(-classes // CHUNK)
+        chunk = -(-classes // (chunks * WORKGROUP)) * WORKGROUP  # even chunks, whole workgroups each
+        push = [rows, classes, chunks, chunk, 1.0 / rows]
+        partials = engine.alloc(rows * chunks * 4)
+        row_stats = engine.alloc(rows * 2)
+        engine.dispatch(CE_STATS, [pred, target], [partials], push, engine.grid(rows * chunks))
+        engine.dispatch(CE_COMBINE, [partials], [row_loss, row_stats], push, engine.groups_for(rows))
+        if want_grad:
+            engine.dispatch(CE_GRAD, [pred, target, row_stats], [grad], push, engine.groups_for(rows * classes))
+    tree_sum(engine, row_loss, rows, out, 1.0 / rows)
+    return FusedResult(grad=grad)
+
+
+def _scaled_saved_grad(ctx, grad):
+    """A fused loss's backward: its saved gradient, times the upstream gradient unless that is the seed 1."""
+    return (ctx.saved if ctx.upstream_is_one else ctx.g.mul_scalar(ctx.saved, grad)), None
+
+
+register(Op(
+    name="cross_entropy_loss", arity=2, shader=CE_SHADER, backward_kind="fused kernel",
+    doc="cross_entropy_loss(pred, target) -> (1,): pred are logits [batch, classes], target a distribution of the "
+        "same shape (one-hot or soft; rows need not sum to 1). The mean over rows of -sum_c target * "
+        "log_softmax(pred), PyTorch's F.cross_entropy with probability targets. One fused kernel family computes "
+        "the loss and d/dpred = (softmax(pred) * sum_c target - target) / batch in the same pass (log-sum-exp "
+        "relative to the row maximum); backward scales that. No gradient with respect to target.",
+    shape=_ce_shape, forward=_ce_forward, backward=_scaled_saved_grad,
+    variants=lambda: [*CE_SMALL.values(), CE_STATS, CE_COMBINE, CE_GRAD],
+))
+
+
+# ---- binary cross-entropy --------------------------------------------------------------------------------------
+def _bce_shape(pred, labels):
+    if pred != labels:
+        raise ValueError(f"bce_loss: pred has shape {pred} and labels {labels}; they must match")
+    return (1,)
+
+
+def _bce_forward(engine, inputs, out, shapes, want_grad):
+    pred, labels = inputs
+    n = math.prod(shapes[0])
+    groups = -(-n // BCE_PER_WORKGROUP)
+    loss_partials, bad_partials = engine.alloc(groups), engine.alloc(groups)
+    grad = engine.alloc(n) if want_grad else None
+    engine.dispatch(BCE[want_grad], [pred, labels], [loss_partials, bad_partials] + ([grad] if want_grad else []),
+                    [n, 1.0 / n], engine.grid(groups))
+    tree_sum(engine, loss_partials, groups, out, 1.0 / n)
+    bad = engine.alloc(1)
+    tree_sum(engine, bad_partials, groups, bad, 1.0)
+    message = (f"bce_loss: {{count}} values of pred or labels (shape {shapes[0]}) lie outside [0, 1] or are NaN; "
+               "pred must be probabilities (apply g.sigmoid to logits) and labels in [0, 1]")
+    return FusedResult(grad=grad, checks=[(bad, message)])
+
+
+register(Op(
+    name="bce_loss", arity=2, shader=BCE_SHADER, backward_kind="fused kernel",
+    doc="bce_loss(pred, labels) -> (1,): pred in (0, 1) (apply g.sigmoid to logits first), labels in [0, 1], one "
+        "shape of any rank. The mean of -(y log p + (1 - y) log(1 - p)) with each log clamped at -100, PyTorch's "
+        "F.binary_cross_entropy. One fused kernel computes the loss and d/dpred = (p - y) / max(p (1 - p), 1e-12) "
+        "/ n in the same pass; backward scales that. Values outside [0, 1] (or NaN), counted on the device, raise "
+        "ValueError at the next host read. No gradient with respect to labels.",
+    shape=_bce_shape, forward=_bce_forward, backward=_scaled_saved_grad,
+    variants=lambda: [*BCE.values()],
+))
+
+
+# ---- composed from primitives ----------------------------------------------------------------------------------
 def _mse(g, pred, target):
     _check_same("mse_loss", pred, target)
     d = g.add(pred, g.neg(target))
