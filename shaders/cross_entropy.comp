@@ -3,8 +3,10 @@
 //   loss = mean_r ( T_r * lse_r - sum_c t_rc * p_rc ),  T_r = sum_c t_rc,  lse_r = log sum_c exp(p_rc)
 //   grad = (softmax(p) * T_r - t) / rows
 // Everything is computed relative to a row (or chunk) maximum m, so logits of any magnitude lose no precision.
-// Modes (vkloss/ops/losses.py chains them):
+// Modes (vkloss/ops/losses.py chooses and chains them):
 //   MODE_SMALL:   one invocation per row, for rows of few classes: row loss and, with WRITE_GRAD, the gradient.
+//   MODE_ROW:     one workgroup per row, for rows up to a few hundred thousand classes: the same, in two passes.
+//   For longer rows, three kernels:
 //   MODE_STATS:   one workgroup per (row, chunk of `chunk` classes): chunk max m, sum exp(p - m), sum t (p - m),
 //                 sum t -> partials[4 per chunk].
 //   MODE_COMBINE: one invocation per row: merge its chunks' partials -> row loss, lse and T (rowstats).
@@ -44,6 +46,59 @@ void main() {
         float softmax = exp(pred[base + c] - m - log_sum);
         grad[base + c] = (softmax * t_sum - target[base + c]) * p.inv_rows;
     }
+#endif
+}
+
+#elif MODE_ROW
+// One workgroup per row, two passes. First, each invocation keeps a running max of the logits it visits and rescales
+// its sums whenever that max rises (rarely after the first iterations); the workgroup then re-bases every
+// invocation's sums on the row max. Second, the gradient, the row still in cache.
+// VEC4 (classes % 4 == 0): each invocation moves four contiguous classes at a time.
+// A NaN logit needs no NaN-aware max: exp(NaN - m) makes the row's sum NaN, hence its loss and gradient, as in PyTorch.
+#include "reduce.glsl"
+#if VEC4
+#define ELEMENT vec4
+#define HMAX(v) max(max(v.x, v.y), max(v.z, v.w))
+#define HSUM(v) dot(v, vec4(1.0))
+#else
+#define ELEMENT float
+#define HMAX(v) (v)
+#define HSUM(v) (v)
+#endif
+layout(set = 0, binding = 0) readonly buffer Pred { ELEMENT pred[]; };
+layout(set = 0, binding = 1) readonly buffer Target { ELEMENT target[]; };
+layout(set = 0, binding = 2) writeonly buffer RowLoss { float row_loss[]; };
+#if WRITE_GRAD
+layout(set = 0, binding = 3) writeonly buffer Grad { ELEMENT grad[]; };
+#endif
+void main() {
+    uint row = workgroup_index();
+    if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
+    uint width = p.classes / (VEC4 != 0 ? 4 : 1);
+    uint begin = row * width + gl_LocalInvocationID.x, end = row * width + width;
+    // this invocation's max, sum exp(p - max), sum t (p - max), sum t
+    float m_own = NEG_INF, s_own = 0.0, a_own = 0.0, t_own = 0.0;
+    for (uint i = begin; i < end; i += WG) {
+        ELEMENT v = pred[i], t = target[i];
+        float v_max = HMAX(v);
+        if (v_max > m_own) {
+            s_own *= exp(m_own - v_max);
+            a_own -= t_own == 0.0 ? 0.0 : t_own * (v_max - m_own);
+            m_own = v_max;
+        }
+        ELEMENT shifted = v - m_own;
+        s_own += HSUM(exp(shifted));
+        a_own += HSUM(t * shifted);
+        t_own += HSUM(t);
+    }
+    float m = workgroup_max(m_own);
+    float rebase = t_own == 0.0 ? 0.0 : t_own * (m - m_own);
+    vec4 sums = workgroup_sum4(vec4(s_own * exp(m_own - m), a_own - rebase, t_own, 0.0));
+    float log_sum = log(sums.x);
+    if (gl_LocalInvocationID.x == 0) row_loss[row] = sums.z * log_sum - sums.y;
+#if WRITE_GRAD
+    float lse = m + log_sum, t_scale = sums.z * p.inv_rows;  // grad = softmax * T / rows - t / rows
+    for (uint i = begin; i < end; i += WG) grad[i] = exp(pred[i] - lse) * t_scale - target[i] * p.inv_rows;
 #endif
 }
 

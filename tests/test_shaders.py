@@ -109,7 +109,7 @@ def test_binding_count_is_read_from_spirv():
 
 
 def test_dispatch_with_the_wrong_number_of_buffers_is_refused(g):
-    engine = g._engine  # test-only: the engine's own guard, below any op
+    engine = g.engine  # the guard below any op
     a = engine.alloc(4)
     with pytest.raises(ValueError, match=r"declares 3 buffer bindings but was given 2"):
         engine.dispatch(shaders.variant("elementwise.comp", ARITY=2, OP_ADD=1), [a], [a], [4], (1, 1, 1))

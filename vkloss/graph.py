@@ -131,6 +131,11 @@ class Graph:
         self._engine.flush()
 
     @property
+    def engine(self):
+        """The device engine below this graph, for tools and benchmarks that dispatch kernels themselves."""
+        return self._engine
+
+    @property
     def stats(self) -> dict:
         """Counters: submissions, dispatches, barriers, algorithms and buffers created."""
         return dict(self._engine.stats)

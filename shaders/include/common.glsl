@@ -3,6 +3,14 @@
 // so large tensors spread over y; see vkloss/engine.py grid()).
 #extension GL_EXT_control_flow_attributes : enable
 
+// Variant switches default to off, so a variant names only the ones it sets.
+#ifndef VEC4
+#define VEC4 0
+#endif
+#ifndef WRITE_GRAD
+#define WRITE_GRAD 0
+#endif
+
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 256;
 

@@ -7,6 +7,11 @@ float log1p_accurate(float x) {
     return u == 1.0 ? x : log(u) * x / (u - 1.0);
 }
 
+vec4 log1p_accurate(vec4 x) {
+    vec4 u = 1.0 + x;
+    return mix(log(u) * x / (u - 1.0), x, equal(u, vec4(1.0)));
+}
+
 float nan_max(float a, float b) {
     return isnan(b) ? b : max(a, b);
 }

@@ -11,14 +11,18 @@ from .reductions import tree_sum
 
 CE_SHADER, BCE_SHADER = "cross_entropy.comp", "bce.comp"
 CE_SMALL = {want: shaders.variant(CE_SHADER, MODE_SMALL=1, WRITE_GRAD=int(want)) for want in (False, True)}
+CE_ROW = {(want, vec4): shaders.variant(CE_SHADER, MODE_ROW=1, WRITE_GRAD=int(want), VEC4=int(vec4))
+          for want in (False, True) for vec4 in (False, True)}
 CE_STATS = shaders.variant(CE_SHADER, MODE_STATS=1)
 CE_COMBINE = shaders.variant(CE_SHADER, MODE_COMBINE=1)
 CE_GRAD = shaders.variant(CE_SHADER, MODE_GRAD=1)
-BCE = {want: shaders.variant(BCE_SHADER, WRITE_GRAD=int(want)) for want in (False, True)}
+BCE = {(want, vec4): shaders.variant(BCE_SHADER, WRITE_GRAD=int(want), VEC4=int(vec4))
+       for want in (False, True) for vec4 in (False, True)}
 
 SMALL_ROW = 64  # classes up to which one invocation handles a whole row
+ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: at most 3 x 2^18 / 32 loop iterations each
 CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
-BCE_PER_WORKGROUP = 8 * WORKGROUP  # ITEMS * WG in bce.comp
+BCE_ITEMS = 16  # loop iterations per invocation in bce.comp
 
 
 def _check_same(name, pred, target):
@@ -43,6 +47,12 @@ def _ce_forward(engine, inputs, out, shapes, want_grad):
         push = [rows, classes, 1, classes, 1.0 / rows]
         engine.dispatch(CE_SMALL[want_grad], [pred, target], [row_loss] + ([grad] if want_grad else []), push,
                         engine.groups_for(rows))
+    elif classes <= ROW_LIMIT:
+        vec4 = classes % 4 == 0  # rows start on 16-byte boundaries: load four classes at a time
+        push = [rows, classes, 1, classes, 1.0 / rows]
+        workgroup = engine.reduction_workgroup(classes // 4 if vec4 else classes, classes * 8)
+        engine.dispatch(CE_ROW[want_grad, vec4], [pred, target], [row_loss] + ([grad] if want_grad else []), push,
+                        engine.grid(rows), workgroup=workgroup)
     else:
         chunks = -(-classes // CHUNK)
         chunk = -(-classes // (chunks * WORKGROUP)) * WORKGROUP  # even chunks, whole workgroups each
@@ -70,7 +80,7 @@ register(Op(
         "the loss and d/dpred = (softmax(pred) * sum_c target - target) / batch in the same pass (log-sum-exp "
         "relative to the row maximum); backward scales that. No gradient with respect to target.",
     shape=_ce_shape, forward=_ce_forward, backward=_scaled_saved_grad,
-    variants=lambda: [*CE_SMALL.values(), CE_STATS, CE_COMBINE, CE_GRAD],
+    variants=lambda: [*CE_SMALL.values(), *CE_ROW.values(), CE_STATS, CE_COMBINE, CE_GRAD],
 ))
 
 
@@ -84,11 +94,15 @@ def _bce_shape(pred, labels):
 def _bce_forward(engine, inputs, out, shapes, want_grad):
     pred, labels = inputs
     n = math.prod(shapes[0])
-    groups = -(-n // BCE_PER_WORKGROUP)
+    vec4 = n % 4 == 0
+    per_invocation = BCE_ITEMS * (4 if vec4 else 1)
+    workgroup = engine.reduction_workgroup(per_invocation * WORKGROUP, per_invocation * WORKGROUP * 12)
+    per_workgroup = per_invocation * workgroup
+    groups = -(-n // per_workgroup)
     loss_partials, bad_partials = engine.alloc(groups), engine.alloc(groups)
     grad = engine.alloc(n) if want_grad else None
-    engine.dispatch(BCE[want_grad], [pred, labels], [loss_partials, bad_partials] + ([grad] if want_grad else []),
-                    [n, 1.0 / n], engine.grid(groups))
+    engine.dispatch(BCE[want_grad, vec4], [pred, labels], [loss_partials, bad_partials] + ([grad] if want_grad else []),
+                    [n, 1.0 / n, per_workgroup], engine.grid(groups), workgroup=workgroup)
     tree_sum(engine, loss_partials, groups, out, 1.0 / n)
     bad = engine.alloc(1)
     tree_sum(engine, bad_partials, groups, bad, 1.0)

@@ -1,10 +1,12 @@
-"""python -m vkloss.tools {compile,check,list,devices}: build and check the shaders, show the op table."""
+"""python -m vkloss.tools {compile,check,list,devices,bench}: build and check the shaders, show the op table,
+list devices, measure the fused losses."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from .. import registry, shaders
+from . import bench
 from ..device import choose_device, devices
 from ..errors import ShaderCheckError, ShaderCompileError
 
@@ -15,6 +17,8 @@ def all_variants() -> list[shaders.Variant]:
     for op in registry.all_ops():
         for v in op.variants() if op.variants else ():
             seen.setdefault(v)
+    for v in bench.VARIANTS:  # the benchmark's baselines are compiled and checked like the ops' kernels
+        seen.setdefault(v)
     return list(seen)
 
 
@@ -79,8 +83,15 @@ def main(argv=None) -> int:
     sub.add_parser("check", help="run spirv-val on every cached variant; fail on an invalid, missing or stale one")
     sub.add_parser("list", help="print the op registry: op, shader, how it differentiates")
     sub.add_parser("devices", help="list the Vulkan devices and which one is the default")
+    b = sub.add_parser("bench", help="time CE and BCE loss + gradient: roofline ratio, fused vs unfused, PyTorch")
+    b.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    b.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the median is shown")
+    b.add_argument("--device", default=None, help="device index (default: VKLOSS_DEVICE, else the best)")
     args = parser.parse_args(argv)
-    return {"compile": cmd_compile, "check": cmd_check, "list": cmd_list, "devices": cmd_devices}[args.command](args)
+    commands = {"compile": cmd_compile, "check": cmd_check, "list": cmd_list, "devices": cmd_devices,
+                "bench": bench.main}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
