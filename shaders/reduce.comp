@@ -1,6 +1,8 @@
 #version 450
 // Reductions to one value, and their broadcast back.
-// MODE_SUM: one pass of a tree sum: workgroup w writes the sum of in[w*2*WG .. (w+1)*2*WG) times `scale` to out[w].
+// MODE_SUM: one pass of a tree sum: workgroup w writes the sum of in[w*ITEMS*WG .. (w+1)*ITEMS*WG) times `scale` to
+//   out[w]. Each invocation first sums its ITEMS values as a pairwise tree in registers, then the workgroup's tree:
+//   pairwise all the way, and few barriers per element.
 //   The engine chains passes (n -> n/512 -> ... -> 1) with a barrier between them; the last pass scales by 1/N.
 // MODE_FILL: out[i] = in[0] * scale (the backward of mean_all: each element gets grad / N).
 #extension GL_GOOGLE_include_directive : require
@@ -12,11 +14,19 @@ layout(set = 0, binding = 1) writeonly buffer Out { float dst[]; };
 
 #if MODE_SUM
 #include "reduce.glsl"
+#define ITEMS 16
 void main() {
     uint w = workgroup_index();
-    uint i = w * 2 * WG + gl_LocalInvocationID.x;
-    float v = (i < p.n ? src[i] : 0.0) + (i + WG < p.n ? src[i + WG] : 0.0);
-    float total = workgroup_sum(v);
+    uint first = w * ITEMS * WG + gl_LocalInvocationID.x;
+    float v[ITEMS];
+    [[unroll]] for (uint k = 0; k < ITEMS; ++k) {
+        uint i = first + k * WG;
+        v[k] = i < p.n ? src[i] : 0.0;
+    }
+    [[unroll]] for (uint stride = ITEMS / 2; stride > 0; stride >>= 1) {
+        [[unroll]] for (uint k = 0; k < stride; ++k) v[k] += v[k + stride];
+    }
+    float total = workgroup_sum(v[0]);
     if (gl_LocalInvocationID.x == 0) dst[w] = total * p.scale;
 }
 #elif MODE_FILL

@@ -10,19 +10,21 @@ from ..registry import Op, register
 SHADER = "reduce.comp"
 SUM_PASS = shaders.variant(SHADER, MODE_SUM=1)
 FILL = shaders.variant(SHADER, MODE_FILL=1)
-PER_WORKGROUP = 2 * WORKGROUP  # elements one workgroup folds in one pass
+ITEMS = 16  # values each invocation sums before the workgroup's tree (ITEMS in reduce.comp)
 
 
 def tree_sum(engine, source, n: int, out, scale: float) -> None:
-    """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/512 -> ... -> 1.
+    """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/(16 WG) -> ... -> 1.
 
-    Each pass is one dispatch without loops over the data (so no lavapipe loop limit), its workgroups spread over
-    a 2-D grid (so no 65535-workgroup limit); the engine orders the passes."""
+    Each pass is one dispatch with 16 unrolled loads per invocation (no lavapipe loop limit), its workgroups
+    spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes."""
+    workgroup = engine.reduction_workgroup(ITEMS * WORKGROUP, ITEMS * WORKGROUP * 4)
     while True:
-        groups = -(-n // PER_WORKGROUP)
+        groups = -(-n // (ITEMS * workgroup))
         last = groups == 1
         target = out if last else engine.alloc(groups)
-        engine.dispatch(SUM_PASS, [source], [target], [n, scale if last else 1.0], engine.grid(groups))
+        engine.dispatch(SUM_PASS, [source], [target], [n, scale if last else 1.0], engine.grid(groups),
+                        workgroup=workgroup)
         if last:
             return
         source, n = target, groups
