@@ -240,3 +240,17 @@ def test_fused_losses_on_a_two_dimensional_grid(rng):
         assert_matches(run(g, "cross_entropy_loss", p, t), ce_reference(p, t))
         p, y = rng.uniform(0.01, 0.99, 20_000).astype(np.float32), rng.random(20_000).astype(np.float32)
         assert_matches(run(g, "bce_loss", p, y), bce_reference(p, y))
+
+
+@pytest.mark.parametrize("workgroup", [32, 256])  # GPUs use 256 everywhere; lavapipe picks by row length
+def test_every_path_at_both_workgroup_sizes(rng, workgroup):
+    with vkloss.Graph() as g:
+        g.engine.reduction_workgroup = lambda items, bytes_touched: workgroup
+        for shape in [(9, 5), (6, 999), (5, 4000), (3, 1001), (2, 300_001)]:
+            p, t = rng.standard_normal(shape).astype(np.float32), rng.random(shape).astype(np.float32)
+            assert_matches(run(g, "cross_entropy_loss", p, t), ce_reference(p, t))
+        for n in (7, 4096, 70_001):
+            p, y = rng.uniform(0.01, 0.99, n).astype(np.float32), rng.random(n).astype(np.float32)
+            assert_matches(run(g, "bce_loss", p, y), bce_reference(p, y))
+        x = rng.standard_normal(100_003).astype(np.float32)
+        assert g.mean_all(g.tensor(x)).item() == pytest.approx(f32(x).mean(), abs=1e-6 * np.abs(x).mean())

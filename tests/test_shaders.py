@@ -113,3 +113,16 @@ def test_dispatch_with_the_wrong_number_of_buffers_is_refused(g):
     a = engine.alloc(4)
     with pytest.raises(ValueError, match=r"declares 3 buffer bindings but was given 2"):
         engine.dispatch(shaders.variant("elementwise.comp", ARITY=2, OP_ADD=1), [a], [a], [4], (1, 1, 1))
+
+
+def test_bench_quick_prints_ratios_and_writes_json(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    done = run_tools("bench", "--quick", "--repeats", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "roofline" in done.stdout and "speed-up" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["loss"] for r in rows} == {"cross_entropy_loss", "bce_loss"}
+    for r in rows:
+        assert r["roofline"] > 0 and r["speedup_over_unfused"] > 0 and r["rel_error_fused"] < 1e-4
