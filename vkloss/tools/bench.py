@@ -116,9 +116,9 @@ class Case:
         value, gradient = e.read([loss, grad])
         return float(value[0]), gradient
 
-    def copy_seconds(self, repeats) -> float:
-        """The device's streaming bandwidth as a time: the faster of a scalar and a vec4 copy shader that read and
-        write, together, the same number of bytes as the minimal traffic."""
+    def copy_seconds(self, repeats) -> dict:
+        """The device's streaming bandwidth as times: a scalar and a vec4 copy shader that read and write, together,
+        the same number of bytes as the minimal traffic. The roofline uses the faster."""
         e = self.engine
         floats = -(-self.minimal_bytes // 32) * 4  # read this many floats and write as many (a multiple of 4)
         data = np.arange(floats, dtype=np.float32)
@@ -133,7 +133,7 @@ class Case:
             if not np.array_equal(e.read([dst])[0], data):  # every element: a copy cut short looks fast
                 raise RuntimeError("the copy shader did not copy every element")
             timings.append(median_seconds(copy, repeats))
-        return min(timings)
+        return {"scalar": timings[0], "vec4": timings[1]}
 
     def torch_seconds(self, repeats):
         try:
@@ -169,13 +169,15 @@ def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> lis
             raise RuntimeError(f"{loss} {shape}: {', '.join(bad)} result off by {errors} relative: not timing it")
         fused = median_seconds(case.fused, repeats)
         unfused = median_seconds(case.unfused, repeats)
-        copy = case.copy_seconds(repeats)
+        copies = case.copy_seconds(repeats)
+        copy = min(copies.values())
         torch_s = case.torch_seconds(repeats)
         gbps = case.minimal_bytes / fused / 1e9
         copy_gbps = case.minimal_bytes / copy / 1e9
         rows.append({"loss": loss, "shape": list(shape), "minimal_bytes": case.minimal_bytes,
                      "fused_s": fused, "fused_GBps": gbps, "copy_s": copy, "copy_GBps": copy_gbps,
-                     "roofline": gbps / copy_gbps, "unfused_s": unfused, "speedup_over_unfused": unfused / fused,
+                     "roofline": gbps / copy_gbps, "copy_scalar_s": copies["scalar"], "copy_vec4_s": copies["vec4"],
+                     "roofline_vs_scalar_copy": copies["scalar"] / fused, "unfused_s": unfused, "speedup_over_unfused": unfused / fused,
                      "torch_cpu_s": torch_s, "rel_error_fused": errors["fused"], "rel_error_unfused": errors["unfused"]})
         del case
     return rows
