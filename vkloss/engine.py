@@ -14,6 +14,7 @@ rules allow, because kp 0.9.0 records before each dispatch only a transfer-to-co
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 from collections import OrderedDict
@@ -116,6 +117,10 @@ class _Segment:
         self.unsynced_writes: dict[int, Buffer] = {}  # written by a dispatch, no barrier for it yet
         self.reads: set[int] = set()  # read by a dispatch since the last execution barrier
         self.uploads: set[int] = set()  # transfer-written in this segment
+        # Buffers whose host staging a SyncLocal in this segment wrote: kp's barriers guard the device buffer, not
+        # the staging one, so a second copy into the same staging buffer needs a new segment.
+        self.staged: set[int] = set()
+        self.touched: set[int] = set()  # every buffer an item of this segment uses
 
 
 def push_constants(values) -> np.ndarray:
@@ -174,6 +179,8 @@ class Engine:
         with self._lock:
             free = self._pool.get((size, _DTYPES[dtype]))
             if free:
+                # the oldest free block of this size: a loop that allocates in the same order every step gets the
+                # same buffers every step, hence the same cached algorithms
                 block = free.pop()
                 self._pool_bytes -= block.nbytes
             else:
@@ -187,16 +194,24 @@ class Engine:
         """A device buffer holding `array` (already of a supported dtype), copied up at the next flush."""
         array = np.ascontiguousarray(array).reshape(-1)
         buf = self.alloc(array.size, array.dtype)
-        buf.block.kp.data()[:] = array  # the staging memory, host-visible
-        buf.host_valid = True
-        self._record(_Upload(buf))
+        self.upload_into(buf, array)
         return buf
+
+    def upload_into(self, buf: Buffer, array: np.ndarray) -> None:
+        """Overwrite `buf` with `array` (same size), copied up at the next flush."""
+        with self._lock:
+            if any(buf.serial in s.touched for s in self._segments):
+                self.flush()  # recorded work still uses this buffer (or its staging copy, written below at once)
+            buf.block.kp.data()[:] = np.ascontiguousarray(array).reshape(-1)  # the staging memory, host-visible
+            buf.host_valid, buf.host_sync_recorded = True, False
+            self._record(_Upload(buf))
 
     def _release(self, block: _Block) -> None:
         if self.closed:
             return
         with self._lock:
-            self._pool.setdefault((block.size, _DTYPES[block.dtype]), []).append(block)
+            free = self._pool.setdefault((block.size, _DTYPES[block.dtype]), [])
+            free.insert(bisect.bisect(free, -block.serial, key=lambda b: -b.serial), block)  # newest first
             self._pool_bytes += block.nbytes
             while self._pool_bytes > POOL_MAX_BYTES:
                 self._evict_one()
@@ -272,9 +287,10 @@ class Engine:
         words = push_constants(push)
         with self._lock:
             algo = self._algorithm(variant, list(inputs) + list(outputs), tuple(grid), words, workgroup)
+            self._record(_Dispatch(algo, words, list(inputs), list(outputs)))
+            # after recording: a barrier copy recorded before this dispatch holds the old values, not these
             for b in outputs:
                 b.host_valid = b.host_sync_recorded = False
-            self._record(_Dispatch(algo, words, list(inputs), list(outputs)))
 
     # ---- recording and flushing ----------------------------------------------------------------------------
     def _new_segment(self) -> _Segment:
@@ -296,8 +312,11 @@ class Engine:
                     seg = self._new_segment()  # write after read, or after an upload: needs a boundary
                 else:
                     dirty = list({b.serial: b for b in touched if b.serial in seg.unsynced_writes}.values())
-                    if dirty and sum(b.nbytes for b in dirty) <= SYNC_LOCAL_MAX_BYTES:
+                    small = sum(b.nbytes for b in dirty) <= SYNC_LOCAL_MAX_BYTES
+                    if dirty and small and not any(b.serial in seg.staged for b in dirty):
                         seg.items.append(_SyncLocal(dirty))
+                        seg.staged.update(b.serial for b in dirty)
+                        seg.touched.update(b.serial for b in dirty)
                         self.stats["sync_local_barriers"] += 1
                         for b in dirty:
                             del seg.unsynced_writes[b.serial]
@@ -308,6 +327,8 @@ class Engine:
                 seg.reads.update(b.serial for b in item.inputs)
                 seg.unsynced_writes.update((b.serial, b) for b in item.outputs)
             seg.items.append(item)
+            seg.touched.update(b.serial for b in ([item.buffer] if isinstance(item, _Upload)
+                                                  else item.inputs + item.outputs))
             self._pending += 1
             if self._pending >= MAX_PENDING:
                 self.flush()
@@ -318,8 +339,11 @@ class Engine:
             seg = self._segments[-1]
             stale = [b for b in {b.serial: b for b in read_back}.values()
                      if not b.host_valid and not b.host_sync_recorded]
+            if any(b.serial in seg.staged for b in stale):
+                seg = self._new_segment()
             if stale:
                 seg.items.append(_SyncLocal(stale))
+                seg.touched.update(b.serial for b in stale)
                 for b in stale:
                     b.host_sync_recorded = True
             segments = [s for s in self._segments if s.items]
