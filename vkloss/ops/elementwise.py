@@ -20,7 +20,27 @@ def _variant(op_name: str, arity: int):
 
 
 def _forward(op_name, arity, engine, inputs, out, shapes):
-    engine.dispatch(_variant(op_name, arity), inputs, [out], [out.size], engine.groups_for(out.size))
+    engine.dispatch(_variant(op_name, arity), inputs, [out], [out.size, 0], engine.groups_for(out.size))
+
+
+def _add_shape(a, b):
+    if a == b or (len(a) == 2 and b == (a[1],)):
+        return a
+    raise ValueError(f"add: shapes {a} and {b} differ; add takes operands of the same shape, or a matrix [batch, n] "
+                     f"and a vector [n] that is added to every row")
+
+
+def _add_forward(engine, inputs, out, shapes):
+    row = shapes[0] != shapes[1]
+    engine.dispatch(_variant("add_row" if row else "add", 2), inputs, [out], [out.size, shapes[0][-1]],
+                    engine.groups_for(out.size))
+
+
+def _add_backward(ctx, grad):
+    a, b = ctx.inputs
+    if a.shape == b.shape:
+        return grad, grad
+    return grad, (ctx.g.sum_rows(grad) if ctx.needs[1] else None)  # the bias gets the sum over the batch
 
 
 def scalar_second(name, a, s):
@@ -46,8 +66,14 @@ elementwise("abs", 1, "abs(x) -> |x|, same shape. d/dx = sign(x), and 0 at x = 0
             backward=lambda ctx, grad: (ctx.g.abs_backward(grad, ctx.inputs[0]),))
 elementwise("sigmoid", 1, "sigmoid(x) -> 1 / (1 + exp(-x)), same shape. d/dx = y (1 - y), from the saved output y.",
             backward=lambda ctx, grad: (ctx.g.sigmoid_backward(grad, ctx.output),))
-elementwise("add", 2, "add(a, b) -> a + b, operands of one shape. d/da = d/db = 1.",
-            backward=lambda ctx, grad: (grad, grad))
+register(Op(
+    name="add", arity=2, shader=SHADER, backward_kind="own rule", shape=_add_shape, forward=_add_forward,
+    backward=_add_backward, variants=lambda: [_variant("add", 2), _variant("add_row", 2)],
+    doc="add(a, b) -> a + b: operands of one shape, or a [batch, n] and a vector [n] added to every row (a bias). "
+        "d/da = 1; d/db = 1, summed over the batch when b was broadcast.",
+))
+elementwise("relu", 1, "relu(x) -> max(x, 0), same shape. d/dx = 1 where x > 0, else 0 (0 at x = 0, as in PyTorch).",
+            backward=lambda ctx, grad: (ctx.g.relu_backward(grad, ctx.inputs[0]),))
 elementwise("mul", 2, "mul(a, b) -> a * b, operands of one shape. d/da = b, d/db = a.",
             backward=lambda ctx, grad: (ctx.g.mul(grad, ctx.inputs[1]) if ctx.needs[0] else None,
                                         ctx.g.mul(grad, ctx.inputs[0]) if ctx.needs[1] else None))
@@ -56,4 +82,5 @@ elementwise("mul_scalar", 2, "mul_scalar(x, s) -> x * s[0], s of shape (1,). d/d
             backward=lambda ctx, grad: (ctx.g.mul_scalar(grad, ctx.inputs[1]) if ctx.needs[0] else None,
                                         ctx.g.sum_all(ctx.g.mul(grad, ctx.inputs[0])) if ctx.needs[1] else None))
 elementwise("abs_backward", 2, "abs_backward(grad, x) -> grad * sign(x) (sign(0) = 0): the gradient of abs.")
+elementwise("relu_backward", 2, "relu_backward(grad, x) -> grad where x > 0, else 0: the gradient of relu.")
 elementwise("sigmoid_backward", 2, "sigmoid_backward(grad, y) -> grad * y * (1 - y), y = sigmoid(x).")
