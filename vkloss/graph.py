@@ -18,6 +18,15 @@ from .tensor import Tensor
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
 
 
+def _host_array(data, where: str) -> np.ndarray:
+    array = np.asarray(data)
+    if array.dtype.kind not in _FLOAT_LIKE:
+        raise TypeError(f"{where} takes real numbers; got an array of dtype {array.dtype} with shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{where} got an empty array of shape {array.shape}")
+    return array
+
+
 class Graph:
     """A device and the tensors and ops on it.
 
@@ -37,15 +46,25 @@ class Graph:
 
         A 0-d value becomes shape (1,). Bool, complex, object and string arrays raise TypeError; empty arrays
         raise ValueError."""
-        array = np.asarray(data)
-        if array.dtype.kind not in _FLOAT_LIKE:
-            raise TypeError(f"g.tensor takes real numbers; got an array of dtype {array.dtype} with shape {array.shape}")
-        if array.size == 0:
-            raise ValueError(f"g.tensor got an empty array of shape {array.shape}")
+        array = _host_array(data, "g.tensor")
         shape = array.shape or (1,)
         self._engine.check_size(array.size)  # before converting: a too-large array is refused without a copy
         buffer = self._engine.upload(array.astype(np.float32, copy=False))
         return Tensor(self, shape, buffer, requires_grad=bool(requires_grad))
+
+    def _copy_into(self, tensor: Tensor, data) -> Tensor:
+        array = _host_array(data, "copy_")
+        if (array.shape or (1,)) != tensor.shape:
+            raise ValueError(f"copy_: data of shape {array.shape} into a tensor of shape {tensor.shape}")
+        if not tensor.is_leaf:
+            raise ValueError("copy_: only a leaf tensor (made by g.tensor or g.parameter) can be overwritten")
+        self._engine.upload_into(tensor.buffer, array.astype(np.float32, copy=False))
+        return tensor
+
+    def parameter(self, data) -> Tensor:
+        """A trainable tensor: `g.tensor(data, requires_grad=True)`. It lives on the device across steps; an
+        optimizer updates it in place."""
+        return self.tensor(data, requires_grad=True)
 
     def _read(self, tensor: Tensor) -> np.ndarray:
         checks, self._checks = self._checks, []

@@ -45,6 +45,13 @@ class Tensor:
             raise ValueError(f"item() needs a tensor of one element, this one has shape {self.shape}")
         return float(self.numpy().reshape(-1)[0])
 
+    def copy_(self, data) -> "Tensor":
+        """Overwrite this tensor's values with `data` (same shape; converted to float32), like PyTorch's copy_.
+
+        A training loop that refills the same input tensors every step keeps their device buffers, and with them
+        every kernel bound to them: nothing is compiled after the first step."""
+        return self.graph._copy_into(self, data)
+
     def backward(self) -> None:
         """Same as `graph.backward(self)`."""
         self.graph.backward(self)

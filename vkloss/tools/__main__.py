@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import registry, shaders
+from .. import optim, registry, shaders
 from . import bench
 from ..device import choose_device, devices
 from ..errors import ShaderCheckError, ShaderCompileError
@@ -17,7 +17,7 @@ def all_variants() -> list[shaders.Variant]:
     for op in registry.all_ops():
         for v in op.variants() if op.variants else ():
             seen.setdefault(v)
-    for v in bench.VARIANTS:  # the benchmark's baselines are compiled and checked like the ops' kernels
+    for v in optim.VARIANTS + bench.VARIANTS:  # optimizer updates and bench baselines, checked like the ops'
         seen.setdefault(v)
     return list(seen)
 

@@ -1,0 +1,36 @@
+#version 450
+// Optimizer updates, in place on the device, PyTorch's formulas (no weight decay, no dampening, no nesterov):
+//   MODE_SGD:  velocity = momentum * velocity + grad; param -= lr * velocity   (momentum 0: param -= lr * grad)
+//   MODE_ADAM: m = b1 m + (1 - b1) grad; v = b2 v + (1 - b2) grad^2;
+//              param -= (lr / bias1) * m / (sqrt(v) / sqrt(bias2) + eps), bias_i = 1 - b_i^step
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+
+layout(push_constant) uniform Push {
+    uint n; float lr; float momentum; float beta1; float beta2; float eps; float bias1; float bias2;
+} p;
+layout(set = 0, binding = 0) readonly buffer Grad { float grad[]; };
+layout(set = 0, binding = 1) buffer Param { float param[]; };
+layout(set = 0, binding = 2) buffer State1 { float state1[]; };  // SGD: velocity; Adam: m
+#if MODE_ADAM
+layout(set = 0, binding = 3) buffer State2 { float state2[]; };  // Adam: v
+#endif
+
+void main() {
+    uint i = global_index();
+    if (i >= p.n) return;
+    float g = grad[i];
+#if MODE_SGD
+    float velocity = p.momentum * state1[i] + g;
+    state1[i] = velocity;
+    param[i] -= p.lr * velocity;
+#elif MODE_ADAM
+    float m = p.beta1 * state1[i] + (1.0 - p.beta1) * g;
+    float v = p.beta2 * state2[i] + (1.0 - p.beta2) * g * g;
+    state1[i] = m;
+    state2[i] = v;
+    param[i] -= (p.lr / p.bias1) * m / (sqrt(v) / sqrt(p.bias2) + p.eps);
+#else
+#error "optim.comp: define MODE_SGD or MODE_ADAM"
+#endif
+}

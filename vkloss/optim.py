@@ -1,0 +1,86 @@
+"""Optimizers whose update runs as a device kernel, in place: no parameter is copied to the host while training.
+
+    opt = vkloss.optim.Adam([w1, b1, w2, b2], lr=1e-2)
+    opt.zero_grad(); g.backward(loss); opt.step()
+
+The formulas are PyTorch's (torch.optim.SGD with momentum, torch.optim.Adam), without weight decay.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import shaders
+from .tensor import Tensor
+
+SHADER = "optim.comp"
+SGD_STEP = shaders.variant(SHADER, MODE_SGD=1)
+ADAM_STEP = shaders.variant(SHADER, MODE_ADAM=1)
+VARIANTS = [SGD_STEP, ADAM_STEP]
+
+
+class Optimizer:
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__} got no parameters")
+        for position, param in enumerate(self.params):
+            if not isinstance(param, Tensor) or not param.requires_grad or not param.is_leaf:
+                raise ValueError(f"{type(self).__name__}: parameter {position} must be a leaf Tensor with "
+                                 f"requires_grad=True, got {param!r}")
+            if param.graph is not self.params[0].graph:
+                raise ValueError(f"{type(self).__name__}: parameter {position} belongs to another Graph")
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
+        self.lr = float(lr)
+        self.engine = self.params[0].graph.engine
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        """Forget the gradients (backward accumulates into .grad, as in PyTorch)."""
+        for param in self.params:
+            param.grad = None
+
+    def _state(self, param):
+        return self.engine.upload(np.zeros(param.size, np.float32))
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient, on the device."""
+        self.steps += 1
+        for index, param in enumerate(self.params):
+            if param.grad is not None:
+                self._update(index, param)
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD: param -= lr * velocity, velocity = momentum * velocity + grad."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0):
+        super().__init__(params, lr)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self.velocity = [self._state(p) for p in self.params]
+
+    def _update(self, index, param):
+        push = [param.size, self.lr, self.momentum, 0.0, 0.0, 0.0, 1.0, 1.0]
+        self.engine.dispatch(SGD_STEP, [param.grad.buffer], [param.buffer, self.velocity[index]], push,
+                             self.engine.groups_for(param.size))
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam with bias correction."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
+        self.eps = float(eps)
+        self.m = [self._state(p) for p in self.params]
+        self.v = [self._state(p) for p in self.params]
+
+    def _update(self, index, param):
+        bias1, bias2 = 1 - self.beta1 ** self.steps, 1 - self.beta2 ** self.steps
+        push = [param.size, self.lr, 0.0, self.beta1, self.beta2, self.eps, bias1, bias2]
+        self.engine.dispatch(ADAM_STEP, [param.grad.buffer], [param.buffer, self.m[index], self.v[index]], push,
+                             self.engine.groups_for(param.size))
