@@ -44,7 +44,7 @@ if ! "$venv/bin/python" -c "import kp" 2>/dev/null; then
   CMAKE_PREFIX_PATH=$("$venv/bin/python" -m pybind11 --cmakedir) \
     $pip install --no-build-isolation kp==0.9.0 >&2
 fi
-extras=test
-[ "${VKLOSS_TORCH:-1}" = 0 ] || extras=test,torch
+extras=test,train
+[ "${VKLOSS_TORCH:-1}" = 0 ] || extras=test,train,torch
 $pip install --no-build-isolation -e "$repo[$extras]" >&2
 echo "$want" > "$stamp"

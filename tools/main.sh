@@ -4,4 +4,4 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$repo/tools/bootstrap.sh"
 cd "$repo"
-exec .venv/bin/python -m vkloss.demo "$@"
+exec .venv/bin/python -m vkloss.train "$@"

@@ -1,0 +1,84 @@
+"""The float64 numpy twin of a vkloss training run: the same MLP, losses and optimizers, written out by hand.
+
+It shares no code with the device path (no registry, no tape), so agreement between the two is evidence, not an
+echo. `python -m vkloss.train` runs both from the same initial weights on the same batches.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def forward(weights, x):
+    """Layer inputs and pre-activations of an MLP with relu between layers; returns (activations, output)."""
+    inputs, h = [], x
+    for i, (w, b) in enumerate(weights):
+        inputs.append(h)
+        z = h @ w + b
+        h = np.maximum(z, 0.0) if i < len(weights) - 1 else z
+    return inputs, h
+
+
+def loss_and_output_grad(loss: str, z, target):
+    """The loss (as vkloss defines it, PyTorch's numbers) and its gradient with respect to the network's output z.
+    For bce_loss, z are logits passed through a sigmoid first."""
+    n = z.size
+    if loss == "cross_entropy_loss":
+        m = z.max(axis=1, keepdims=True)
+        log_softmax = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+        value = -(target * log_softmax).sum(axis=1).mean()
+        return value, (np.exp(log_softmax) * target.sum(axis=1, keepdims=True) - target) / len(z)
+    if loss == "bce_loss":
+        p = 1.0 / (1.0 + np.exp(-z))
+        with np.errstate(divide="ignore"):
+            value = -(target * np.maximum(np.log(p), -100) + (1 - target) * np.maximum(np.log1p(-p), -100)).mean()
+        grad_p = (p - target) / np.maximum(p * (1 - p), 1e-12) / n
+        return value, grad_p * p * (1 - p)
+    d = z - target
+    if loss == "mse_loss":
+        return np.mean(d * d), 2 * d / n
+    if loss == "l1_loss":
+        return np.mean(np.abs(d)), np.sign(d) / n
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def gradients(weights, x, target, loss: str):
+    """Loss and [(dW, db)] for every layer."""
+    inputs, z = forward(weights, x)
+    value, grad = loss_and_output_grad(loss, z, target)
+    grads = [None] * len(weights)
+    for i in reversed(range(len(weights))):
+        w, _ = weights[i]
+        grads[i] = (inputs[i].T @ grad, grad.sum(axis=0))
+        if i > 0:
+            grad = (grad @ w.T) * (inputs[i] > 0)  # relu's gradient, 0 at 0
+    return value, grads
+
+
+class SGD:
+    def __init__(self, params, lr, momentum=0.0):
+        self.params, self.lr, self.momentum = params, lr, momentum
+        self.velocity = [np.zeros_like(p) for p in params]
+
+    def step(self, grads):
+        for p, v, g in zip(self.params, self.velocity, grads):
+            v *= self.momentum
+            v += g
+            p -= self.lr * v
+
+
+class Adam:
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, (self.beta1, self.beta2), self.eps = params, lr, betas, eps
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.steps = 0
+
+    def step(self, grads):
+        self.steps += 1
+        bias1, bias2 = 1 - self.beta1 ** self.steps, 1 - self.beta2 ** self.steps
+        for p, m, v, g in zip(self.params, self.m, self.v, grads):
+            m *= self.beta1
+            m += (1 - self.beta1) * g
+            v *= self.beta2
+            v += (1 - self.beta2) * g * g
+            p -= (self.lr / bias1) * m / (np.sqrt(v) / np.sqrt(bias2) + self.eps)

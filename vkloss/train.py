@@ -1,0 +1,275 @@
+"""python -m vkloss.train: train small networks on scikit-learn's bundled data sets with all four losses.
+
+Tasks (data from the installed scikit-learn; nothing is downloaded):
+  digits         1,797 8x8 images, 10 classes: MLP 64-64-10, g.cross_entropy_loss on one-hot targets
+  breast_cancer  569 samples, binary: MLP 30-16-1, g.sigmoid then g.bce_loss
+  diabetes_mse   442 samples, regression: MLP 10-16-1, g.mse_loss
+  diabetes_l1    the same with g.l1_loss
+Each task also trains the same model in float64 numpy (vkloss.reference) from the same initial weights on the same
+batches, and the summary puts both side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import optim, reference
+from .graph import Graph
+
+
+@dataclass
+class Task:
+    name: str
+    loss: str
+    hidden: int
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"
+    metric: str = "accuracy"
+
+
+TASKS = {
+    "digits": Task("digits", "cross_entropy_loss", hidden=64, epochs=20, batch_size=64, lr=0.01),
+    "breast_cancer": Task("breast_cancer", "bce_loss", hidden=16, epochs=20, batch_size=32, lr=0.01),
+    "diabetes_mse": Task("diabetes_mse", "mse_loss", hidden=16, epochs=60, batch_size=32, lr=0.01, metric="rmse"),
+    "diabetes_l1": Task("diabetes_l1", "l1_loss", hidden=16, epochs=60, batch_size=32, lr=0.01, metric="mae"),
+}
+GROUPS = {"all": list(TASKS), "diabetes": ["diabetes_mse", "diabetes_l1"]}
+
+
+@dataclass
+class Data:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    y_scale: float = 1.0  # regression targets are standardized; errors are reported in the original units
+
+
+def load(task: Task, seed: int) -> Data:
+    from sklearn import datasets  # bundled with the package: load_* read local files
+
+    if task.name == "digits":
+        bunch = datasets.load_digits()
+        x, labels = bunch.data / 16.0, bunch.target
+        y = np.eye(10)[labels]
+    elif task.name == "breast_cancer":
+        bunch = datasets.load_breast_cancer()
+        x, y = bunch.data, bunch.target[:, None].astype(np.float64)
+    else:
+        bunch = datasets.load_diabetes()
+        x, y = bunch.data, bunch.target[:, None].astype(np.float64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    train, test = order[:cut], order[cut:]
+    x_train, x_test = x[train], x[test]
+    if task.name != "digits":  # standardize features by the training split
+        mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-12
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    y_train, y_test, y_scale = y[train], y[test], 1.0
+    if task.metric != "accuracy":
+        mean, y_scale = y_train.mean(), y_train.std()
+        y_train, y_test = (y_train - mean) / y_scale, (y_test - mean) / y_scale
+    return Data(x_train, y_train, x_test, y_test, y_scale)
+
+
+def initial_weights(sizes, rng):
+    """PyTorch's nn.Linear default: W and b uniform in +-1/sqrt(fan_in). float32 values, shared by both runs."""
+    weights = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        bound = 1 / np.sqrt(fan_in)
+        weights.append((rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32),
+                        rng.uniform(-bound, bound, fan_out).astype(np.float32)))
+    return weights
+
+
+def batches(n: int, batch_size: int, epochs: int, rng):
+    """Shuffled batches per epoch, all of `batch_size` (the remainder of each shuffle is left out, as PyTorch's
+    drop_last=True does): every step has the same shapes, so after the first steps it reuses its kernels."""
+    if not 0 < batch_size <= n:
+        raise ValueError(f"batch size {batch_size} must be between 1 and the {n} training samples")
+    whole = n // batch_size * batch_size
+    return [np.split(rng.permutation(n)[:whole], whole // batch_size) for _ in range(epochs)]
+
+
+def metric(task: Task, output: np.ndarray, data: Data) -> float:
+    if task.name == "digits":
+        return float(np.mean(output.argmax(axis=1) == data.y_test.argmax(axis=1)))
+    if task.name == "breast_cancer":
+        return float(np.mean((output > 0) == (data.y_test > 0.5)))  # logit > 0 <=> sigmoid > 0.5
+    error = (output - data.y_test) * data.y_scale
+    return float(np.sqrt(np.mean(error ** 2))) if task.metric == "rmse" else float(np.mean(np.abs(error)))
+
+
+def network(g, params, x):
+    """The MLP: linear layers with relu between them; the output is logits (or the regression value)."""
+    h = x
+    for i in range(0, len(params), 2):
+        h = g.add(g.matmul(h, params[i]), params[i + 1])
+        if i + 2 < len(params):
+            h = g.relu(h)
+    return h
+
+
+@dataclass
+class Run:
+    losses: list = field(default_factory=list)  # per-epoch mean training loss
+    metric: float = float("nan")
+    seconds: float = 0.0
+    steps: int = 0
+    submissions: int = 0
+    algorithms_after_first_step: int = 0
+    algorithms_at_end: int = 0
+
+
+def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> Run:
+    params = [g.parameter(a) for layer in weights for a in layer]
+    opt = optim.Adam(params, lr=task.lr) if task.optimizer == "adam" else optim.SGD(params, lr=task.lr, momentum=0.9)
+    loss_fn = getattr(g, task.loss)
+    run = Run()
+    start, submissions = time.perf_counter(), g.stats["submissions"]
+    x = g.tensor(data.x_train[plan[0][0]])  # refilled every step: the same buffers, the same compiled kernels
+    y = g.tensor(data.y_train[plan[0][0]])
+    for epoch, epoch_batches in enumerate(plan):
+        total = 0.0
+        for idx in epoch_batches:
+            x.copy_(data.x_train[idx])
+            y.copy_(data.y_train[idx])
+            out = network(g, params, x)
+            loss = loss_fn(g.sigmoid(out), y) if task.loss == "bce_loss" else loss_fn(out, y)
+            opt.zero_grad()
+            g.backward(loss)
+            opt.step()
+            total += loss.item() * len(idx)
+            del out, loss  # nothing of this step outlives it: the next step gets the same buffers and kernels
+            run.steps += 1
+            if run.steps == 1:
+                run.algorithms_after_first_step = g.stats["algorithms_created"]
+        run.losses.append(total / sum(len(idx) for idx in epoch_batches))
+        progress(epoch + 1, len(plan), run.losses[-1])
+    run.seconds = time.perf_counter() - start
+    run.submissions = g.stats["submissions"] - submissions
+    run.algorithms_at_end = g.stats["algorithms_created"]
+    with g.no_grad():
+        run.metric = metric(task, network(g, params, g.tensor(data.x_test)).numpy(), data)
+    return run
+
+
+def train_reference(task: Task, data: Data, weights, plan) -> Run:
+    params = [a.astype(np.float64) for layer in weights for a in layer]
+    opt = reference.Adam(params, task.lr) if task.optimizer == "adam" else reference.SGD(params, task.lr, 0.9)
+    layers = lambda: list(zip(params[0::2], params[1::2]))  # noqa: E731
+    run = Run()
+    for epoch_batches in plan:
+        total = 0.0
+        for idx in epoch_batches:
+            value, grads = reference.gradients(layers(), data.x_train[idx], data.y_train[idx], task.loss)
+            opt.step([g for pair in grads for g in pair])
+            total += value * len(idx)
+        run.losses.append(total / sum(len(idx) for idx in epoch_batches))
+    run.metric = metric(task, reference.forward(layers(), data.x_test)[1], data)
+    return run
+
+
+def progress_bar(name: str, quiet: bool):
+    live = sys.stderr.isatty()
+
+    def show(done, total, loss):
+        if quiet or (not live and done != total):  # a log file gets the last state only
+            return
+        width = 30
+        filled = int(width * done / total)
+        sys.stderr.write(f"\r{name:14s} [{'#' * filled}{'.' * (width - filled)}] epoch {done}/{total} "
+                         f"loss {loss:.4f}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def summary(results) -> str:
+    head = (f"{'task':14s} {'loss':19s} {'final loss':>11s} {'float64':>11s} {'rel diff':>9s} {'metric':>8s} "
+            f"{'vkloss':>8s} {'float64':>8s} {'time s':>7s} {'steps/s':>8s} {'subm/step':>9s}")
+    lines = [head, "-" * len(head)]
+    for task, vk, ref in results:
+        rel = abs(vk.losses[-1] - ref.losses[-1]) / abs(ref.losses[-1])
+        lines.append(f"{task.name:14s} {task.loss:19s} {vk.losses[-1]:11.6f} {ref.losses[-1]:11.6f} {rel:9.1e} "
+                     f"{task.metric:>8s} {vk.metric:8.4f} {ref.metric:8.4f} {vk.seconds:7.2f} "
+                     f"{vk.steps / vk.seconds:8.1f} {vk.submissions / vk.steps:9.2f}")
+    return "\n".join(lines)
+
+
+def plot(results, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2), squeeze=False)
+    for ax, (task, vk, ref) in zip(axes[0], results):
+        epochs = range(1, len(vk.losses) + 1)
+        ax.plot(epochs, vk.losses, label="vkloss (float32, device)")
+        ax.plot(epochs, ref.losses, "--", label="numpy (float64)")
+        ax.set_title(f"{task.name}: {task.loss}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m vkloss.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="all", choices=[*GROUPS, *TASKS], help="which task(s) to train")
+    parser.add_argument("--epochs", type=int, help="epochs (default: per task)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: per task)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: per task)")
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], help="adam, or sgd with momentum 0.9 (default: adam)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="device index (default: VKLOSS_DEVICE, else the best)")
+    parser.add_argument("--plot", default="vkloss-train.png", metavar="PATH",
+                        help="PNG of the loss curves (default: vkloss-train.png here); '' for none")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    names = GROUPS.get(args.task, [args.task])
+    results = []
+    with Graph(args.device) as g:
+        print(f"device: {g.device}")
+        for name in names:
+            defaults = TASKS[name]
+            task = Task(name, defaults.loss, defaults.hidden, args.epochs or defaults.epochs,
+                        args.batch_size or defaults.batch_size, args.lr or defaults.lr,
+                        args.optimizer or defaults.optimizer, defaults.metric)
+            data = load(task, args.seed)
+            rng = np.random.default_rng(args.seed)
+            outputs = data.y_train.shape[1]
+            weights = initial_weights([data.x_train.shape[1], task.hidden, outputs], rng)
+            plan = batches(len(data.x_train), task.batch_size, task.epochs, rng)
+            vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet))
+            ref = train_reference(task, data, weights, plan)
+            results.append((task, vk, ref))
+    print(summary(results))
+    for task, vk, _ in results:
+        print(f"{task.name}: {vk.steps} steps, kernels compiled after the first step: "
+              f"{vk.algorithms_at_end - vk.algorithms_after_first_step}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"loss curves: {os.path.abspath(args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
