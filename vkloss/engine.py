@@ -151,6 +151,7 @@ class Engine:
         self._algorithms_by_block: dict[int, set[tuple]] = {}
         self._segments = [_Segment()]
         self._pending = 0
+        self._step_ended = False  # flush before the next allocation (see end_of_step)
         self._lock = threading.RLock()
         self.stats = {"submissions": 0, "dispatches": 0, "sync_local_barriers": 0, "algorithms_created": 0,
                       "buffers_created": 0}
@@ -177,6 +178,8 @@ class Engine:
             raise ValueError(f"cannot allocate a buffer of {size} elements")
         self.check_size(size, dtype)
         with self._lock:
+            if self._step_ended:
+                self.flush()
             free = self._pool.get((size, _DTYPES[dtype]))
             if free:
                 # the oldest free block of this size: a loop that allocates in the same order every step gets the
@@ -333,9 +336,15 @@ class Engine:
             if self._pending >= MAX_PENDING:
                 self.flush()
 
+    def end_of_step(self) -> None:
+        """A training step ended: submit its work at the next host read, or at the latest before the next
+        allocation, so the step's buffers are back in the pool when the next step asks for them."""
+        self._step_ended = True
+
     def flush(self, read_back: list[Buffer] = ()) -> None:
         """Submit everything recorded, each segment as one sequence, and copy `read_back` to the host."""
         with self._lock:
+            self._step_ended = False
             seg = self._segments[-1]
             stale = [b for b in {b.serial: b for b in read_back}.values()
                      if not b.host_valid and not b.host_sync_recorded]

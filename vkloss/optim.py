@@ -44,11 +44,14 @@ class Optimizer:
         return self.engine.upload(np.zeros(param.size, np.float32))
 
     def step(self) -> None:
-        """Update every parameter that has a gradient, on the device."""
+        """Update every parameter that has a gradient, on the device. The step's work is submitted by the next
+        host read or, failing that, before the next step allocates: its buffers then return to the pool, and the
+        next step reuses them and the kernels bound to them."""
         self.steps += 1
         for index, param in enumerate(self.params):
             if param.grad is not None:
                 self._update(index, param)
+        self.engine.end_of_step()
 
 
 class SGD(Optimizer):

@@ -126,6 +126,8 @@ class Run:
     submissions: int = 0
     algorithms_after_first_step: int = 0
     algorithms_at_end: int = 0
+    buffers_after_first_step: int = 0
+    buffers_at_end: int = 0
 
 
 def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> Run:
@@ -151,11 +153,13 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> R
             run.steps += 1
             if run.steps == 1:
                 run.algorithms_after_first_step = g.stats["algorithms_created"]
+                run.buffers_after_first_step = g.stats["buffers_created"]
         run.losses.append(total / sum(len(idx) for idx in epoch_batches))
         progress(epoch + 1, len(plan), run.losses[-1])
     run.seconds = time.perf_counter() - start
     run.submissions = g.stats["submissions"] - submissions
     run.algorithms_at_end = g.stats["algorithms_created"]
+    run.buffers_at_end = g.stats["buffers_created"]
     with g.no_grad():
         run.metric = metric(task, network(g, params, g.tensor(data.x_test)).numpy(), data)
     return run
@@ -263,8 +267,8 @@ def main(argv=None) -> int:
             results.append((task, vk, ref))
     print(summary(results))
     for task, vk, _ in results:
-        print(f"{task.name}: {vk.steps} steps, kernels compiled after the first step: "
-              f"{vk.algorithms_at_end - vk.algorithms_after_first_step}")
+        print(f"{task.name}: {vk.steps} steps; after the first step, {vk.algorithms_at_end - vk.algorithms_after_first_step}"
+              f" kernels compiled and {vk.buffers_at_end - vk.buffers_after_first_step} buffers created")
     if args.plot:
         plot(results, args.plot)
         print(f"loss curves: {os.path.abspath(args.plot)}")

@@ -1,0 +1,82 @@
+"""The main job, python -m vkloss.train, and the examples: device training agrees with the float64 numpy twin."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vkloss import train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_task(g, name, epochs, seed=0):
+    task = train.TASKS[name]
+    task = train.Task(name, task.loss, task.hidden, epochs, task.batch_size, task.lr, task.optimizer, task.metric)
+    data = train.load(task, seed)
+    rng = np.random.default_rng(seed)
+    weights = train.initial_weights([data.x_train.shape[1], task.hidden, data.y_train.shape[1]], rng)
+    plan = train.batches(len(data.x_train), task.batch_size, epochs, rng)
+    return train.train_vkloss(g, task, data, weights, plan, lambda *a: None), train.train_reference(task, data, weights, plan)
+
+
+@pytest.mark.parametrize("name", list(train.TASKS))
+def test_one_epoch_agrees_with_float64_numpy(g, name):
+    vk, ref = run_task(g, name, epochs=1)
+    assert abs(vk.losses[-1] - ref.losses[-1]) <= 1e-3 * abs(ref.losses[-1])
+    assert vk.metric == pytest.approx(ref.metric, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["digits", "breast_cancer"])
+def test_defaults_reach_95_percent_held_out_accuracy(g, name):
+    vk, ref = run_task(g, name, epochs=train.TASKS[name].epochs)
+    assert vk.metric >= 0.95 and ref.metric >= 0.95
+
+
+def test_after_the_first_step_no_kernel_is_compiled_and_no_buffer_created(g):
+    vk, _ = run_task(g, "breast_cancer", epochs=3)
+    assert vk.steps > 20
+    assert vk.algorithms_at_end == vk.algorithms_after_first_step
+    assert vk.buffers_at_end == vk.buffers_after_first_step
+    assert vk.submissions <= vk.steps + 1  # one queue submission per step, and the first uploads
+
+
+def test_batches_leave_out_the_remainder_and_reject_bad_sizes():
+    plan = train.batches(10, 3, 2, np.random.default_rng(0))
+    assert [len(b) for b in plan[0]] == [3, 3, 3] and len(plan) == 2
+    with pytest.raises(ValueError, match="batch size 11"):
+        train.batches(10, 11, 1, np.random.default_rng(0))
+
+
+def test_command_prints_the_summary_and_writes_the_plot(tmp_path):
+    png = tmp_path / "curves.png"
+    done = subprocess.run([sys.executable, "-m", "vkloss.train", "--task", "breast_cancer", "--epochs", "1",
+                           "--quiet", "--plot", str(png)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "device:" in done.stdout and "rel diff" in done.stdout and "subm/step" in done.stdout
+    assert re.search(r"breast_cancer\s+bce_loss", done.stdout)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.py")))
+def test_example_trains(example):
+    done = subprocess.run([sys.executable, str(REPO / "examples" / example)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    expected = {"train_cross_entropy.py": r"accuracy 1\.000", "train_bce.py": r"accuracy 1\.000",
+                "train_mse.py": r"w \[ 1\.5\d?\s+-2\.\s+0\.5\d?\s*\]", "train_l1.py": r"slope 3\.0\d"}[example]
+    assert re.search(expected, done.stdout), done.stdout
+
+
+def test_readme_training_loop_runs_and_learns(tmp_path):
+    text = (REPO / "README.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) < 25
+    script = tmp_path / "loop.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    losses = [float(line.split()[1]) for line in done.stdout.splitlines()]
+    assert losses[-1] < 0.1 * losses[0]
