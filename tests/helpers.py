@@ -1,4 +1,4 @@
-"""Float64 references and a finite-difference gradient check, shared by the tests."""
+"""Float64 references and the device gradients of a function, shared by the tests."""
 import numpy as np
 
 
@@ -9,22 +9,6 @@ def f32(x):
 
 def sigmoid64(x):
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def finite_difference_gradients(g, fn, arrays, eps=1e-2):
-    """Central differences of the scalar `fn(*tensors)` evaluated on the device, one element at a time."""
-    grads = []
-    for i, base in enumerate(arrays):
-        grad = np.zeros(base.shape)
-        for idx in np.ndindex(base.shape):
-            values = []
-            for step in (eps, -eps):
-                moved = [a.copy() for a in arrays]
-                moved[i][idx] += step
-                values.append(fn(*[g.tensor(a) for a in moved]).item())
-            grad[idx] = (values[0] - values[1]) / (2 * eps)
-        grads.append(grad)
-    return grads
 
 
 def device_gradients(g, fn, arrays):

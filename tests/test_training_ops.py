@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import vkloss
-from helpers import device_gradients, f32, finite_difference_gradients
+from helpers import device_gradients, f32
 
 try:
     import torch
@@ -36,20 +36,6 @@ def test_relu_forward_and_gradient_zero_at_zero(g):
     np.testing.assert_array_equal(g.relu(g.tensor(x)).numpy(), np.maximum(x, 0))
     (grad,) = device_gradients(g, lambda t: g.sum_all(g.relu(t)), [x])
     np.testing.assert_array_equal(grad, [0.0, 0.0, 0.0, 1.0, 1.0])
-
-
-@pytest.mark.parametrize("name", ["matmul", "bias_add", "relu"])
-def test_gradient_matches_finite_differences(g, rng, name):
-    arrays = {"matmul": [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))],
-              "bias_add": [rng.standard_normal((3, 4)), rng.standard_normal(4)],
-              "relu": [rng.uniform(0.2, 1.5, (3, 4)) * rng.choice([-1, 1], (3, 4))]}[name]
-    arrays = [np.asarray(a, np.float32) for a in arrays]
-    op = {"matmul": g.matmul, "bias_add": g.add, "relu": g.relu}[name]
-    out_shape = op(*[g.tensor(a) for a in arrays]).shape
-    w = g.tensor(rng.standard_normal(out_shape).astype(np.float32))
-    fn = lambda *ts: g.mean_all(g.mul(op(*ts), w))  # noqa: E731
-    for got, want in zip(device_gradients(g, fn, arrays), finite_difference_gradients(g, fn, arrays)):
-        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4)
 
 
 @pytest.mark.parametrize("a, b", [((2, 3), (2, 3, 1)), ((2, 3), (2, 4)), ((3,), (3, 1)), ((2, 3), (4, 5))])

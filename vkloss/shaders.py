@@ -71,7 +71,7 @@ class Variant:
         """The file and every file it includes, depth first, each once: what the binary is built from."""
         seen: dict[Path, bytes] = {}
         stack = [self.path]
-        include_dirs = [self.path.parent, self.path.parent / "include"]
+        include_dirs = self.include_dirs()
         while stack:
             path = stack.pop()
             if path in seen:
@@ -83,6 +83,11 @@ class Variant:
                 if hits:
                     stack.append(hits[0].resolve())
         return [(p.name, t) for p, t in seen.items()]
+
+    def include_dirs(self) -> list[Path]:
+        """Where `#include "x.glsl"` looks: beside the file, its include/ folder, then vkloss's own headers
+        (so a user's shader can include common.glsl)."""
+        return [self.path.parent, self.path.parent / "include", shader_dir() / "include"]
 
     def key(self) -> str:
         h = hashlib.sha256(compiler_version().encode())
@@ -106,7 +111,7 @@ def compile_variant(v: Variant) -> bytes:
         raise ShaderCompileError(f"shader source not found: {v.path}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.spv"
-        cmd = [_tool("glslangValidator"), "-V", "--target-env", "vulkan1.1", "-I" + str(v.path.parent / "include"),
+        cmd = [_tool("glslangValidator"), "-V", "--target-env", "vulkan1.1", *[f"-I{d}" for d in v.include_dirs()[1:]],
                *[f"-D{k}={val}" for k, val in v.defines], str(v.path), "-o", str(out)]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0 or not out.exists():

@@ -1,10 +1,11 @@
 """Elementwise ops: one shader family (shaders/elementwise.comp), one variant per op."""
 from __future__ import annotations
 
+import math
 from functools import partial
 
 from .. import shaders
-from ..registry import Op, register
+from ..registry import NOT_DIFFERENTIABLE, register_op
 
 SHADER = "elementwise.comp"
 
@@ -17,10 +18,6 @@ def same_shape(name, a, b):
 
 def _variant(op_name: str, arity: int):
     return shaders.variant(SHADER, ARITY=arity, **{f"OP_{op_name.upper()}": 1})
-
-
-def _forward(op_name, arity, engine, inputs, out, shapes):
-    engine.dispatch(_variant(op_name, arity), inputs, [out], [out.size, 0], engine.groups_for(out.size))
 
 
 def _add_shape(a, b):
@@ -49,15 +46,12 @@ def scalar_second(name, a, s):
     return a
 
 
-def elementwise(name, arity, doc, backward=None, shape=None):
-    """Declare one elementwise op: its kernel is the OP_<NAME> variant of elementwise.comp."""
-    return register(Op(
-        name=name, arity=arity, doc=doc, shader=SHADER,
-        backward_kind="own rule" if backward else "not differentiable",
-        shape=shape or ((lambda x: x) if arity == 1 else partial(same_shape, name)),
-        forward=partial(_forward, name, arity), backward=backward,
-        variants=lambda: [_variant(name, arity)],
-    ))
+def elementwise(name, arity, doc, backward=NOT_DIFFERENTIABLE, shape=None):
+    """Declare one elementwise op: its kernel is the OP_<NAME> variant of elementwise.comp, one invocation per
+    output element, push constants (n, cols)."""
+    return register_op(name, _variant(name, arity), inputs=arity, doc=doc, backward=backward,
+                       shape=shape or ((lambda x: x) if arity == 1 else partial(same_shape, name)),
+                       push=lambda *shapes: [math.prod(shapes[0]), 0], validate=False)
 
 
 elementwise("neg", 1, "neg(x) -> -x, same shape. d/dx = -1.",
@@ -66,12 +60,12 @@ elementwise("abs", 1, "abs(x) -> |x|, same shape. d/dx = sign(x), and 0 at x = 0
             backward=lambda ctx, grad: (ctx.g.abs_backward(grad, ctx.inputs[0]),))
 elementwise("sigmoid", 1, "sigmoid(x) -> 1 / (1 + exp(-x)), same shape. d/dx = y (1 - y), from the saved output y.",
             backward=lambda ctx, grad: (ctx.g.sigmoid_backward(grad, ctx.output),))
-register(Op(
-    name="add", arity=2, shader=SHADER, backward_kind="own rule", shape=_add_shape, forward=_add_forward,
-    backward=_add_backward, variants=lambda: [_variant("add", 2), _variant("add_row", 2)],
+register_op(
+    "add", _variant("add", 2), inputs=2, shape=_add_shape, forward=_add_forward, backward=_add_backward,
+    variants=lambda: [_variant("add", 2), _variant("add_row", 2)],
     doc="add(a, b) -> a + b: operands of one shape, or a [batch, n] and a vector [n] added to every row (a bias). "
         "d/da = 1; d/db = 1, summed over the batch when b was broadcast.",
-))
+)
 elementwise("relu", 1, "relu(x) -> max(x, 0), same shape. d/dx = 1 where x > 0, else 0 (0 at x = 0, as in PyTorch).",
             backward=lambda ctx, grad: (ctx.g.relu_backward(grad, ctx.inputs[0]),))
 elementwise("mul", 2, "mul(a, b) -> a * b, operands of one shape. d/da = b, d/db = a.",

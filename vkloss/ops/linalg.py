@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import shaders
-from ..registry import Op, register
+from ..registry import register_op
 
 SHADER = "matmul.comp"
 MATMUL = shaders.variant(SHADER)
@@ -63,20 +63,17 @@ def _sum_rows_forward(engine, inputs, out, shapes):
     matmul_into(engine, ones, inputs[0], out, 1, n, batch)  # [1, batch] @ [batch, n]
 
 
-register(Op(
-    name="matmul", arity=2, shader=SHADER, backward_kind="own rule", shape=_matmul_shape, forward=_matmul_forward,
-    backward=_matmul_backward, variants=lambda: [MATMUL],
+register_op(
+    "matmul", MATMUL, inputs=2, shape=_matmul_shape, forward=_matmul_forward, backward=_matmul_backward,
     doc="matmul(a, b) -> a @ b for a [m, k] and b [k, n]. d/da = grad @ b^T, d/db = a^T @ grad (the same kernel, "
         "reading the operands transposed).",
-))
-register(Op(
-    name="matmul_transposed", arity=2, shader=SHADER, backward_kind="not differentiable",
-    shape=_transposed_shape, forward=_transposed_forward, variants=lambda: [MATMUL],
+)
+register_op(
+    "matmul_transposed", MATMUL, inputs=2, shape=_transposed_shape, forward=_transposed_forward,
     doc="matmul_transposed(a, b, trans_a=False, trans_b=False) -> op(a) @ op(b): the products matmul's backward needs.",
-))
-register(Op(
-    name="sum_rows", arity=1, shader=SHADER, backward_kind="not differentiable", shape=_sum_rows_shape,
-    forward=_sum_rows_forward, variants=lambda: [MATMUL],
+)
+register_op(
+    "sum_rows", MATMUL, inputs=1, shape=_sum_rows_shape, forward=_sum_rows_forward,
     doc="sum_rows(x) -> [n]: the sum over the batch of a [batch, n] matrix (the gradient of a broadcast bias), "
         "computed as ones[1, batch] @ x.",
-))
+)

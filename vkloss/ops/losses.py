@@ -6,7 +6,7 @@ import math
 
 from .. import shaders
 from ..engine import WORKGROUP
-from ..registry import FusedResult, Op, register
+from ..registry import FusedResult, register_op
 from .reductions import tree_sum
 
 CE_SHADER, BCE_SHADER = "cross_entropy.comp", "bce.comp"
@@ -72,8 +72,8 @@ def _scaled_saved_grad(ctx, grad):
     return (ctx.saved if ctx.upstream_is_one else ctx.g.mul_scalar(ctx.saved, grad)), None
 
 
-register(Op(
-    name="cross_entropy_loss", arity=2, shader=CE_SHADER, backward_kind="fused kernel",
+register_op(
+    "cross_entropy_loss", CE_STATS, inputs=2, fused=True,
     doc="cross_entropy_loss(pred, target) -> (1,): pred are logits [batch, classes], target a distribution of the "
         "same shape (one-hot or soft; rows need not sum to 1). The mean over rows of -sum_c target * "
         "log_softmax(pred), PyTorch's F.cross_entropy with probability targets. One fused kernel family computes "
@@ -81,7 +81,7 @@ register(Op(
         "relative to the row maximum); backward scales that. No gradient with respect to target.",
     shape=_ce_shape, forward=_ce_forward, backward=_scaled_saved_grad,
     variants=lambda: [*CE_SMALL.values(), *CE_ROW.values(), CE_STATS, CE_COMBINE, CE_GRAD],
-))
+)
 
 
 # ---- binary cross-entropy --------------------------------------------------------------------------------------
@@ -111,8 +111,8 @@ def _bce_forward(engine, inputs, out, shapes, want_grad):
     return FusedResult(grad=grad, checks=[(bad, message)])
 
 
-register(Op(
-    name="bce_loss", arity=2, shader=BCE_SHADER, backward_kind="fused kernel",
+register_op(
+    "bce_loss", BCE[True, False], inputs=2, fused=True,
     doc="bce_loss(pred, labels) -> (1,): pred in (0, 1) (apply g.sigmoid to logits first), labels in [0, 1], one "
         "shape of any rank. The mean of -(y log p + (1 - y) log(1 - p)) with each log clamped at -100, PyTorch's "
         "F.binary_cross_entropy. One fused kernel computes the loss and d/dpred = (p - y) / max(p (1 - p), 1e-12) "
@@ -120,7 +120,7 @@ register(Op(
         "ValueError at the next host read. No gradient with respect to labels.",
     shape=_bce_shape, forward=_bce_forward, backward=_scaled_saved_grad,
     variants=lambda: [*BCE.values()],
-))
+)
 
 
 # ---- composed from primitives ----------------------------------------------------------------------------------
@@ -136,14 +136,14 @@ def _l1(g, pred, target):
     return g.mean_all(g.abs(d))
 
 
-register(Op(
-    name="mse_loss", arity=2, backward_kind="primitive autodiff", compose=_mse,
+register_op(
+    "mse_loss", inputs=2, compose=_mse,
     doc="mse_loss(pred, target) -> (1,): mean((pred - target)^2), any shape, both the same. Composed as "
         "mean_all(mul(d, d)) with d = add(pred, neg(target)); the tape differentiates it: 2 d / n.",
-))
-register(Op(
-    name="l1_loss", arity=2, backward_kind="primitive autodiff", compose=_l1,
+)
+register_op(
+    "l1_loss", inputs=2, compose=_l1,
     doc="l1_loss(pred, target) -> (1,): mean(|pred - target|), any shape, both the same. Composed as "
         "mean_all(abs(d)) with d = add(pred, neg(target)); gradient sign(d) / n, which is 0 where pred == "
         "target (PyTorch's convention for the undefined derivative of |x| at 0).",
-))
+)

@@ -5,7 +5,7 @@ import math
 
 from .. import shaders
 from ..engine import WORKGROUP
-from ..registry import Op, register
+from ..registry import register_op
 
 SHADER = "reduce.comp"
 SUM_PASS = shaders.variant(SHADER, MODE_SUM=1)
@@ -51,26 +51,26 @@ def _expand_shape(s, shape, scale=1.0):
     return shape
 
 
-register(Op(
-    name="mean_all", arity=1, shader=SHADER, backward_kind="own rule",
+register_op(
+    "mean_all", SUM_PASS, inputs=1,
     doc="mean_all(x) -> (1,): the mean of every element, summed as a pairwise tree (deterministic; error grows "
         "with log2 n). d/dx = 1/n everywhere.",
     shape=lambda s: (1,), forward=_mean_all_forward,
     backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape,
                                              scale=1.0 / math.prod(ctx.inputs[0].shape)),),
     variants=lambda: [SUM_PASS],
-))
-register(Op(
-    name="sum_all", arity=1, shader=SHADER, backward_kind="own rule",
+)
+register_op(
+    "sum_all", SUM_PASS, inputs=1,
     doc="sum_all(x, scale=1.0) -> (1,): scale * the sum of every element (pairwise tree). d/dx = scale.",
     shape=lambda s, scale=1.0: (1,), forward=_sum_forward,
     backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape, scale=ctx.attrs.get("scale", 1.0)),),
     variants=lambda: [SUM_PASS],
-))
-register(Op(
-    name="expand", arity=1, shader=SHADER, backward_kind="own rule",
+)
+register_op(
+    "expand", FILL, inputs=1,
     doc="expand(s, shape=, scale=1.0) -> shape: s of shape (1,) repeated, times scale. d/ds = scale * sum(grad).",
     shape=_expand_shape, forward=_expand_forward,
     backward=lambda ctx, grad: (ctx.g.sum_all(grad, scale=ctx.attrs.get("scale", 1.0)),),
     variants=lambda: [FILL],
-))
+)

@@ -3,6 +3,7 @@ list devices, measure the fused losses."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .. import optim, registry, shaders
@@ -78,6 +79,9 @@ def cmd_devices(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vkloss.tools", description=__doc__)
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, so the ops it registers are compiled, checked and listed too "
+                             "(packages can instead declare an entry point in the group 'vkloss.ops')")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("compile", help="compile every shader variant into the SPIR-V cache")
     sub.add_parser("check", help="run spirv-val on every cached variant; fail on an invalid, missing or stale one")
@@ -89,6 +93,8 @@ def main(argv=None) -> int:
     b.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the median is shown")
     b.add_argument("--device", default=None, help="device index (default: VKLOSS_DEVICE, else the best)")
     args = parser.parse_args(argv)
+    for module in args.imports:
+        importlib.import_module(module)
     commands = {"compile": cmd_compile, "check": cmd_check, "list": cmd_list, "devices": cmd_devices,
                 "bench": bench.main}
     return commands[args.command](args)

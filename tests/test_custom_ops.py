@@ -1,0 +1,182 @@
+"""The registry as a plugin surface: a user's op from outside the package (examples/custom_op), gradcheck on every
+built-in op, and a clear error for each mistake a user can make when registering one."""
+import itertools
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vkloss
+from helpers import f32
+from vkloss.errors import ShaderCompileError
+
+CUSTOM = pathlib.Path(__file__).resolve().parent.parent / "examples" / "custom_op"
+sys.path.insert(0, str(CUSTOM))
+import huber  # noqa: E402,F401  (registers g.huber, g.huber_backward, g.huber_loss)
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+_names = itertools.count()
+
+
+def fresh(name):
+    return f"{name}_{next(_names)}_{os.getpid()}"
+
+
+def huber_reference(p, t, delta):
+    d = f32(p) - f32(t)
+    small = np.abs(d) < delta
+    loss = np.where(small, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta)).mean()
+    return loss, np.where(small, d, delta * np.sign(d)) / d.size
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.0, 2.0])
+def test_huber_matches_float64_and_pytorch(g, rng, delta):
+    p, t = (rng.standard_normal((16, 7)) * 2).astype(np.float32), rng.standard_normal((16, 7)).astype(np.float32)
+    tp = g.tensor(p, requires_grad=True)
+    loss = g.huber_loss(tp, g.tensor(t), delta=delta)
+    g.backward(loss)
+    ref_loss, ref_grad = huber_reference(p, t, delta)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
+    np.testing.assert_allclose(tp.grad.numpy(), ref_grad, rtol=1e-5, atol=1e-9)
+    if torch is not None:
+        tt = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+        F.huber_loss(tt, torch.tensor(t, dtype=torch.float64), delta=delta).backward()
+        np.testing.assert_allclose(tp.grad.numpy(), tt.grad.numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_huber_passes_gradcheck_for_both_inputs(g, rng):
+    p, t = rng.standard_normal((3, 4)) * 2, rng.standard_normal((3, 4))
+    assert vkloss.gradcheck(lambda a, b: g.huber_loss(a, b, delta=1.0), [g.tensor(p), g.tensor(t)])
+
+
+def test_huber_training_example_runs():
+    done = subprocess.run([sys.executable, "train_huber.py"], cwd=CUSTOM, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "slope 3.0" in done.stdout
+
+
+def test_tools_compile_check_and_list_a_users_ops(tmp_path):
+    env = dict(os.environ, VKLOSS_CACHE_DIR=str(tmp_path))
+    for command in ("compile", "check", "list"):
+        done = subprocess.run([sys.executable, "-m", "vkloss.tools", "--import", "huber", command], cwd=CUSTOM,
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "huber" in done.stdout
+    assert "| huber_loss" in done.stdout and "primitive autodiff" in done.stdout
+
+
+# every differentiable built-in op, through the public gradcheck
+BUILTIN_CASES = {
+    "neg": (lambda g, x: g.neg(x), [(2, 3)]),
+    "abs": (lambda g, x: g.abs(x), [(2, 3)]),
+    "sigmoid": (lambda g, x: g.sigmoid(x), [(2, 3)]),
+    "relu": (lambda g, x: g.relu(x), [(2, 3)]),
+    "add": (lambda g, a, b: g.add(a, b), [(2, 3), (2, 3)]),
+    "add_bias": (lambda g, a, b: g.add(a, b), [(2, 3), (3,)]),
+    "mul": (lambda g, a, b: g.mul(a, b), [(2, 3), (2, 3)]),
+    "mul_scalar": (lambda g, a, s: g.mul_scalar(a, s), [(2, 3), (1,)]),
+    "mean_all": (lambda g, x: g.mean_all(x), [(2, 3)]),
+    "sum_all": (lambda g, x: g.sum_all(x, scale=0.5), [(2, 3)]),
+    "expand": (lambda g, s: g.expand(s, shape=(2, 3), scale=1.5), [(1,)]),
+    "matmul": (lambda g, a, b: g.matmul(a, b), [(2, 3), (3, 4)]),
+    "cross_entropy_loss": (lambda g, p, t: g.cross_entropy_loss(p, t), [(3, 5), (3, 5)]),
+    "bce_loss": (lambda g, p, y: g.bce_loss(g.sigmoid(p), y), [(2, 3), (2, 3)]),
+    "mse_loss": (lambda g, p, t: g.mse_loss(p, t), [(2, 3), (2, 3)]),
+    "l1_loss": (lambda g, p, t: g.l1_loss(p, t), [(2, 3), (2, 3)]),
+}
+
+
+@pytest.mark.parametrize("name", BUILTIN_CASES)
+def test_every_builtin_op_passes_gradcheck(g, rng, name):
+    fn, shapes = BUILTIN_CASES[name]
+    # values away from 0 (abs, relu and l1 have kinks there); targets of the losses as they require
+    arrays = [rng.uniform(0.2, 1.5, s) * rng.choice([-1, 1], s) for s in shapes]
+    if name in ("cross_entropy_loss", "bce_loss"):
+        arrays[1] = rng.uniform(0, 1, shapes[1])
+        inputs = [g.tensor(a) for a in arrays]
+        assert vkloss.gradcheck(lambda p: fn(g, p, inputs[1]), inputs[:1])  # fused: gradient for pred only
+    else:
+        assert vkloss.gradcheck(lambda *ts: fn(g, *ts), [g.tensor(a) for a in arrays])
+
+
+def test_gradcheck_catches_a_wrong_backward_rule(g, rng):
+    src = (CUSTOM / "huber.comp").read_text()
+    name = fresh("wrong_huber")
+    vkloss.register_op(name, src, inputs=2, defines={"MODE_FORWARD": 1}, shape=huber.same_shape, push=huber.push,
+                       backward=lambda ctx, grad: (ctx.g.mul(grad, grad), None))
+    with pytest.raises(vkloss.GradcheckError, match="input 0"):
+        vkloss.gradcheck(lambda a, b: getattr(g, name)(a, b), [g.tensor(rng.standard_normal(4)),
+                                                               g.tensor(rng.standard_normal(4))])
+
+
+# ---- mistakes --------------------------------------------------------------------------------------------------
+ADD_ONE = """#version 450
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+layout(push_constant) uniform Push { uint n; } p;
+layout(set = 0, binding = 0) readonly buffer X { float x[]; };
+layout(set = 0, binding = 1) writeonly buffer Y { float y[]; };
+void main() { uint i = global_index(); if (i < p.n) y[i] = x[i] + 1.0; }
+"""
+
+
+def test_a_user_op_from_source_text_runs(g):
+    name = fresh("add_one")
+    vkloss.register_op(name, ADD_ONE, inputs=1, shape=lambda s: s)
+    np.testing.assert_array_equal(getattr(g, name)(g.tensor([1.0, 2.0])).numpy(), [2.0, 3.0])
+    assert name in dir(g)
+
+
+def test_a_name_that_is_taken(g):
+    with pytest.raises(ValueError, match="'add' is already registered"):
+        vkloss.register_op("add", ADD_ONE, inputs=1, shape=lambda s: s)
+    with pytest.raises(ValueError, match="not a valid op name"):
+        vkloss.register_op("two words", ADD_ONE, inputs=1, shape=lambda s: s)
+
+
+def test_a_shader_that_does_not_compile_names_file_and_line():
+    broken = ADD_ONE.replace("x[i] + 1.0", "x[i] + undefined_value")
+    with pytest.raises(ShaderCompileError, match=r"\.comp:7.*undefined_value"):
+        vkloss.register_op(fresh("broken"), broken, inputs=1, shape=lambda s: s)
+
+
+def test_a_shader_file_that_is_missing():
+    with pytest.raises(ValueError, match="not found"):
+        vkloss.register_op(fresh("missing"), "no/such/file.comp", inputs=1, shape=lambda s: s)
+
+
+def test_a_binding_count_that_does_not_match_inputs_and_output():
+    with pytest.raises(ValueError, match=r"declares 2 buffer bindings, but an op with 2 input\(s\) and one output "
+                                         r"binds 3"):
+        vkloss.register_op(fresh("miscount"), ADD_ONE, inputs=2, shape=lambda a, b: a)
+
+
+def test_a_shape_rule_that_raises_names_the_op_and_shapes(g):
+    name = fresh("bad_shape")
+    vkloss.register_op(name, ADD_ONE, inputs=1, shape=lambda s: (s[5],))
+    with pytest.raises(ValueError, match=rf"{name}: its shape rule failed for input shapes \(\(2,\),\): IndexError"):
+        getattr(g, name)(g.tensor([1.0, 2.0]))
+    other = fresh("bad_shape_result")
+    vkloss.register_op(other, ADD_ONE, inputs=1, shape=lambda s: "big")
+    with pytest.raises(ValueError, match="expected a tuple of positive ints"):
+        getattr(g, other)(g.tensor([1.0]))
+
+
+@pytest.mark.parametrize("rule, message", [
+    (lambda ctx, grad: (grad, grad), "returned 2 gradients for 1 inputs"),
+    (lambda ctx, grad: (ctx.g.sum_all(grad),), r"gave a gradient of shape \(1,\) for an input of shape \(3,\)"),
+])
+def test_a_backward_rule_with_wrong_gradients(g, rule, message):
+    name = fresh("bad_backward")
+    vkloss.register_op(name, ADD_ONE, inputs=1, shape=lambda s: s, backward=rule)
+    x = g.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match=rf"backward of {name} {message}"):
+        g.backward(g.sum_all(getattr(g, name)(x)))

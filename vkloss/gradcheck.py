@@ -1,0 +1,63 @@
+"""vkloss.gradcheck: check an op's (or any function's) device gradient against finite differences.
+
+    vkloss.gradcheck(lambda a, b: g.huber(a, b), [g.tensor(x), g.tensor(y)])
+
+The device computes in float32, so the check is shaped for float32: central differences with a step of `eps`
+relative to each value's magnitude, taken from device evaluations and accumulated in float64 on the host, compared
+with the device's gradient within `rtol` and an `atol` relative to the largest gradient. A function whose output is
+not a scalar is checked through sum(output * w) for random weights w, which covers every output element.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import VkLossError
+from .tensor import Tensor
+
+
+class GradcheckError(VkLossError, AssertionError):
+    """A device gradient differs from finite differences."""
+
+
+def gradcheck(fn, inputs, *, eps: float = 1e-2, rtol: float = 2e-3, atol: float = 2e-4, seed: int = 0) -> bool:
+    """True when the gradient of `fn(*inputs)` with respect to every input matches finite differences; otherwise
+    GradcheckError naming the input, the element and both values. `inputs` are Tensors of one Graph (their values
+    are the point of the check; their requires_grad is ignored)."""
+    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError("gradcheck takes a list of vkloss Tensors as inputs")
+    g = inputs[0].graph
+    points = [t.numpy().astype(np.float64) for t in inputs]
+    probe = fn(*inputs)
+    if not isinstance(probe, Tensor):
+        raise TypeError(f"gradcheck: fn must return a vkloss Tensor, got {type(probe).__name__}")
+    weights = None
+    if probe.shape != (1,):
+        weights = g.tensor(np.random.default_rng(seed).standard_normal(probe.shape))
+
+    def scalar(*tensors):
+        out = fn(*tensors)
+        return out if weights is None else g.sum_all(g.mul(out, weights))
+
+    leaves = [g.tensor(p, requires_grad=True) for p in points]
+    g.backward(scalar(*leaves))
+    analytic = [np.zeros(p.shape) if t.grad is None else t.grad.numpy().astype(np.float64)
+                for p, t in zip(points, leaves)]
+    with g.no_grad():
+        for i, point in enumerate(points):
+            numeric = np.zeros(point.shape)
+            for idx in np.ndindex(point.shape):
+                step = eps * max(1.0, abs(point[idx]))
+                values = []
+                for sign in (1, -1):
+                    moved = [p.copy() for p in points]
+                    moved[i][idx] += sign * step
+                    values.append(float(scalar(*[g.tensor(m) for m in moved]).item()))
+                numeric[idx] = (values[0] - values[1]) / (2 * step)
+            scale = max(np.abs(numeric).max(), np.abs(analytic[i]).max(), 1e-30)
+            bad = np.abs(analytic[i] - numeric) > atol * scale + rtol * np.abs(numeric)
+            if bad.any():
+                idx = tuple(int(k) for k in np.argwhere(bad)[0])
+                raise GradcheckError(f"gradcheck: input {i} (shape {point.shape}) element {idx}: device gradient "
+                                     f"{analytic[i][idx]:.6g}, finite differences {numeric[idx]:.6g} "
+                                     f"({int(bad.sum())} of {bad.size} elements off)")
+    return True
