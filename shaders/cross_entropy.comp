@@ -9,7 +9,7 @@
 //   For longer rows, three kernels:
 //   MODE_STATS:   one workgroup per (row, chunk of `chunk` classes): chunk max m, sum exp(p - m), sum t (p - m),
 //                 sum t -> partials[4 per chunk].
-//   MODE_COMBINE: one invocation per row: merge its chunks' partials -> row loss, lse and T (rowstats).
+//   MODE_COMBINE: one invocation per row: merge its chunks' partials -> row loss, and max, log-sum and T.
 //   MODE_GRAD:    one invocation per element: grad from rowstats. No loops.
 // Per-invocation loops stay short for any size (chunk / WG and chunks per row), well under lavapipe's limit.
 #extension GL_GOOGLE_include_directive : require
@@ -97,8 +97,10 @@ void main() {
     float log_sum = log(sums.x);
     if (gl_LocalInvocationID.x == 0) row_loss[row] = sums.z * log_sum - sums.y;
 #if WRITE_GRAD
-    float lse = m + log_sum, t_scale = sums.z * p.inv_rows;  // grad = softmax * T / rows - t / rows
-    for (uint i = begin; i < end; i += WG) grad[i] = exp(pred[i] - lse) * t_scale - target[i] * p.inv_rows;
+    // grad = softmax * T / rows - t / rows, softmax = exp((p - m) - log_sum): never m + log_sum, which rounds
+    // log_sum away where the logits are large (|m| ~ 3e4 has float32 spacing 0.002)
+    float t_scale = sums.z * p.inv_rows;
+    for (uint i = begin; i < end; i += WG) grad[i] = exp((pred[i] - m) - log_sum) * t_scale - target[i] * p.inv_rows;
 #endif
 }
 
@@ -129,7 +131,7 @@ void main() {
 #elif MODE_COMBINE
 layout(set = 0, binding = 0) readonly buffer Partials { vec4 partials[]; };
 layout(set = 0, binding = 1) writeonly buffer RowLoss { float row_loss[]; };
-layout(set = 0, binding = 2) writeonly buffer RowStats { vec2 row_stats[]; };  // (lse, T)
+layout(set = 0, binding = 2) writeonly buffer RowStats { vec4 row_stats[]; };  // (max, log sum exp(p - max), T, -)
 void main() {
     uint row = global_index();
     if (row >= p.rows) return;
@@ -145,19 +147,19 @@ void main() {
     }
     float log_sum = log(sum_exp);
     row_loss[row] = t_sum * log_sum - t_dot;
-    row_stats[row] = vec2(m + log_sum, t_sum);
+    row_stats[row] = vec4(m, log_sum, t_sum, 0.0);
 }
 
 #elif MODE_GRAD
 layout(set = 0, binding = 0) readonly buffer Pred { float pred[]; };
 layout(set = 0, binding = 1) readonly buffer Target { float target[]; };
-layout(set = 0, binding = 2) readonly buffer RowStats { vec2 row_stats[]; };
+layout(set = 0, binding = 2) readonly buffer RowStats { vec4 row_stats[]; };
 layout(set = 0, binding = 3) writeonly buffer Grad { float grad[]; };
 void main() {
     uint i = global_index();
     if (i >= p.rows * p.classes) return;
-    vec2 stats = row_stats[i / p.classes];
-    grad[i] = (exp(pred[i] - stats.x) * stats.y - target[i]) * p.inv_rows;
+    vec4 stats = row_stats[i / p.classes];
+    grad[i] = (exp((pred[i] - stats.x) - stats.y) * stats.z - target[i]) * p.inv_rows;
 }
 #else
 #error "cross_entropy.comp: define one MODE_*"

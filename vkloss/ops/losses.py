@@ -58,7 +58,7 @@ def _ce_forward(engine, inputs, out, shapes, want_grad):
         chunk = -(-classes // (chunks * WORKGROUP)) * WORKGROUP  # even chunks, whole workgroups each
         push = [rows, classes, chunks, chunk, 1.0 / rows]
         partials = engine.alloc(rows * chunks * 4)
-        row_stats = engine.alloc(rows * 2)
+        row_stats = engine.alloc(rows * 4)
         engine.dispatch(CE_STATS, [pred, target], [partials], push, engine.grid(rows * chunks))
         engine.dispatch(CE_COMBINE, [partials], [row_loss, row_stats], push, engine.groups_for(rows))
         if want_grad:
