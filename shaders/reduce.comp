@@ -4,6 +4,7 @@
 //   out[w]. Each invocation first sums its ITEMS values as a pairwise tree in registers, then the workgroup's tree:
 //   pairwise all the way, and few barriers per element.
 //   The engine chains passes (n -> n/512 -> ... -> 1) with a barrier between them; the last pass scales by 1/N.
+//   COUNT_NONFINITE: the first pass counts NaN and infinite values instead of summing (Graph(check_finite=True)).
 // MODE_FILL: out[i] = in[0] * scale (the backward of mean_all: each element gets grad / N).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -21,7 +22,11 @@ void main() {
     float v[ITEMS];
     [[unroll]] for (uint k = 0; k < ITEMS; ++k) {
         uint i = first + k * WG;
+#if COUNT_NONFINITE
+        v[k] = i < p.n && (isnan(src[i]) || isinf(src[i])) ? 1.0 : 0.0;
+#else
         v[k] = i < p.n ? src[i] : 0.0;
+#endif
     }
     [[unroll]] for (uint stride = ITEMS / 2; stride > 0; stride >>= 1) {
         [[unroll]] for (uint k = 0; k < stride; ++k) v[k] += v[k + stride];

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 
 from . import autodiff, registry
 from .device import DeviceInfo, choose_device
 from .engine import Engine
+from .ops.reductions import count_nonfinite
 from .tensor import Tensor
 
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
@@ -32,13 +34,26 @@ class Graph:
 
     `Graph(device=None)`: `device` is an index into `vkloss.devices()`; None reads `VKLOSS_DEVICE`, else prefers
     a discrete GPU, then an integrated one, then a CPU implementation such as lavapipe. `g.device` says which.
+    NaN and infinity flow through ops as in PyTorch; `check_finite=True` counts them on the device after every op
+    and raises FloatingPointError, naming the first op that produced one, at the next host read.
     """
 
-    def __init__(self, device: int | str | None = None):
+    def __init__(self, device: int | str | None = None, check_finite: bool = False):
         self.device: DeviceInfo = choose_device(device)
         self._engine = Engine(self.device)
         self._grad_enabled = True
-        self._checks: list[tuple] = []  # (count tensor, message) from fused kernels, read with the next host read
+        # Device-side checks, read back with the next host read: (count buffer, message, exception class).
+        self._checks: list[tuple] = []
+        self.check_finite = bool(check_finite)
+        self._thread = threading.get_ident()
+
+    def _usable(self, what: str) -> None:
+        """A Graph is used from the thread that made it, until closed: its tape, checks and engine state are not
+        shared across threads (make one Graph per thread; they are independent)."""
+        if self._engine.closed:
+            raise RuntimeError(f"{what}: this Graph is closed")
+        if threading.get_ident() != self._thread:
+            raise RuntimeError(f"{what}: this Graph belongs to the thread that made it; make one Graph per thread")
 
     # ---- tensors -------------------------------------------------------------------------------------------
     def tensor(self, data, requires_grad: bool = False) -> Tensor:
@@ -46,6 +61,7 @@ class Graph:
 
         A 0-d value becomes shape (1,). Bool, complex, object and string arrays raise TypeError; empty arrays
         raise ValueError."""
+        self._usable("g.tensor")
         array = _host_array(data, "g.tensor")
         shape = array.shape or (1,)
         self._engine.check_size(array.size)  # before converting: a too-large array is refused without a copy
@@ -53,6 +69,7 @@ class Graph:
         return Tensor(self, shape, buffer, requires_grad=bool(requires_grad))
 
     def _copy_into(self, tensor: Tensor, data) -> Tensor:
+        self._usable("copy_")
         array = _host_array(data, "copy_")
         if (array.shape or (1,)) != tensor.shape:
             raise ValueError(f"copy_: data of shape {array.shape} into a tensor of shape {tensor.shape}")
@@ -67,11 +84,12 @@ class Graph:
         return self.tensor(data, requires_grad=True)
 
     def _read(self, tensor: Tensor) -> np.ndarray:
+        self._usable("reading a tensor")
         checks, self._checks = self._checks, []
-        values = self._engine.read([tensor.buffer] + [count for count, _ in checks])
-        for (_, message), count in zip(checks, values[1:]):
+        values = self._engine.read([tensor.buffer] + [count for count, _, _ in checks])
+        for (_, message, error), count in zip(checks, values[1:]):  # in recording order: the first op to fail
             if count[0] != 0:
-                raise ValueError(message.format(count=int(count[0])))
+                raise error(message.format(count=int(count[0])))
         return values[0]
 
     # ---- ops -----------------------------------------------------------------------------------------------
@@ -90,6 +108,7 @@ class Graph:
         return sorted(set(super().__dir__()) | {op.name for op in registry.all_ops()})
 
     def _apply(self, op, tensors: tuple, attrs: dict) -> Tensor:
+        self._usable(f"g.{op.name}")
         if len(tensors) != op.arity:
             raise TypeError(f"g.{op.name} takes {op.arity} tensor(s), got {len(tensors)}")
         for position, t in enumerate(tensors, 1):
@@ -111,11 +130,15 @@ class Graph:
                     raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument 1 "
                                      f"only; argument {position} (shape {t.shape}) must not require a gradient")
             fused = op.forward(self._engine, buffers, out, shapes, want_grad=differentiable, **attrs)
-            self._checks.extend((count, message) for count, message in fused.checks)
+            self._checks.extend((count, message, ValueError) for count, message in fused.checks)
             if fused.grad is not None:
                 saved = Tensor(self, tensors[0].shape, fused.grad)
         else:
             op.forward(self._engine, buffers, out, shapes, **attrs)
+        if self.check_finite:
+            self._checks.append((count_nonfinite(self._engine, out, out.size),
+                                 f"{op.name} produced {{count}} NaN or infinite values (output shape {shape}, input "
+                                 f"shapes {', '.join(str(t.shape) for t in tensors)})", FloatingPointError))
         node = autodiff.Node(op, tensors, attrs, saved) if differentiable else None
         return Tensor(self, shape, out, requires_grad=differentiable, node=node)
 
@@ -124,6 +147,7 @@ class Graph:
         """Gradients of `loss` (shape (1,)) into `.grad` of every leaf tensor that requires one.
 
         Gradients add up over repeated calls, as in PyTorch; set `t.grad = None` to start again."""
+        self._usable("backward")
         if not isinstance(loss, Tensor) or loss.graph is not self:
             raise ValueError("backward takes a Tensor of this Graph")
         if loss.shape != (1,):
@@ -147,6 +171,7 @@ class Graph:
     # ---- lifetime ------------------------------------------------------------------------------------------
     def flush(self) -> None:
         """Run all recorded work now."""
+        self._usable("flush")
         self._engine.flush()
 
     @property
@@ -160,6 +185,9 @@ class Graph:
         return dict(self._engine.stats)
 
     def close(self) -> None:
+        """Run what is recorded, then free the device's buffers and kernels. Using the graph or its tensors
+        afterwards raises RuntimeError; closing twice is harmless."""
+        self._checks.clear()
         self._engine.close()
 
     def __enter__(self):

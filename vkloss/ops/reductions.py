@@ -9,25 +9,36 @@ from ..registry import register_op
 
 SHADER = "reduce.comp"
 SUM_PASS = shaders.variant(SHADER, MODE_SUM=1)
+COUNT_NONFINITE_PASS = shaders.variant(SHADER, MODE_SUM=1, COUNT_NONFINITE=1)
 FILL = shaders.variant(SHADER, MODE_FILL=1)
 ITEMS = 16  # values each invocation sums before the workgroup's tree (ITEMS in reduce.comp)
 
 
-def tree_sum(engine, source, n: int, out, scale: float) -> None:
+def tree_sum(engine, source, n: int, out, scale: float, first_pass=SUM_PASS) -> None:
     """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/(16 WG) -> ... -> 1.
 
     Each pass is one dispatch with 16 unrolled loads per invocation (no lavapipe loop limit), its workgroups
-    spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes."""
+    spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes. `first_pass` may count
+    instead of sum (COUNT_NONFINITE_PASS)."""
     workgroup = engine.reduction_workgroup(ITEMS * WORKGROUP, ITEMS * WORKGROUP * 4)
+    variant = first_pass
     while True:
         groups = -(-n // (ITEMS * workgroup))
         last = groups == 1
         target = out if last else engine.alloc(groups)
-        engine.dispatch(SUM_PASS, [source], [target], [n, scale if last else 1.0], engine.grid(groups),
+        engine.dispatch(variant, [source], [target], [n, scale if last else 1.0], engine.grid(groups),
                         workgroup=workgroup)
+        variant = SUM_PASS
         if last:
             return
         source, n = target, groups
+
+
+def count_nonfinite(engine, source, n: int):
+    """A one-element buffer that will hold how many of source[:n] are NaN or infinite."""
+    count = engine.alloc(1)
+    tree_sum(engine, source, n, count, 1.0, first_pass=COUNT_NONFINITE_PASS)
+    return count
 
 
 def _sum_forward(engine, inputs, out, shapes, scale=1.0):
@@ -58,7 +69,7 @@ register_op(
     shape=lambda s: (1,), forward=_mean_all_forward,
     backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape,
                                              scale=1.0 / math.prod(ctx.inputs[0].shape)),),
-    variants=lambda: [SUM_PASS],
+    variants=lambda: [SUM_PASS, COUNT_NONFINITE_PASS],
 )
 register_op(
     "sum_all", SUM_PASS, inputs=1,
