@@ -212,3 +212,29 @@ def test_ten_thousand_training_steps_keep_memory_and_kernels_flat():
     (rss0, *counts0), (rss1, *counts1) = marks["100"], marks["10000"]
     assert counts1 == counts0  # kernels compiled, buffers created, algorithms cached, buffers pooled
     assert rss1 - rss0 < 8, f"resident memory grew from {rss0:.1f} to {rss1:.1f} MiB"
+
+
+def test_after_every_kind_of_error_the_same_graph_computes_correctly(g, rng):
+    mistakes = [
+        (TypeError, lambda: g.tensor(np.array([True]))),
+        (ValueError, lambda: g.tensor(np.zeros((0, 2)))),
+        (ValueError, lambda: g.add(g.tensor(np.ones(2)), g.tensor(np.ones(3)))),
+        (TypeError, lambda: g.add(g.tensor(np.ones(2)), np.ones(2))),
+        (MemoryError, lambda: g.tensor(np.broadcast_to(np.float32(0), (g.device.max_storage_buffer_range,)))),
+        (ValueError, lambda: g.backward(g.tensor(np.ones(2), requires_grad=True))),
+        (RuntimeError, lambda: g.backward(g.mean_all(g.tensor(np.ones(2))))),
+        (ValueError, lambda: g.bce_loss(g.tensor([2.0]), g.tensor([1.0])).item()),
+        (ValueError, lambda: g.cross_entropy_loss(g.tensor(np.ones(3)), g.tensor(np.ones(3)))),
+    ]
+    for error, mistake in mistakes:
+        with pytest.raises(error):
+            mistake()
+    p, t = rng.standard_normal((4, 6)).astype(np.float32), rng.random((4, 6)).astype(np.float32)
+    tp = g.tensor(p, requires_grad=True)
+    loss = g.add(g.cross_entropy_loss(tp, g.tensor(t)), g.mse_loss(tp, g.tensor(t)))
+    g.backward(loss)
+    p64, t64 = f32(p), f32(t)
+    ls = p64 - p64.max(1, keepdims=True)
+    ls -= np.log(np.exp(ls).sum(1, keepdims=True))
+    want = -(t64 * ls).sum(1).mean() + np.mean((p64 - t64) ** 2)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
