@@ -61,7 +61,7 @@ def one_hot(rng, rows, classes):
 # Every kernel path: one invocation per row (<= 64 classes), one workgroup per row (vec4 when classes % 4 == 0, else
 # scalar), and rows split in chunks (> 2^18 classes).
 CE_SHAPES = [(1, 1), (1, 5), (4, 10), (3, 64), (3, 65), (8, 100), (5, 16385), (3, 40000), (2, 200_003), (70_000, 3),
-             (3, 300_001), (2, 300_000)]
+             (3, 300_001), (2, 300_000), (1, (1 << 18) - 1), (1, 1 << 18)]  # the longest rows one workgroup takes
 
 
 # ---- cross-entropy ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ BCE = {(want, vec4): shaders.variant(BCE_SHADER, WRITE_GRAD=int(want), VEC4=int(
        for want in (False, True) for vec4 in (False, True)}
 
 SMALL_ROW = 64  # classes up to which one invocation handles a whole row
-ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: at most 3 x 2^18 / 32 loop iterations each
+ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: at most 2 passes x 2^18 / 32 iterations
 CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
 BCE_ITEMS = 16  # loop iterations per invocation in bce.comp
 
