@@ -147,15 +147,19 @@ def _write_entry(path: Path, spirv: bytes) -> None:
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one, never half
 
 
-def _record_latest(v: Variant, key: str) -> None:
+def _latest_path(v: Variant) -> Path:
     # Which key each variant was last built under: how `check` tells a stale binary from a current one.
-    index = cache_dir() / "latest" / hashlib.sha256(v.name.encode() + str(v.path).encode()).hexdigest()[:24]
+    return cache_dir() / "latest" / hashlib.sha256(v.name.encode() + str(v.path).encode()).hexdigest()[:24]
+
+
+def _record_latest(v: Variant, key: str) -> None:
+    index = _latest_path(v)
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(key)
 
 
 def _latest(v: Variant) -> str | None:
-    index = cache_dir() / "latest" / hashlib.sha256(v.name.encode() + str(v.path).encode()).hexdigest()[:24]
+    index = _latest_path(v)
     return index.read_text().strip() if index.exists() else None
 
 
