@@ -195,9 +195,8 @@ class Engine:
 
     def upload(self, array: np.ndarray) -> Buffer:
         """A device buffer holding `array` (already of a supported dtype), copied up at the next flush."""
-        array = np.ascontiguousarray(array).reshape(-1)
         buf = self.alloc(array.size, array.dtype)
-        self.upload_into(buf, array)
+        self.upload_into(buf, array)  # which makes the array flat and contiguous
         return buf
 
     def upload_into(self, buf: Buffer, array: np.ndarray) -> None:
