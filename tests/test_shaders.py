@@ -126,3 +126,32 @@ def test_bench_quick_prints_ratios_and_writes_json(tmp_path):
     assert {r["loss"] for r in rows} == {"cross_entropy_loss", "bce_loss"}
     for r in rows:
         assert r["roofline"] > 0 and r["speedup_over_unfused"] > 0 and r["rel_error_fused"] < 1e-4
+
+
+def test_threads_compiling_one_variant_into_an_empty_cache(shader_tree, monkeypatch):
+    import threading
+
+    v = shaders.variant(shader_tree / "k.comp", VALUE=3)
+    spirv = shaders.compile_variant(v)
+    together = threading.Barrier(8)
+
+    def compile_at_once(variant):  # every thread reaches the cache write at the same moment
+        together.wait()
+        return spirv
+
+    monkeypatch.setattr(shaders, "compile_variant", compile_at_once)
+    errors = []
+
+    def load():
+        try:
+            assert shaders.load(v) == spirv
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    shaders.check(v)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -142,7 +143,7 @@ def _read_entry(path: Path) -> bytes | None:
 
 def _write_entry(path: Path, spirv: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # threads of one process write apart
     tmp.write_bytes(_MAGIC + hashlib.sha256(spirv).digest() + spirv)
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one, never half
 
