@@ -27,10 +27,12 @@ def _add_shape(a, b):
                      f"and a vector [n] that is added to every row")
 
 
+ADD, ADD_ROW = _variant("add", 2), _variant("add_row", 2)  # once: variant() resolves the path on disk
+
+
 def _add_forward(engine, inputs, out, shapes):
-    row = shapes[0] != shapes[1]
-    engine.dispatch(_variant("add_row" if row else "add", 2), inputs, [out], [out.size, shapes[0][-1]],
-                    engine.groups_for(out.size))
+    variant = ADD_ROW if shapes[0] != shapes[1] else ADD
+    engine.dispatch(variant, inputs, [out], [out.size, shapes[0][-1]], engine.groups_for(out.size))
 
 
 def _add_backward(ctx, grad):
@@ -61,8 +63,8 @@ elementwise("abs", 1, "abs(x) -> |x|, same shape. d/dx = sign(x), and 0 at x = 0
 elementwise("sigmoid", 1, "sigmoid(x) -> 1 / (1 + exp(-x)), same shape. d/dx = y (1 - y), from the saved output y.",
             backward=lambda ctx, grad: (ctx.g.sigmoid_backward(grad, ctx.output),))
 register_op(
-    "add", _variant("add", 2), inputs=2, shape=_add_shape, forward=_add_forward, backward=_add_backward,
-    variants=lambda: [_variant("add", 2), _variant("add_row", 2)],
+    "add", ADD, inputs=2, shape=_add_shape, forward=_add_forward, backward=_add_backward,
+    variants=lambda: [ADD, ADD_ROW],
     doc="add(a, b) -> a + b: operands of one shape, or a [batch, n] and a vector [n] added to every row (a bias). "
         "d/da = 1; d/db = 1, summed over the batch when b was broadcast.",
 )
