@@ -18,20 +18,34 @@ def forward(weights, x):
     return inputs, h
 
 
+def cross_entropy(logits, target):
+    """Mean of -sum_c target log_softmax(logits) over rows, and its gradient: PyTorch's F.cross_entropy with
+    probability targets."""
+    logits, target = np.asarray(logits, np.float64), np.asarray(target, np.float64)
+    m = logits.max(axis=1, keepdims=True)
+    log_softmax = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+    value = -(target * log_softmax).sum(axis=1).mean()
+    return value, (np.exp(log_softmax) * target.sum(axis=1, keepdims=True) - target) / len(logits)
+
+
+def binary_cross_entropy(p, y):
+    """Mean binary cross-entropy of probabilities p, logs clamped at -100, and its gradient with respect to p:
+    PyTorch's F.binary_cross_entropy."""
+    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    with np.errstate(divide="ignore"):
+        value = -(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100)).mean()
+    return value, (p - y) / np.maximum(p * (1 - p), 1e-12) / p.size
+
+
 def loss_and_output_grad(loss: str, z, target):
     """The loss (as vkloss defines it, PyTorch's numbers) and its gradient with respect to the network's output z.
     For bce_loss, z are logits passed through a sigmoid first."""
     n = z.size
     if loss == "cross_entropy_loss":
-        m = z.max(axis=1, keepdims=True)
-        log_softmax = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
-        value = -(target * log_softmax).sum(axis=1).mean()
-        return value, (np.exp(log_softmax) * target.sum(axis=1, keepdims=True) - target) / len(z)
+        return cross_entropy(z, target)
     if loss == "bce_loss":
         p = 1.0 / (1.0 + np.exp(-z))
-        with np.errstate(divide="ignore"):
-            value = -(target * np.maximum(np.log(p), -100) + (1 - target) * np.maximum(np.log1p(-p), -100)).mean()
-        grad_p = (p - target) / np.maximum(p * (1 - p), 1e-12) / n
+        value, grad_p = binary_cross_entropy(p, target)
         return value, grad_p * p * (1 - p)
     d = z - target
     if loss == "mse_loss":

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .. import shaders
+from .. import reference, shaders
 from ..graph import Graph
 from ..ops.reductions import tree_sum
 
@@ -51,19 +51,6 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def ce_reference(p, t):
-    p, t = p.astype(np.float64), t.astype(np.float64)
-    m = p.max(axis=1, keepdims=True)
-    log_softmax = p - m - np.log(np.exp(p - m).sum(axis=1, keepdims=True))
-    return -(t * log_softmax).sum(axis=1).mean(), (np.exp(log_softmax) * t.sum(axis=1, keepdims=True) - t) / len(p)
-
-
-def bce_reference(p, y):
-    p, y = p.astype(np.float64), y.astype(np.float64)
-    loss = -(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100)).mean()
-    return loss, (p - y) / np.maximum(p * (1 - p), 1e-12) / p.size
-
-
 def relative_error(got_loss, got_grad, ref_loss, ref_grad) -> float:
     return max(abs(got_loss - ref_loss) / max(abs(ref_loss), 1e-30),
                float(np.abs(got_grad.reshape(ref_grad.shape) - ref_grad).max() / max(np.abs(ref_grad).max(), 1e-30)))
@@ -79,11 +66,11 @@ class Case:
             self.p = rng.standard_normal(shape, dtype=np.float32) * 2
             self.t = np.zeros(shape, np.float32)
             self.t[np.arange(shape[0]), rng.integers(0, shape[1], shape[0])] = 1
-            self.reference = ce_reference
+            self.reference = reference.cross_entropy
         else:
             self.p = rng.uniform(0.01, 0.99, shape).astype(np.float32)
             self.t = rng.random(shape, dtype=np.float32)
-            self.reference = bce_reference
+            self.reference = reference.binary_cross_entropy
         self.pred = g.tensor(self.p, requires_grad=True)
         self.target = g.tensor(self.t)
         self.minimal_bytes = 3 * self.n * 4  # read pred, read target, write grad
