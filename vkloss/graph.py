@@ -120,15 +120,16 @@ class Graph:
         if op.compose is not None:
             return op.compose(self, *tensors, **attrs)
         shape = tuple(op.shape(*(t.shape for t in tensors), **attrs))
+        fused_kernel = op.backward_kind == "fused kernel"
+        for position, t in enumerate(tensors[1:] if fused_kernel else (), 2):
+            if t.requires_grad:
+                raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument 1 "
+                                 f"only; argument {position} (shape {t.shape}) must not require a gradient")
         differentiable = self._grad_enabled and op.backward is not None and any(t.requires_grad for t in tensors)
         out = self._engine.alloc(math.prod(shape))
         buffers, shapes = [t.buffer for t in tensors], [t.shape for t in tensors]
         saved = None
-        if op.backward_kind == "fused kernel":
-            for position, t in enumerate(tensors[1:], 2):
-                if t.requires_grad:
-                    raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument 1 "
-                                     f"only; argument {position} (shape {t.shape}) must not require a gradient")
+        if fused_kernel:
             fused = op.forward(self._engine, buffers, out, shapes, want_grad=differentiable, **attrs)
             self._checks.extend((count, message, ValueError) for count, message in fused.checks)
             if fused.grad is not None:
