@@ -71,6 +71,10 @@ class Buffer:
     def serial(self) -> int:
         return self.block.serial
 
+    @property
+    def dtype(self) -> np.dtype:
+        return self.block.dtype
+
     def __del__(self):
         try:
             self.engine._release(self.block)
@@ -154,7 +158,7 @@ class Engine:
         self._step_ended = False  # flush before the next allocation (see end_of_step)
         self._lock = threading.RLock()
         self.stats = {"submissions": 0, "dispatches": 0, "sync_local_barriers": 0, "algorithms_created": 0,
-                      "buffers_created": 0}
+                      "buffers_created": 0, "device_bytes": 0, "peak_device_bytes": 0}
         self.closed = False
 
     # ---- buffers -------------------------------------------------------------------------------------------
@@ -191,6 +195,9 @@ class Engine:
                 kt = self.manager.tensor(zeros) if dtype == np.float32 else self.manager.tensor_t(zeros)
                 block = _Block(kt, next(self._serials), size, dtype)
                 self.stats["buffers_created"] += 1
+                # what this engine holds on the device, buffers in use and pooled alike
+                self.stats["device_bytes"] += block.nbytes
+                self.stats["peak_device_bytes"] = max(self.stats["peak_device_bytes"], self.stats["device_bytes"])
             return Buffer(self, block)
 
     def upload(self, array: np.ndarray) -> Buffer:
@@ -224,6 +231,7 @@ class Engine:
         if not self._pool[key]:
             del self._pool[key]
         self._pool_bytes -= block.nbytes
+        self.stats["device_bytes"] -= block.nbytes
         # Algorithms hold their tensors alive: drop those bound to this block, then the block itself.
         for akey in self._algorithms_by_block.pop(block.serial, ()):
             self._algorithms.pop(akey, None)

@@ -18,6 +18,7 @@ from .ops.reductions import count_nonfinite
 from .tensor import Tensor
 
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
+_INT32 = np.iinfo(np.int32)
 
 
 def _host_array(data, where: str) -> np.ndarray:
@@ -27,6 +28,31 @@ def _host_array(data, where: str) -> np.ndarray:
     if array.size == 0:
         raise ValueError(f"{where} got an empty array of shape {array.shape}")
     return array
+
+
+def _tensor_dtype(dtype) -> np.dtype:
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"g.tensor: dtype must be float32 or int32, got {dtype!r}") from None
+    if dtype not in (np.float32, np.int32):
+        raise TypeError(f"g.tensor: dtype must be float32 or int32, got {dtype}")
+    return dtype
+
+
+def _converted(array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """`array` as `dtype`: any real numbers as float32; integers within int32's range as int32."""
+    if dtype == np.float32:
+        return array.astype(np.float32, copy=False)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{where}: an int32 tensor takes integer data; got dtype {array.dtype} with shape "
+                        f"{array.shape}")
+    low, high = array.min(), array.max()
+    if low < _INT32.min or high > _INT32.max:
+        raise ValueError(f"{where}: values from {low} to {high} (shape {array.shape}) do not fit int32")
+    return array.astype(np.int32, copy=False)
 
 
 class Graph:
@@ -56,16 +82,20 @@ class Graph:
             raise RuntimeError(f"{what}: this Graph belongs to the thread that made it; make one Graph per thread")
 
     # ---- tensors -------------------------------------------------------------------------------------------
-    def tensor(self, data, requires_grad: bool = False) -> Tensor:
-        """A device tensor holding `data` as float32 (float64, float16 and integer arrays are converted).
+    def tensor(self, data, requires_grad: bool = False, dtype=None) -> Tensor:
+        """A device tensor holding `data` as float32 (float64, float16 and integer arrays are converted), or with
+        `dtype=np.int32` as int32: class indices for cross_entropy_loss (integer data within int32's range).
 
         A 0-d value becomes shape (1,). Bool, complex, object and string arrays raise TypeError; empty arrays
         raise ValueError."""
         self._usable("g.tensor")
+        dtype = _tensor_dtype(dtype)
         array = _host_array(data, "g.tensor")
         shape = array.shape or (1,)
-        self._engine.check_size(array.size)  # before converting: a too-large array is refused without a copy
-        buffer = self._engine.upload(array.astype(np.float32, copy=False))
+        self._engine.check_size(array.size, dtype)  # before converting: a too-large array is refused without a copy
+        if dtype == np.int32 and requires_grad:
+            raise ValueError(f"g.tensor: an int32 tensor (shape {shape}) cannot require a gradient")
+        buffer = self._engine.upload(_converted(array, dtype, "g.tensor"))
         return Tensor(self, shape, buffer, requires_grad=bool(requires_grad))
 
     def _copy_into(self, tensor: Tensor, data) -> Tensor:
@@ -75,7 +105,7 @@ class Graph:
             raise ValueError(f"copy_: data of shape {array.shape} into a tensor of shape {tensor.shape}")
         if not tensor.is_leaf:
             raise ValueError("copy_: only a leaf tensor (made by g.tensor or g.parameter) can be overwritten")
-        self._engine.upload_into(tensor.buffer, array.astype(np.float32, copy=False))
+        self._engine.upload_into(tensor.buffer, _converted(array, tensor.dtype, "copy_"))
         return tensor
 
     def parameter(self, data) -> Tensor:
@@ -107,41 +137,94 @@ class Graph:
     def __dir__(self):
         return sorted(set(super().__dir__()) | {op.name for op in registry.all_ops()})
 
+    def _operand(self, op, position: int, value) -> Tensor:
+        """Argument `position` (1-based) of g.<op>: a Tensor of this graph, float32 unless the op reads class
+        indices there (where an integer numpy array is also taken, and uploaded as int32)."""
+        integer = position in op.integer_inputs
+        if integer and not isinstance(value, Tensor):
+            array = np.asarray(value)
+            if array.dtype.kind in "iu":
+                return self.tensor(array, dtype=np.int32)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"g.{op.name}: argument {position} is a {type(value).__name__}, not a vkloss Tensor "
+                            "(wrap arrays with g.tensor)")
+        if value.graph is not self:
+            raise ValueError(f"g.{op.name}: argument {position} belongs to another Graph")
+        if value.dtype != np.float32 and not integer:
+            raise TypeError(f"g.{op.name}: argument {position} is an {value.dtype} tensor of shape {value.shape}; "
+                            "this op takes float32 tensors there")
+        return value
+
+    def _tensor_attr(self, op, name: str, value) -> Tensor:
+        """A tensor-valued option such as a loss's `weight`: a numpy array (uploaded) or a float32 Tensor that
+        needs no gradient."""
+        if not isinstance(value, Tensor):
+            array = np.asarray(value)
+            if array.dtype.kind not in _FLOAT_LIKE or array.size == 0:
+                raise TypeError(f"g.{op.name}: {name} must be a non-empty array of real numbers or a Tensor, got "
+                                f"{type(value).__name__} of dtype {array.dtype} and shape {array.shape}")
+            return self.tensor(array)
+        if value.graph is not self:
+            raise ValueError(f"g.{op.name}: {name} belongs to another Graph")
+        if value.dtype != np.float32 or value.requires_grad:
+            raise ValueError(f"g.{op.name}: {name} must be a float32 tensor that requires no gradient; got "
+                             f"{value!r}")
+        return value
+
     def _apply(self, op, tensors: tuple, attrs: dict) -> Tensor:
         self._usable(f"g.{op.name}")
         if len(tensors) != op.arity:
             raise TypeError(f"g.{op.name} takes {op.arity} tensor(s), got {len(tensors)}")
-        for position, t in enumerate(tensors, 1):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"g.{op.name}: argument {position} is a {type(t).__name__}, not a vkloss Tensor "
-                                "(wrap arrays with g.tensor)")
-            if t.graph is not self:
-                raise ValueError(f"g.{op.name}: argument {position} belongs to another Graph")
+        tensors = tuple(self._operand(op, position, t) for position, t in enumerate(tensors, 1))
         if op.compose is not None:
             return op.compose(self, *tensors, **attrs)
-        shape = tuple(op.shape(*(t.shape for t in tensors), **attrs))
+        unknown = sorted(set(attrs) - set(op.options)) if op.options is not None else []
+        if unknown:
+            raise TypeError(f"g.{op.name} got unexpected option(s) {', '.join(unknown)}; it takes "
+                            f"{', '.join(op.options) or 'none'}")
+        attrs = {name: (self._tensor_attr(op, name, value) if name in op.tensor_attrs and value is not None
+                        else value) for name, value in attrs.items()}
+        attr_tensors = {name: value for name, value in attrs.items() if isinstance(value, Tensor)}
+        shape = tuple(op.shape(*(t.shape for t in tensors),
+                               **{**attrs, **{name: t.shape for name, t in attr_tensors.items()}}))
         fused_kernel = op.backward_kind == "fused kernel"
         for position, t in enumerate(tensors[1:] if fused_kernel else (), 2):
             if t.requires_grad:
                 raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument 1 "
                                  f"only; argument {position} (shape {t.shape}) must not require a gradient")
         differentiable = self._grad_enabled and op.backward is not None and any(t.requires_grad for t in tensors)
+        in_place = differentiable and fused_kernel and bool(op.inplace_attr and attrs.get(op.inplace_attr))
+        if in_place:
+            self._check_in_place(op, tensors, attr_tensors)
         out = self._engine.alloc(math.prod(shape))
         buffers, shapes = [t.buffer for t in tensors], [t.shape for t in tensors]
+        forward_attrs = {**attrs, **{name: t.buffer for name, t in attr_tensors.items()}}
         saved = None
         if fused_kernel:
-            fused = op.forward(self._engine, buffers, out, shapes, want_grad=differentiable, **attrs)
+            fused = op.forward(self._engine, buffers, out, shapes, want_grad=differentiable, **forward_attrs)
             self._checks.extend((count, message, ValueError) for count, message in fused.checks)
             if fused.grad is not None:
                 saved = Tensor(self, tensors[0].shape, fused.grad)
+            if in_place:
+                tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_attr}=True)"
         else:
-            op.forward(self._engine, buffers, out, shapes, **attrs)
+            op.forward(self._engine, buffers, out, shapes, **forward_attrs)
         if self.check_finite:
             self._checks.append((count_nonfinite(self._engine, out, out.size),
                                  f"{op.name} produced {{count}} NaN or infinite values (output shape {shape}, input "
                                  f"shapes {', '.join(str(t.shape) for t in tensors)})", FloatingPointError))
         node = autodiff.Node(op, tensors, attrs, saved) if differentiable else None
         return Tensor(self, shape, out, requires_grad=differentiable, node=node)
+
+    @staticmethod
+    def _check_in_place(op, tensors, attr_tensors) -> None:
+        first = tensors[0]
+        if first.is_leaf:
+            raise ValueError(f"g.{op.name}({op.inplace_attr}=True) would write its gradient over argument 1, a "
+                             f"leaf tensor of shape {first.shape} (a parameter or an input); pass the output of an "
+                             f"op, such as the last layer's logits")
+        if any(t is first for t in (*tensors[1:], *attr_tensors.values())):
+            raise ValueError(f"g.{op.name}({op.inplace_attr}=True): argument 1 is also passed as another argument")
 
     # ---- autodiff ------------------------------------------------------------------------------------------
     def backward(self, loss: Tensor) -> None:

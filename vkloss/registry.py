@@ -42,6 +42,10 @@ class Op:
     backward: Callable | None = None  # (ctx, grad) -> one gradient Tensor (or None) per input
     compose: Callable | None = None  # (graph, *tensors, **attrs) -> Tensor, for composed ops
     variants: Callable | None = None  # () -> the shader variants this op may use, for `tools compile/check`
+    options: dict | None = None  # keyword options the op takes -> what each accepts, for `tools list`
+    tensor_attrs: tuple = ()  # options whose value is a tensor (a numpy array is uploaded); forward gets its buffer
+    integer_inputs: tuple = ()  # 1-based positions that also take int32 tensors (class indices)
+    inplace_attr: str | None = None  # the option with which a fused op writes its gradient over its first input
 
 
 @dataclass
@@ -79,7 +83,8 @@ def _shader_variant(name: str, shader, defines: dict) -> shaders.Variant:
 def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None = None, push: Callable | None = None,
                 invocations: Callable | None = None, defines: dict | None = None, backward=NOT_DIFFERENTIABLE,
                 forward: Callable | None = None, compose: Callable | None = None, fused: bool = False,
-                variants: Callable | None = None, doc: str = "", validate: bool = True) -> Op:
+                variants: Callable | None = None, doc: str = "", validate: bool = True, options: dict | None = None,
+                tensor_attrs: tuple = (), integer_inputs: tuple = (), inplace_attr: str | None = None) -> Op:
     """Declare an op; it then exists as `g.<name>` on every Graph and in `python -m vkloss.tools list`.
 
     name: a Python identifier not taken yet.
@@ -95,6 +100,11 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
     forward / compose / fused: an op that runs several dispatches itself, one built from other ops, one whose
         forward also returns its gradient (see FusedResult). The built-in ops use these.
     validate: compile the shader now and check its bindings, so a mistake shows at registration.
+    options: the keyword options the op takes, each with a short description of its values (shown by
+        `tools list`); others then raise TypeError. tensor_attrs: those whose value is a tensor or numpy array (the
+        shape rule gets its shape, forward its buffer). integer_inputs: 1-based positions that also take int32
+        tensors or integer numpy arrays (class indices). inplace_attr: a fused op's option that, when true, makes it
+        write its gradient over its first input (which must be an op's output; it is unreadable afterwards).
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
@@ -117,7 +127,8 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
             _check_bindings(name, variant, inputs + 1)
     op = Op(name=name, arity=inputs, backward_kind=kind, doc=doc or f"{name}: a registered op.",
             shader=variant.path.name if variant else None, shape=shape, forward=forward, backward=backward_fn,
-            compose=compose, variants=variants or ((lambda: [variant]) if variant else None))
+            compose=compose, variants=variants or ((lambda: [variant]) if variant else None), options=options,
+            tensor_attrs=tuple(tensor_attrs), integer_inputs=tuple(integer_inputs), inplace_attr=inplace_attr)
     _OPS[name] = op
     return op
 

@@ -7,22 +7,35 @@ import numpy as np
 
 
 class Tensor:
-    """A float32 tensor on a Graph's device.
+    """A tensor on a Graph's device: float32, or int32 for class indices (`g.tensor(labels, dtype=np.int32)`).
 
     Made by `g.tensor(array)` or by an op. Its data stays on the device; `.numpy()` and `.item()` run whatever
     recorded work it depends on and copy it to the host. `.grad` is a Tensor after `backward` reached it
     (leaves that require a gradient only, as in PyTorch), else None.
     """
 
-    __slots__ = ("graph", "shape", "buffer", "requires_grad", "grad", "node", "__weakref__")
+    __slots__ = ("graph", "shape", "_buffer", "requires_grad", "grad", "node", "overwritten_by", "__weakref__")
 
     def __init__(self, graph, shape: tuple[int, ...], buffer, requires_grad: bool = False, node=None):
         self.graph = graph
         self.shape = tuple(int(d) for d in shape)
-        self.buffer = buffer
+        self._buffer = buffer
         self.requires_grad = requires_grad
         self.node = node  # the autodiff.Node that made it, None for a leaf, FREED after backward
         self.grad: Tensor | None = None
+        self.overwritten_by: str | None = None  # the op that wrote over its buffer (a gradient computed in place)
+
+    @property
+    def buffer(self):
+        """The device buffer. Raises RuntimeError once an in-place op has written something else over it."""
+        if self.overwritten_by is not None:
+            raise RuntimeError(f"this tensor (shape {self.shape}) was overwritten by {self.overwritten_by}: its "
+                               "buffer now holds that op's gradient. Leave out inplace_grad=True to keep the values")
+        return self._buffer
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._buffer.dtype
 
     @property
     def is_leaf(self) -> bool:
@@ -37,7 +50,7 @@ class Tensor:
         return len(self.shape)
 
     def numpy(self) -> np.ndarray:
-        """A float32 host copy, of this tensor's shape."""
+        """A host copy (float32, or int32 for an index tensor), of this tensor's shape."""
         return self.graph._read(self).reshape(self.shape)
 
     def item(self) -> float:
@@ -58,4 +71,6 @@ class Tensor:
 
     def __repr__(self) -> str:
         flags = ", requires_grad=True" if self.requires_grad else ""
+        if self._buffer.dtype != np.float32:
+            flags = f", dtype={self._buffer.dtype}" + flags
         return f"Tensor(shape={self.shape}{flags})"
