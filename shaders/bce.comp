@@ -1,15 +1,35 @@
 #version 450
-// Fused binary cross-entropy, PyTorch's F.binary_cross_entropy: per element
-//   loss = -(y log p + (1 - y) log(1 - p)), each log clamped at -100
-//   grad = (p - y) / max(p (1 - p), 1e-12) / n
+// Fused binary cross-entropy. Per element, with x = pred[i], y = labels[i]:
+//   default (PyTorch's F.binary_cross_entropy), x a probability:
+//     loss = -(y log x + (1 - y) log(1 - x)), each log clamped at -100
+//     grad = (x - y) / max(x (1 - x), 1e-12)
+//   LOGITS (F.binary_cross_entropy_with_logits), x a logit of any magnitude, l = 1 + (pos_weight - 1) y:
+//     loss = (1 - y) x - l log_sigmoid(x),  log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|))  (never overflows)
+//     grad = l sigmoid(x) - pos_weight y     (pos_weight = 1 without POS_WEIGHT: sigmoid(x) - y)
+//   WEIGHTED: both times weight[i % weight_size]; POS_WEIGHT: pos_weight[i % pos_weight_size] (both broadcast over
+//   the leading dimensions); the gradient is also times `scale` (1/n for a mean).
 // One pass: workgroup w reads its range of `per_workgroup` elements once, writes their gradient (WRITE_GRAD), the sum
-// of their loss terms to loss_partials[w], and how many of its p or y lie outside [0, 1] (NaN counts as outside) to
-// bad_partials[w]. The engine then tree-sums both. VEC4 (n % 4 == 0): four elements at a time.
+// of their loss terms to loss_partials[w] (with PER_ELEMENT, each term to element_loss[i] instead: reduction
+// "none"), and how many of its x (probabilities only) or y lie outside [0, 1] (NaN counts as outside) to
+// bad_partials[w]. The engine then tree-sums them. VEC4 (n and the weights' sizes % 4 == 0): four elements at a time.
 // Loops: per_workgroup / WG (/ 4) iterations per invocation, kept small by the caller.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "losses.glsl"
 #include "reduce.glsl"
+
+#ifndef LOGITS
+#define LOGITS 0
+#endif
+#ifndef WEIGHTED
+#define WEIGHTED 0
+#endif
+#ifndef POS_WEIGHT
+#define POS_WEIGHT 0
+#endif
+#ifndef PER_ELEMENT
+#define PER_ELEMENT 0
+#endif
 
 #if VEC4
 #define ELEMENT vec4
@@ -22,13 +42,25 @@
 #define COUNT_OUTSIDE(v) ((v) >= 0.0 && (v) <= 1.0 ? 0.0 : 1.0)
 #endif
 
-layout(push_constant) uniform Push { uint n; float inv_n; uint per_workgroup; } p;
+// sizes in ELEMENTs (vec4s with VEC4)
+layout(push_constant) uniform Push { uint n; float scale; uint per_workgroup; uint weight_size; uint pos_weight_size; } p;
 layout(set = 0, binding = 0) readonly buffer Pred { ELEMENT pred[]; };
 layout(set = 0, binding = 1) readonly buffer Labels { ELEMENT labels[]; };
-layout(set = 0, binding = 2) writeonly buffer LossPartials { float loss_partials[]; };
-layout(set = 0, binding = 3) writeonly buffer BadPartials { float bad_partials[]; };
+#if WEIGHTED
+layout(set = 0, binding = 2) readonly buffer Weight { ELEMENT weight[]; };
+#endif
+#if POS_WEIGHT
+layout(set = 0, binding = 2 + WEIGHTED) readonly buffer PosWeight { ELEMENT pos_weight[]; };
+#endif
+#define B_OUT (2 + WEIGHTED + POS_WEIGHT)
+#if PER_ELEMENT
+layout(set = 0, binding = B_OUT) writeonly buffer ElementLoss { ELEMENT element_loss[]; };
+#else
+layout(set = 0, binding = B_OUT) writeonly buffer LossPartials { float loss_partials[]; };
+#endif
+layout(set = 0, binding = B_OUT + 1) writeonly buffer BadPartials { float bad_partials[]; };
 #if WRITE_GRAD
-layout(set = 0, binding = 4) writeonly buffer Grad { ELEMENT grad[]; };
+layout(set = 0, binding = B_OUT + 2) writeonly buffer Grad { ELEMENT grad[]; };
 #endif
 
 void main() {
@@ -39,17 +71,49 @@ void main() {
     float bad = 0.0;  // COUNT_OUTSIDE already sums the components
     for (uint i = begin + gl_LocalInvocationID.x; i < end; i += WG) {
         ELEMENT x = pred[i], y = labels[i];
+#if LOGITS
+        bad += COUNT_OUTSIDE(y);
+#if POS_WEIGHT
+        ELEMENT pw = pos_weight[i % p.pos_weight_size];
+        ELEMENT log_weight = 1.0 + (pw - 1.0) * y;
+#else
+        ELEMENT pw = ELEMENT(1.0), log_weight = ELEMENT(1.0);
+#endif
+        ELEMENT log_sigmoid = min(x, ELEMENT(0.0)) - log1p_accurate(exp(-abs(x)));
+        ELEMENT term = (1.0 - y) * x - log_weight * log_sigmoid;
+#if WRITE_GRAD
+        ELEMENT g = log_weight / (1.0 + exp(-x)) - pw * y;
+#endif
+#else
         bad += COUNT_OUTSIDE(x) + COUNT_OUTSIDE(y);
         ELEMENT log_p = max(log(x), ELEMENT(-100.0));
         ELEMENT log_1mp = max(log1p_accurate(-x), ELEMENT(-100.0));
-        loss -= y * log_p + (1.0 - y) * log_1mp;
+        ELEMENT term = -(y * log_p + (1.0 - y) * log_1mp);
 #if WRITE_GRAD
-        grad[i] = (x - y) / max(x * (1.0 - x), ELEMENT(1e-12)) * p.inv_n;
+        ELEMENT g = (x - y) / max(x * (1.0 - x), ELEMENT(1e-12));
+#endif
+#endif
+#if WEIGHTED
+        ELEMENT wi = weight[i % p.weight_size];
+        term *= wi;
+#if WRITE_GRAD
+        g *= wi;
+#endif
+#endif
+#if PER_ELEMENT
+        element_loss[i] = term;
+#else
+        loss += term;
+#endif
+#if WRITE_GRAD
+        grad[i] = g * p.scale;
 #endif
     }
     vec4 sums = workgroup_sum4(vec4(HSUM(loss), bad, 0.0, 0.0));
     if (gl_LocalInvocationID.x == 0) {
+#if !PER_ELEMENT
         loss_partials[w] = sums.x;
+#endif
         bad_partials[w] = sums.y;
     }
 }

@@ -1,50 +1,191 @@
 #version 450
-// Fused cross-entropy with probability targets: the loss and d(loss)/d(pred) for logits [rows, classes].
-//   loss = mean_r ( T_r * lse_r - sum_c t_rc * p_rc ),  T_r = sum_c t_rc,  lse_r = log sum_c exp(p_rc)
-//   grad = (softmax(p) * T_r - t) / rows
+// Fused cross-entropy: the loss and d(loss)/d(pred) for logits p [rows, classes], PyTorch's F.cross_entropy.
+// Every option is a per-class coefficient a_rc of the row's loss, so one set of kernels serves them all:
+//   loss_r = sum_c a_rc (lse_r - p_rc) = A_r lse_r - sum_c a_rc p_rc,   A_r = sum_c a_rc,  lse_r = log sum_c exp(p_rc)
+//   grad   = (softmax(p) A_r - a) * scale
+//   a_rc   = w_c (t_rc (1 - smoothing) + smoothing / classes)
+// t is the target row (probabilities) or, with TARGET_INDEX, the one-hot row of the class index target_index[r],
+// read directly (no one-hot matrix); a row whose index is ignore_index (or out of range: counted by MODE_ROW_WEIGHT
+// and reported) has a = 0 and contributes neither loss nor gradient. w (WEIGHTED) are class weights, else 1.
+// scale is the push constant `scale` (1/rows for a mean, 1 for a sum or no reduction), or with NORM_BUFFER 1 / the
+// device-computed sum of the counted rows' w_target (PyTorch's weighted mean over index targets); the row losses are
+// then written already divided by it, and a zero sum gives NaN, as in PyTorch.
 // Everything is computed relative to a row (or chunk) maximum m, so logits of any magnitude lose no precision.
 // Modes (vkloss/ops/losses.py chooses and chains them):
+//   MODE_ROW_WEIGHT: TARGET_INDEX only, one invocation per row: its w_target (0 if not counted) and whether its index
+//                 is out of range, for the normalizer and the bad-input check.
 //   MODE_SMALL:   one invocation per row, for rows of few classes: row loss and, with WRITE_GRAD, the gradient.
 //   MODE_ROW:     one workgroup per row, for rows up to a few hundred thousand classes: the same, in two passes.
 //   For longer rows, three kernels:
-//   MODE_STATS:   one workgroup per (row, chunk of `chunk` classes): chunk max m, sum exp(p - m), sum t (p - m),
-//                 sum t -> partials[4 per chunk].
-//   MODE_COMBINE: one invocation per row: merge its chunks' partials -> row loss, and max, log-sum and T.
-//   MODE_GRAD:    one invocation per element: grad from rowstats. No loops.
+//   MODE_STATS:   one workgroup per (row, chunk of `chunk` classes): chunk max m, sum exp(p - m), sum a (p - m),
+//                 sum a -> partials[4 per chunk].
+//   MODE_COMBINE: one invocation per row: merge its chunks' partials -> row loss, and max, log-sum and A.
+//   MODE_GRAD:    one invocation per element: grad from row_stats. No loops.
+// INPLACE: the gradient is written over the logits (binding `pred` moves to the outputs, read then written by the same
+// invocation, element by element), so the loss needs no buffer of the logits' size.
 // Per-invocation loops stay short for any size (chunk / WG and chunks per row), well under lavapipe's limit.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "losses.glsl"
 
-layout(push_constant) uniform Push { uint rows; uint classes; uint chunks; uint chunk; float inv_rows; } p;
+#ifndef TARGET_INDEX
+#define TARGET_INDEX 0
+#endif
+#ifndef WEIGHTED
+#define WEIGHTED 0
+#endif
+#ifndef NORM_BUFFER
+#define NORM_BUFFER 0
+#endif
+#ifndef INPLACE
+#define INPLACE 0
+#endif
+#ifndef MODE_ROW_WEIGHT
+#define MODE_ROW_WEIGHT 0
+#endif
 
-#if MODE_SMALL
-layout(set = 0, binding = 0) readonly buffer Pred { float pred[]; };
-layout(set = 0, binding = 1) readonly buffer Target { float target[]; };
-layout(set = 0, binding = 2) writeonly buffer RowLoss { float row_loss[]; };
-#if WRITE_GRAD
-layout(set = 0, binding = 3) writeonly buffer Grad { float grad[]; };
+layout(push_constant) uniform Push {
+    uint rows; uint classes; uint chunks; uint chunk; float scale; float smoothing; int ignore_index; uint ignore;
+} p;
+
+#if VEC4
+#define ELEMENT vec4
+#define HMAX(v) max(max(v.x, v.y), max(v.z, v.w))
+#define HSUM(v) dot(v, vec4(1.0))
+#define ONE_HOT(k, y) vec4(equal(uvec4(4u * (k)) + uvec4(0u, 1u, 2u, 3u), uvec4(uint(y))))
+#else
+#define ELEMENT float
+#define HMAX(v) (v)
+#define HSUM(v) (v)
+#define ONE_HOT(k, y) ((k) == uint(y) ? 1.0 : 0.0)
+#endif
+
+// Bindings, inputs then outputs: [pred,] target, [weight,] [norm,] outputs... (with INPLACE, pred is an output;
+// MODE_ROW_WEIGHT reads no pred).
+// MODE_COMBINE: partials, [target index,] [norm,] outputs.
+#if MODE_COMBINE
+#define B_TARGET 1
+#define B_NORM (1 + TARGET_INDEX)
+#else
+#define B_TARGET (MODE_ROW_WEIGHT != 0 || INPLACE != 0 ? 0 : 1)
+#define B_WEIGHT (B_TARGET + 1)
+#define B_NORM (B_TARGET + 1 + WEIGHTED)
+#endif
+#define B_OUT (B_NORM + NORM_BUFFER)
+
+#if TARGET_INDEX
+layout(set = 0, binding = B_TARGET) readonly buffer Target { int target_index[]; };
+#elif !MODE_COMBINE
+layout(set = 0, binding = B_TARGET) readonly buffer Target { ELEMENT target[]; };
+#endif
+#if WEIGHTED && !MODE_COMBINE
+layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ELEMENT weight[]; };
+#endif
+#if NORM_BUFFER
+layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
+#endif
+
+// The gradient's scale, and the factor applied to row losses here (1 where the engine's final sum applies `scale`).
+float grad_scale() {
+#if NORM_BUFFER
+    return norm[0] > 0.0 ? 1.0 / norm[0] : 0.0;
+#else
+    return p.scale;
+#endif
+}
+#if NORM_BUFFER
+float row_loss_scale() {  // every row ignored: NaN (0 / 0), as in PyTorch
+    return norm[0] > 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7fc00000u);
+}
+#else
+float row_loss_scale() { return 1.0; }
+#endif
+
+// Per-row view of the target: the one-hot class, whether the row counts, and how a target value becomes a coefficient.
+struct RowTarget { int index; bool counted; float keep; float spread; };
+
+RowTarget row_target(uint row) {
+    RowTarget r;
+    r.index = 0;
+    r.counted = true;
+#if TARGET_INDEX
+    r.index = target_index[row];
+    bool ignored = p.ignore != 0u && r.index == p.ignore_index;
+    r.counted = !ignored && r.index >= 0 && uint(r.index) < p.classes;
+#endif
+    r.keep = r.counted ? 1.0 - p.smoothing : 0.0;
+    r.spread = r.counted ? p.smoothing / float(p.classes) : 0.0;
+    return r;
+}
+
+#if !MODE_COMBINE && !MODE_ROW_WEIGHT
+// a for the k-th ELEMENT of the row (classes k or 4k .. 4k + 3), at flat ELEMENT index i of the matrix.
+ELEMENT coefficient(RowTarget r, uint i, uint k) {
+#if TARGET_INDEX
+    ELEMENT t = ONE_HOT(k, r.index);
+#else
+    ELEMENT t = target[i];
+#endif
+    ELEMENT a = t * r.keep + r.spread;
+#if WEIGHTED
+    a *= weight[k];
+#endif
+    return a;
+}
+#endif
+
+#if INPLACE
+layout(set = 0, binding = B_OUT + 1) buffer Pred { ELEMENT pred[]; };  // logits in, gradient out
+#define GRAD_OUT pred
+#elif !MODE_COMBINE && !MODE_ROW_WEIGHT
+layout(set = 0, binding = 0) readonly buffer Pred { ELEMENT pred[]; };
+#define GRAD_OUT grad
+#endif
+
+#if MODE_ROW_WEIGHT
+layout(set = 0, binding = B_OUT) writeonly buffer RowWeight { float row_weight[]; };
+layout(set = 0, binding = B_OUT + 1) writeonly buffer Bad { float bad[]; };
+void main() {
+    uint row = global_index();
+    if (row >= p.rows) return;
+    RowTarget r = row_target(row);
+    bool ignored = p.ignore != 0u && r.index == p.ignore_index;
+    float w = 1.0;
+#if WEIGHTED
+    if (r.counted) w = weight[r.index];
+#endif
+    row_weight[row] = r.counted ? w : 0.0;
+    bad[row] = r.counted || ignored ? 0.0 : 1.0;
+}
+
+#elif MODE_SMALL
+layout(set = 0, binding = B_OUT) writeonly buffer RowLoss { float row_loss[]; };
+#if WRITE_GRAD && !INPLACE
+layout(set = 0, binding = B_OUT + 1) writeonly buffer Grad { float grad[]; };
 #endif
 void main() {
     uint row = global_index();
     if (row >= p.rows) return;
+    RowTarget r = row_target(row);
     uint base = row * p.classes;
     float m = NEG_INF;
     for (uint c = 0; c < p.classes; ++c) m = nan_max(m, pred[base + c]);
-    float sum_exp = 0.0, t_dot = 0.0, t_sum = 0.0;
+    float sum_exp = 0.0, a_dot = 0.0, a_sum = 0.0;
     for (uint c = 0; c < p.classes; ++c) {
         float shifted = pred[base + c] - m;
-        float t = target[base + c];
+        float a = coefficient(r, base + c, c);
         sum_exp += exp(shifted);
-        t_dot += t * shifted;
-        t_sum += t;
+        a_dot += a * shifted;
+        a_sum += a;
     }
     float log_sum = log(sum_exp);
-    row_loss[row] = t_sum * log_sum - t_dot;
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
 #if WRITE_GRAD
+    float scale = grad_scale();
     for (uint c = 0; c < p.classes; ++c) {
         float softmax = exp(pred[base + c] - m - log_sum);
-        grad[base + c] = (softmax * t_sum - target[base + c]) * p.inv_rows;
+        float a = coefficient(r, base + c, c);
+        GRAD_OUT[base + c] = r.counted ? (softmax * a_sum - a) * scale : 0.0;
     }
 #endif
 }
@@ -56,30 +197,20 @@ void main() {
 // VEC4 (classes % 4 == 0): each invocation moves four contiguous classes at a time.
 // A NaN logit needs no NaN-aware max: exp(NaN - m) makes the row's sum NaN, hence its loss and gradient, as in PyTorch.
 #include "reduce.glsl"
-#if VEC4
-#define ELEMENT vec4
-#define HMAX(v) max(max(v.x, v.y), max(v.z, v.w))
-#define HSUM(v) dot(v, vec4(1.0))
-#else
-#define ELEMENT float
-#define HMAX(v) (v)
-#define HSUM(v) (v)
-#endif
-layout(set = 0, binding = 0) readonly buffer Pred { ELEMENT pred[]; };
-layout(set = 0, binding = 1) readonly buffer Target { ELEMENT target[]; };
-layout(set = 0, binding = 2) writeonly buffer RowLoss { float row_loss[]; };
-#if WRITE_GRAD
-layout(set = 0, binding = 3) writeonly buffer Grad { ELEMENT grad[]; };
+layout(set = 0, binding = B_OUT) writeonly buffer RowLoss { float row_loss[]; };
+#if WRITE_GRAD && !INPLACE
+layout(set = 0, binding = B_OUT + 1) writeonly buffer Grad { ELEMENT grad[]; };
 #endif
 void main() {
     uint row = workgroup_index();
     if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
+    RowTarget r = row_target(row);
     uint width = p.classes / (VEC4 != 0 ? 4 : 1);
-    uint begin = row * width + gl_LocalInvocationID.x, end = row * width + width;
-    // this invocation's max, sum exp(p - max), sum t (p - max), sum t
+    uint base = row * width;
+    // this invocation's max, sum exp(p - max), sum a (p - max), sum a
     float m_own = NEG_INF, s_own = 0.0, a_own = 0.0, t_own = 0.0;
-    for (uint i = begin; i < end; i += WG) {
-        ELEMENT v = pred[i], t = target[i];
+    for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
+        ELEMENT v = pred[base + k], a = coefficient(r, base + k, k);
         float v_max = HMAX(v);
         if (v_max > m_own) {
             s_own *= exp(m_own - v_max);
@@ -88,41 +219,44 @@ void main() {
         }
         ELEMENT shifted = v - m_own;
         s_own += HSUM(exp(shifted));
-        a_own += HSUM(t * shifted);
-        t_own += HSUM(t);
+        a_own += HSUM(a * shifted);
+        t_own += HSUM(a);
     }
     float m = workgroup_max(m_own);
     float rebase = t_own == 0.0 ? 0.0 : t_own * (m - m_own);
     vec4 sums = workgroup_sum4(vec4(s_own * exp(m_own - m), a_own - rebase, t_own, 0.0));
     float log_sum = log(sums.x);
-    if (gl_LocalInvocationID.x == 0) row_loss[row] = sums.z * log_sum - sums.y;
+    if (gl_LocalInvocationID.x == 0) row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
 #if WRITE_GRAD
-    // grad = softmax * T / rows - t / rows, softmax = exp((p - m) - log_sum): never m + log_sum, which rounds
+    // grad = softmax * A * scale - a * scale, softmax = exp((p - m) - log_sum): never m + log_sum, which rounds
     // log_sum away where the logits are large (|m| ~ 3e4 has float32 spacing 0.002)
-    float t_scale = sums.z * p.inv_rows;
-    for (uint i = begin; i < end; i += WG) grad[i] = exp((pred[i] - m) - log_sum) * t_scale - target[i] * p.inv_rows;
+    float scale = r.counted ? grad_scale() : 0.0;
+    float a_scale = sums.z * scale;
+    for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
+        ELEMENT a = coefficient(r, base + k, k);
+        GRAD_OUT[base + k] = r.counted ? exp((pred[base + k] - m) - log_sum) * a_scale - a * scale : ELEMENT(0.0);
+    }
 #endif
 }
 
 #elif MODE_STATS
 #include "reduce.glsl"
-layout(set = 0, binding = 0) readonly buffer Pred { float pred[]; };
-layout(set = 0, binding = 1) readonly buffer Target { float target[]; };
-layout(set = 0, binding = 2) writeonly buffer Partials { vec4 partials[]; };
+layout(set = 0, binding = B_OUT) writeonly buffer Partials { vec4 partials[]; };
 void main() {
     uint w = workgroup_index();
     if (w >= p.rows * p.chunks) return;  // uniform across the workgroup, so barriers stay valid
     uint row = w / p.chunks;
-    uint begin = row * p.classes + (w % p.chunks) * p.chunk;
-    uint end = row * p.classes + min((w % p.chunks + 1) * p.chunk, p.classes);
+    RowTarget r = row_target(row);
+    uint first = (w % p.chunks) * p.chunk, last = min(first + p.chunk, p.classes);
+    uint base = row * p.classes;
     float m = NEG_INF;
-    for (uint i = begin + gl_LocalInvocationID.x; i < end; i += WG) m = nan_max(m, pred[i]);
+    for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) m = nan_max(m, pred[base + c]);
     m = workgroup_max(m);
-    vec4 sums = vec4(0.0);  // sum exp(p - m), sum t (p - m), sum t
-    for (uint i = begin + gl_LocalInvocationID.x; i < end; i += WG) {
-        float shifted = pred[i] - m;
-        float t = target[i];
-        sums += vec4(exp(shifted), t * shifted, t, 0.0);
+    vec4 sums = vec4(0.0);  // sum exp(p - m), sum a (p - m), sum a
+    for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) {
+        float shifted = pred[base + c] - m;
+        float a = coefficient(r, base + c, c);
+        sums += vec4(exp(shifted), a * shifted, a, 0.0);
     }
     sums = workgroup_sum4(sums);
     if (gl_LocalInvocationID.x == 0) partials[w] = vec4(m, sums.x, sums.y, sums.z);
@@ -130,36 +264,41 @@ void main() {
 
 #elif MODE_COMBINE
 layout(set = 0, binding = 0) readonly buffer Partials { vec4 partials[]; };
-layout(set = 0, binding = 1) writeonly buffer RowLoss { float row_loss[]; };
-layout(set = 0, binding = 2) writeonly buffer RowStats { vec4 row_stats[]; };  // (max, log sum exp(p - max), T, -)
+layout(set = 0, binding = B_OUT) writeonly buffer RowLoss { float row_loss[]; };
+layout(set = 0, binding = B_OUT + 1) writeonly buffer RowStats { vec4 row_stats[]; };  // (max, log sum, A, -)
 void main() {
     uint row = global_index();
     if (row >= p.rows) return;
+    RowTarget r = row_target(row);
     uint base = row * p.chunks;
     float m = NEG_INF;
     for (uint k = 0; k < p.chunks; ++k) m = nan_max(m, partials[base + k].x);
-    float sum_exp = 0.0, t_dot = 0.0, t_sum = 0.0;
+    float sum_exp = 0.0, a_dot = 0.0, a_sum = 0.0;
     for (uint k = 0; k < p.chunks; ++k) {
-        vec4 part = partials[base + k];  // (chunk max, sum exp(p - max), sum t (p - max), sum t)
+        vec4 part = partials[base + k];  // (chunk max, sum exp(p - max), sum a (p - max), sum a)
         sum_exp += part.y * exp(part.x - m);
-        t_dot += part.z - part.w * (m - part.x);  // re-based from the chunk's max to the row's
-        t_sum += part.w;
+        a_dot += part.z - part.w * (m - part.x);  // re-based from the chunk's max to the row's
+        a_sum += part.w;
     }
     float log_sum = log(sum_exp);
-    row_loss[row] = t_sum * log_sum - t_dot;
-    row_stats[row] = vec4(m, log_sum, t_sum, 0.0);
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
+    row_stats[row] = vec4(m, log_sum, a_sum, 0.0);
 }
 
 #elif MODE_GRAD
-layout(set = 0, binding = 0) readonly buffer Pred { float pred[]; };
-layout(set = 0, binding = 1) readonly buffer Target { float target[]; };
-layout(set = 0, binding = 2) readonly buffer RowStats { vec4 row_stats[]; };
-layout(set = 0, binding = 3) writeonly buffer Grad { float grad[]; };
+layout(set = 0, binding = B_OUT) readonly buffer RowStats { vec4 row_stats[]; };
+#if !INPLACE
+layout(set = 0, binding = B_OUT + 1) writeonly buffer Grad { float grad[]; };
+#endif
 void main() {
     uint i = global_index();
     if (i >= p.rows * p.classes) return;
-    vec4 stats = row_stats[i / p.classes];
-    grad[i] = (exp((pred[i] - stats.x) - stats.y) * stats.z - target[i]) * p.inv_rows;
+    uint row = i / p.classes;
+    RowTarget r = row_target(row);
+    vec4 stats = row_stats[row];
+    float scale = r.counted ? grad_scale() : 0.0;
+    float a = coefficient(r, i, i - row * p.classes);
+    GRAD_OUT[i] = r.counted ? (exp((pred[i] - stats.x) - stats.y) * stats.z - a) * scale : 0.0;
 }
 #else
 #error "cross_entropy.comp: define one MODE_*"

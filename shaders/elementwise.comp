@@ -36,6 +36,9 @@ void main() {
 #elif OP_MUL_SCALAR
     // b has one element: a scale, such as an upstream gradient
     y[i] = a[i] * b[0];
+#elif OP_MUL_ROWS
+    // a is [rows, cols], b is [rows]: each row times its scale
+    y[i] = a[i] * b[i / p.cols];
 #elif OP_ABS_BACKWARD
     // a = upstream gradient, b = x. sign(0) = 0: abs has gradient 0 at 0, as in PyTorch.
     y[i] = a[i] * sign(b[i]);

@@ -18,23 +18,67 @@ def forward(weights, x):
     return inputs, h
 
 
-def cross_entropy(logits, target):
-    """Mean of -sum_c target log_softmax(logits) over rows, and its gradient: PyTorch's F.cross_entropy with
-    probability targets."""
-    logits, target = np.asarray(logits, np.float64), np.asarray(target, np.float64)
+def cross_entropy(logits, target, reduction="mean", weight=None, ignore_index=None, label_smoothing=0.0):
+    """PyTorch's F.cross_entropy and its gradient with respect to the logits (of the sum of the output, for
+    reduction="none"). target: probabilities of the logits' shape, or class indices [batch].
+
+    Written from PyTorch's definition: per row, -sum_c w_c t'_c log_softmax_c with t' = t (1 - eps) + eps / C (t the
+    one-hot of the index); rows whose index is ignore_index count for nothing; a mean divides by the batch
+    (probabilities) or by the summed w[target] of the counted rows (indices)."""
+    logits = np.asarray(logits, np.float64)
+    rows, classes = logits.shape
+    target = np.asarray(target)
+    weight = np.ones(classes) if weight is None else np.asarray(weight, np.float64)
+    counted = np.ones(rows, bool)
+    if target.ndim == 1:
+        counted = target != ignore_index if ignore_index is not None else counted
+        one_hot = np.zeros((rows, classes))
+        one_hot[np.flatnonzero(counted), target[counted]] = 1.0
+        divisor = weight[target[counted]].sum()
+    else:
+        one_hot, divisor = np.asarray(target, np.float64), rows
+    coefficient = weight * (one_hot * (1 - label_smoothing) + label_smoothing / classes) * counted[:, None]
     m = logits.max(axis=1, keepdims=True)
     log_softmax = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
-    value = -(target * log_softmax).sum(axis=1).mean()
-    return value, (np.exp(log_softmax) * target.sum(axis=1, keepdims=True) - target) / len(logits)
+    row_loss = -(coefficient * np.where(counted[:, None], log_softmax, 0.0)).sum(axis=1)
+    grad = np.exp(log_softmax) * coefficient.sum(axis=1, keepdims=True) - coefficient
+    if reduction == "none":
+        return row_loss, grad
+    if reduction == "sum":
+        return row_loss.sum(), grad
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return row_loss.sum() / divisor, grad / divisor if divisor > 0 else np.zeros_like(grad)
 
 
-def binary_cross_entropy(p, y):
-    """Mean binary cross-entropy of probabilities p, logs clamped at -100, and its gradient with respect to p:
-    PyTorch's F.binary_cross_entropy."""
+def binary_cross_entropy(p, y, reduction="mean", weight=None):
+    """PyTorch's F.binary_cross_entropy of probabilities p, logs clamped at -100, and its gradient with respect to
+    p (of the sum of the output, for reduction="none")."""
     p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    weight = 1.0 if weight is None else np.asarray(weight, np.float64)
     with np.errstate(divide="ignore"):
-        value = -(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100)).mean()
-    return value, (p - y) / np.maximum(p * (1 - p), 1e-12) / p.size
+        terms = -weight * (y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100))
+    grad = weight * (p - y) / np.maximum(p * (1 - p), 1e-12) + np.zeros_like(p)
+    return _reduced(terms, grad, reduction)
+
+
+def binary_cross_entropy_with_logits(x, y, reduction="mean", weight=None, pos_weight=None):
+    """PyTorch's F.binary_cross_entropy_with_logits and its gradient with respect to the logits x."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    weight = 1.0 if weight is None else np.asarray(weight, np.float64)
+    pos_weight = 1.0 if pos_weight is None else np.asarray(pos_weight, np.float64)
+    log_weight = 1 + (pos_weight - 1) * y
+    log_sigmoid = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+    terms = weight * ((1 - y) * x - log_weight * log_sigmoid)
+    grad = weight * (log_weight / (1 + np.exp(-x)) - pos_weight * y)
+    return _reduced(terms, grad, reduction)
+
+
+def _reduced(terms, grad, reduction):
+    if reduction == "none":
+        return terms, grad
+    if reduction == "sum":
+        return terms.sum(), grad
+    return terms.mean(), grad / terms.size
 
 
 def loss_and_output_grad(loss: str, z, target):

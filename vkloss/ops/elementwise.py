@@ -42,6 +42,10 @@ def _add_backward(ctx, grad):
     return grad, (ctx.g.sum_rows(grad) if ctx.needs[1] else None)  # the bias gets the sum over the batch
 
 
+def _raise(error):
+    raise error
+
+
 def scalar_second(name, a, s):
     if s != (1,):
         raise ValueError(f"{name}: the scale must have shape (1,), got {s} (beside {a})")
@@ -77,6 +81,15 @@ elementwise("mul_scalar", 2, "mul_scalar(x, s) -> x * s[0], s of shape (1,). d/d
             shape=partial(scalar_second, "mul_scalar"),
             backward=lambda ctx, grad: (ctx.g.mul_scalar(grad, ctx.inputs[1]) if ctx.needs[0] else None,
                                         ctx.g.sum_all(ctx.g.mul(grad, ctx.inputs[0])) if ctx.needs[1] else None))
+MUL_ROWS = _variant("mul_rows", 2)
+register_op(
+    "mul_rows", MUL_ROWS, inputs=2, validate=False,
+    shape=lambda a, s: a if len(a) == 2 and s == a[:1] else _raise(
+        ValueError(f"mul_rows: needs a matrix [rows, cols] and a vector [rows]; got {a} and {s}")),
+    push=lambda a, s: [math.prod(a), a[1]],
+    doc="mul_rows(x, s) -> x * s[row]: x [rows, cols], s [rows], each row of x times its entry of s (the "
+        "backward of a per-row loss such as cross_entropy_loss(reduction='none')). Not differentiable.",
+)
 elementwise("abs_backward", 2, "abs_backward(grad, x) -> grad * sign(x) (sign(0) = 0): the gradient of abs.")
 elementwise("relu_backward", 2, "relu_backward(grad, x) -> grad where x > 0, else 0: the gradient of relu.")
 elementwise("sigmoid_backward", 2, "sigmoid_backward(grad, y) -> grad * y * (1 - y), y = sigmoid(x).")

@@ -74,7 +74,7 @@ register_op(
 register_op(
     "sum_all", SUM_PASS, inputs=1,
     doc="sum_all(x, scale=1.0) -> (1,): scale * the sum of every element (pairwise tree). d/dx = scale.",
-    shape=lambda s, scale=1.0: (1,), forward=_sum_forward,
+    shape=lambda s, scale=1.0: (1,), forward=_sum_forward, options={"scale": "float (default 1.0)"},
     backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape, scale=ctx.attrs.get("scale", 1.0)),),
     variants=lambda: [SUM_PASS],
 )
@@ -82,6 +82,7 @@ register_op(
     "expand", FILL, inputs=1,
     doc="expand(s, shape=, scale=1.0) -> shape: s of shape (1,) repeated, times scale. d/ds = scale * sum(grad).",
     shape=_expand_shape, forward=_expand_forward,
+    options={"shape": "the output shape", "scale": "float (default 1.0)"},
     backward=lambda ctx, grad: (ctx.g.sum_all(grad, scale=ctx.attrs.get("scale", 1.0)),),
     variants=lambda: [FILL],
 )
