@@ -96,11 +96,24 @@ def test_tools_check_fails_before_compile(tmp_path):
 def test_tools_list_prints_how_each_op_differentiates():
     listed = run_tools("list")
     assert listed.returncode == 0
-    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in listed.stdout.splitlines()[2:]}
+    table = listed.stdout.split("\n\n")[0].splitlines()[2:]
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in table}
     assert rows["mse_loss"] == rows["l1_loss"] == "primitive autodiff"
     assert rows["cross_entropy_loss"] == rows["bce_loss"] == "fused kernel"
     for op in ("neg", "add", "mul", "abs", "mean_all", "sigmoid"):
         assert rows[op] == "own rule"
+
+
+def test_tools_list_shows_the_options_of_each_loss():
+    listed = run_tools("list").stdout
+    table = listed.split("\n\n")[0].splitlines()[2:]
+    options = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in table}
+    assert options["cross_entropy_loss"] == "reduction, weight, ignore_index, label_smoothing, inplace_grad"
+    assert options["bce_with_logits_loss"] == "reduction, weight, pos_weight"
+    assert options["bce_loss"] == "reduction, weight"
+    assert options["mse_loss"] == options["l1_loss"] == "reduction"
+    assert options["add"] == "-"
+    assert "label_smoothing  float in [0, 1]" in listed
 
 
 def test_binding_count_is_read_from_spirv():

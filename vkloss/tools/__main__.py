@@ -52,18 +52,27 @@ def cmd_check(args) -> int:
     return 1 if failures else 0
 
 
-def op_table() -> list[tuple[str, str, str]]:
-    return [(op.name, op.shader or "(composed)", op.backward_kind) for op in registry.all_ops()]
+def op_table() -> list[tuple[str, str, str, str]]:
+    return [(op.name, op.shader or "(composed)", op.backward_kind, ", ".join(op.options or ()) or "-")
+            for op in registry.all_ops()]
 
 
 def cmd_list(args) -> int:
-    rows = [("op", "shader", "backward")] + op_table()
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rows = [("op", "shader", "backward", "options")] + op_table()
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     print(line(rows[0]))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows[1:]:
         print(line(r))
+    described = [op for op in registry.all_ops() if op.options]
+    if described:
+        print("\noptions (keyword arguments):")
+        for op in described:
+            print(f"  {op.name}")
+            width = max(map(len, op.options))
+            for name, values in op.options.items():
+                print(f"    {name.ljust(width)}  {values}")
     return 0
 
 
@@ -85,7 +94,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("compile", help="compile every shader variant into the SPIR-V cache")
     sub.add_parser("check", help="run spirv-val on every cached variant; fail on an invalid, missing or stale one")
-    sub.add_parser("list", help="print the op registry: op, shader, how it differentiates")
+    sub.add_parser("list", help="print the op registry: op, shader, how it differentiates, options")
     sub.add_parser("devices", help="list the Vulkan devices and which one is the default")
     b = sub.add_parser("bench", help="time CE and BCE loss + gradient: roofline ratio, fused vs unfused, PyTorch")
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
