@@ -88,3 +88,22 @@ def test_tensor_basics(g):
 def test_closed_graph_context_manager():
     with vkloss.Graph() as g:
         assert g.neg(g.tensor([1.0])).item() == -1.0
+
+
+def test_a_full_pool_evicts_old_leftovers_not_the_buffer_each_step_reuses(monkeypatch, rng):
+    from vkloss import engine
+
+    monkeypatch.setattr(engine, "POOL_MAX_BYTES", 1 << 20)
+    with vkloss.Graph() as g:
+        leftovers = [g.tensor(np.zeros(50_000 + i)) for i in range(4)]  # 4 x 200 KB of earlier work
+        del leftovers
+        x = g.tensor(rng.standard_normal((64, 1000)), requires_grad=True)  # each step's gradient: 256 KB, the largest
+        labels = rng.integers(0, 1000, 64)
+        for step in range(4):
+            x.grad = None
+            g.backward(g.cross_entropy_loss(x, labels))
+            x.grad.numpy()
+            if step == 1:
+                created = g.stats["buffers_created"]
+        assert g.stats["buffers_created"] == created
+        assert g.engine.live_counts()["pooled_bytes"] <= 1 << 20

@@ -39,11 +39,12 @@ _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.uint32): "uint32", np.dt
 class _Block:
     """One kp tensor (device buffer + host staging). `serial` never repeats, unlike id()."""
 
-    __slots__ = ("kp", "serial", "size", "dtype", "nbytes")
+    __slots__ = ("kp", "serial", "size", "dtype", "nbytes", "released")
 
     def __init__(self, kp_tensor, serial: int, size: int, dtype: np.dtype):
         self.kp, self.serial, self.size, self.dtype = kp_tensor, serial, size, dtype
         self.nbytes = size * dtype.itemsize
+        self.released = 0  # when it last went back to the pool (the engine's release clock)
 
 
 class Buffer:
@@ -149,6 +150,7 @@ class Engine:
         self.max_groups_x = min(65535, device.max_workgroup_count[0])
         self.max_groups_y = min(65535, device.max_workgroup_count[1])
         self._serials = itertools.count(1)
+        self._release_clock = itertools.count(1)
         self._pool: dict[tuple[int, str], list[_Block]] = {}
         self._pool_bytes = 0
         self._algorithms: OrderedDict[tuple, object] = OrderedDict()
@@ -219,6 +221,7 @@ class Engine:
         if self.closed:
             return
         with self._lock:
+            block.released = next(self._release_clock)
             free = self._pool.setdefault((block.size, _DTYPES[block.dtype]), [])
             free.insert(bisect.bisect(free, -block.serial, key=lambda b: -b.serial), block)  # newest first
             self._pool_bytes += block.nbytes
@@ -226,8 +229,10 @@ class Engine:
                 self._evict_one()
 
     def _evict_one(self) -> None:
-        key = max(self._pool, key=lambda k: k[0] if self._pool[k] else -1)
-        block = self._pool[key].pop(0)
+        # The block released longest ago: leftovers of earlier work go first, and a training step's buffers, released
+        # and reused every step, stay (evicting the largest instead recreated a step's gradient buffer every step).
+        key, block = min(((k, b) for k, free in self._pool.items() for b in free), key=lambda kb: kb[1].released)
+        self._pool[key].remove(block)
         if not self._pool[key]:
             del self._pool[key]
         self._pool_bytes -= block.nbytes
