@@ -135,10 +135,16 @@ def test_bench_quick_prints_ratios_and_writes_json(tmp_path):
     done = run_tools("bench", "--quick", "--repeats", "1", "--json", str(out))
     assert done.returncode == 0, done.stderr
     assert "roofline" in done.stdout and "speed-up" in done.stdout
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
     assert {r["loss"] for r in rows} == {"cross_entropy_loss", "bce_loss"}
     for r in rows:
         assert r["roofline"] > 0 and r["speedup_over_unfused"] > 0 and r["rel_error_fused"] < 1e-4
+    assert "in-place" in done.stdout and "peak device memory" in done.stdout
+    for r in report["target_forms"]:
+        assert r["index_s"] > 0 and r["index_in_place_s"] > 0 and r["index_roofline"] > 0
+    for m in report["memory"]:  # the in-place gradient saves at least the logits' buffer
+        assert m["copying_bytes"] - m["in_place_bytes"] >= m["logits_bytes"]
 
 
 def test_threads_compiling_one_variant_into_an_empty_cache(shader_tree, monkeypatch):

@@ -11,6 +11,14 @@ For each size it prints:
 - torch: PyTorch's CPU time for the same work, where PyTorch is installed;
 - err: the largest difference of each result from a float64 numpy reference, relative to the reference's largest
   magnitude. A timing is shown only after its result checked out: a kernel cut short looks fast.
+
+Then, for cross-entropy, the target forms and the in-place mode:
+- index: class-index targets (an int32 device tensor) instead of one-hot rows: the kernel reads no target matrix;
+  its roofline counts read pred + write grad;
+- in-place: logits made by an op (times 1, so each repeat has fresh logits), loss and backward with and without
+  inplace_grad=True, both including that op;
+- memory: the peak device memory held by the engine (in use and pooled) over a last layer's forward (matmul), the
+  loss and backward, with and without inplace_grad, on a fresh Graph each, at 1,024 and 4,096 x 32,000.
 """
 from __future__ import annotations
 
@@ -170,6 +178,123 @@ def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> lis
     return rows
 
 
+class TargetForms:
+    """Cross-entropy at one size: probability vs class-index targets, and the in-place gradient."""
+
+    def __init__(self, g: Graph, shape, rng):
+        self.g, self.shape = g, tuple(shape)
+        rows, classes = shape
+        self.p = rng.standard_normal(shape, dtype=np.float32) * 2
+        self.labels = rng.integers(0, classes, rows)
+        one_hot = np.zeros(shape, np.float32)
+        one_hot[np.arange(rows), self.labels] = 1
+        self.pred = g.tensor(self.p, requires_grad=True)
+        self.one_hot, self.index = g.tensor(one_hot), g.tensor(self.labels, dtype=np.int32)
+        self.one = g.tensor(1.0)
+
+    def run(self, target, inplace=None):
+        """Loss and gradient; with inplace (True or False), of logits = pred * 1 made by an op."""
+        self.pred.grad = None
+        logits = self.pred if inplace is None else self.g.mul_scalar(self.pred, self.one)
+        loss = self.g.cross_entropy_loss(logits, target, inplace_grad=bool(inplace))
+        self.g.backward(loss)
+        return loss.item(), self.pred.grad
+
+    def torch_index_seconds(self, repeats):
+        try:
+            import torch
+            import torch.nn.functional as F
+        except ImportError:
+            return None
+        p, t = torch.tensor(self.p, requires_grad=True), torch.tensor(self.labels)
+
+        def run():
+            p.grad = None
+            F.cross_entropy(p, t).backward()
+
+        return median_seconds(run, repeats)
+
+
+def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 1) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for shape in QUICK_CE_SIZES if quick else CE_SIZES:
+        case = TargetForms(g, shape, rng)
+        ref_loss, ref_grad = reference.cross_entropy(case.p, case.labels)
+        runs = {"probabilities": lambda: case.run(case.one_hot), "index": lambda: case.run(case.index),
+                "index_copying": lambda: case.run(case.index, inplace=False),
+                "index_in_place": lambda: case.run(case.index, inplace=True)}
+        for name, run in runs.items():
+            loss, grad = run()
+            error = relative_error(loss, grad.numpy(), ref_loss, ref_grad)
+            if not error <= ERROR_LIMIT:
+                raise RuntimeError(f"cross_entropy_loss {shape} {name}: off by {error:.1e} relative: not timing it")
+        del ref_grad, grad
+        seconds = {name: median_seconds(run, repeats) for name, run in runs.items()}
+        n = math.prod(shape)
+        copy = min(Case(g, "cross_entropy_loss", shape, rng).copy_seconds(repeats).values()) * 2 / 3  # 2 n floats
+        rows.append({"shape": list(shape), **{f"{name}_s": t for name, t in seconds.items()},
+                     "index_speedup": seconds["probabilities"] / seconds["index"],
+                     "index_roofline": (2 * n * 4 / seconds["index"]) / (2 * n * 4 / copy),
+                     "in_place_speedup": seconds["index_copying"] / seconds["index_in_place"],
+                     "torch_cpu_index_s": case.torch_index_seconds(repeats)})
+        del case
+    return rows
+
+
+def peak_memory(device, shape, hidden: int = 64, seed: int = 2) -> dict:
+    """Peak device bytes of a last layer's forward, cross-entropy (index targets) and backward, on a fresh Graph,
+    with and without inplace_grad. None where a buffer exceeds what the device binds."""
+    from ..errors import DeviceMemoryError
+
+    rng = np.random.default_rng(seed)
+    rows, classes = shape
+    h_data = rng.standard_normal((rows, hidden), dtype=np.float32)
+    w_data = rng.standard_normal((hidden, classes), dtype=np.float32) * 0.1
+    labels = rng.integers(0, classes, rows)
+    result = {"shape": list(shape), "logits_bytes": rows * classes * 4}
+    losses = {}
+    for inplace in (False, True):
+        with Graph(device) as g:
+            try:
+                h, w = g.tensor(h_data, requires_grad=True), g.tensor(w_data, requires_grad=True)
+                loss = g.cross_entropy_loss(g.matmul(h, w), labels, inplace_grad=inplace)
+                g.backward(loss)
+                losses[inplace] = loss.item()
+                w.grad.numpy()
+                result["in_place_bytes" if inplace else "copying_bytes"] = g.stats["peak_device_bytes"]
+            except DeviceMemoryError as e:
+                result["in_place_bytes" if inplace else "copying_bytes"] = None
+                result["refused"] = str(e)
+    if len(losses) == 2 and losses[False] != losses[True]:
+        raise RuntimeError(f"memory run {shape}: in-place loss {losses[True]} differs from {losses[False]}")
+    return result
+
+
+def format_target_forms(rows: list[dict], memory: list[dict]) -> str:
+    out = ["", "cross-entropy target forms and in-place gradient (ms):",
+           f"{'shape':>16}{'one-hot':>9}{'index':>9}{'speed-up':>9}{'roofline':>9}{'torch idx':>10}"
+           f"{'op+CE':>9}{'op+CE in-place':>15}{'speed-up':>9}"]
+    for r in rows:
+        torch_ms = f"{r['torch_cpu_index_s'] * 1e3:10.1f}" if r["torch_cpu_index_s"] is not None else f"{'-':>10}"
+        out.append(f"{' x '.join(map(str, r['shape'])):>16}{r['probabilities_s'] * 1e3:9.1f}{r['index_s'] * 1e3:9.1f}"
+                   f"{r['index_speedup']:9.2f}{r['index_roofline']:9.2f}{torch_ms}{r['index_copying_s'] * 1e3:9.1f}"
+                   f"{r['index_in_place_s'] * 1e3:15.1f}{r['in_place_speedup']:9.2f}")
+    out.append("index: int32 class indices (roofline over read pred + write grad); op+CE: logits = pred * 1, then loss "
+               "and backward, copying the gradient or writing it over the logits")
+    out += ["", "peak device memory, last layer (matmul [rows, 64] x [64, classes]) + cross-entropy + backward:",
+            f"{'shape':>16}{'logits MiB':>11}{'copying MiB':>12}{'in-place MiB':>13}{'saved MiB':>10}"]
+    for m in memory:
+        mib = lambda b: f"{b / 2 ** 20:.1f}" if b is not None else "refused"  # noqa: E731
+        saved = (f"{(m['copying_bytes'] - m['in_place_bytes']) / 2 ** 20:.1f}"
+                 if m["copying_bytes"] is not None and m["in_place_bytes"] is not None else "-")
+        out.append(f"{' x '.join(map(str, m['shape'])):>16}{m['logits_bytes'] / 2 ** 20:11.1f}"
+                   f"{mib(m['copying_bytes']):>12}{mib(m['in_place_bytes']):>13}{saved:>10}")
+        if "refused" in m:
+            out.append(f"{'':>16}refused: {m['refused']}")
+    return "\n".join(out)
+
+
 def format_rows(device: str, rows: list[dict]) -> str:
     out = [f"device: {device}",
            f"{'loss':<19}{'shape':>16}{'fused ms':>10}{'GB/s':>7}{'copy GB/s':>10}{'roofline':>9}"
@@ -184,12 +309,20 @@ def format_rows(device: str, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+MEMORY_SIZES, QUICK_MEMORY_SIZES = [(1024, 32_000), (4096, 32_000)], [(64, 3000)]
+
+
 def main(args) -> int:
     with Graph(args.device) as g:
+        device = str(g.device)
         rows = bench(g, quick=args.quick, repeats=args.repeats)
-        print(format_rows(str(g.device), rows))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"device": str(g.device), "rows": rows}, f, indent=2)
-            print(f"wrote {args.json}")
+        print(format_rows(device, rows))
+    with Graph(args.device) as g:  # a fresh one: the first part's pooled buffers measurably slowed the second
+        forms = bench_target_forms(g, quick=args.quick, repeats=args.repeats)
+    memory = [peak_memory(args.device, shape) for shape in (QUICK_MEMORY_SIZES if args.quick else MEMORY_SIZES)]
+    print(format_target_forms(forms, memory))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "rows": rows, "target_forms": forms, "memory": memory}, f, indent=2)
+        print(f"wrote {args.json}")
     return 0
