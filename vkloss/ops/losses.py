@@ -96,9 +96,10 @@ def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight
     options = dict(target_index=index, weighted=weight is not None)
     weights = [weight] if weight is not None else []
     checks, norm = [], []
+    scale = 1.0 / rows if reduction == "mean" and not index else 1.0
+    push = [rows, classes, 1, classes, scale, float(label_smoothing), ignore_index or 0, int(ignore_index is not None)]
     if index:
         row_weight, bad = engine.alloc(rows), engine.alloc(rows)
-        push = [rows, classes, 1, classes, 1.0, 0.0, ignore_index or 0, int(ignore_index is not None)]
         engine.dispatch(_variant(CE_SHADER, "ROW_WEIGHT", **options), [target, *weights], [row_weight, bad], push,
                         engine.groups_for(rows))
         bad_count = engine.alloc(1)
@@ -109,9 +110,7 @@ def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight
         if mean_over_counted:
             norm = [engine.alloc(1)]
             tree_sum(engine, row_weight, rows, norm[0], 1.0)
-    scale = 1.0 / rows if reduction == "mean" and not index else 1.0
     options["norm_buffer"] = bool(norm)
-    push = [rows, classes, 1, classes, scale, float(label_smoothing), ignore_index or 0, int(ignore_index is not None)]
     row_loss = out if reduction == "none" else engine.alloc(rows)
     ins = [target, *weights, *norm] if inplace else [pred, target, *weights, *norm]
     grad = pred if inplace else engine.alloc(rows * classes) if want_grad else None
@@ -143,22 +142,16 @@ def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight
     return FusedResult(grad=grad, checks=checks)
 
 
-def _ce_backward(ctx, grad):
-    """The saved gradient, times the upstream gradient: per row for reduction="none"."""
-    if ctx.upstream_is_one:
-        return ctx.saved, None
-    if ctx.attrs.get("reduction", "mean") == "none":
-        return ctx.g.mul_rows(ctx.saved, grad), None
-    return ctx.g.mul_scalar(ctx.saved, grad), None
-
-
 def _scaled_saved_grad(ctx, grad):
-    """A fused loss's backward: its saved gradient, times the upstream gradient unless that is the seed 1."""
+    """A fused loss's backward: its saved gradient, times the upstream gradient unless that is the seed 1. Upstream
+    is one value for a reduced loss, one per row (CE) or per element (BCE) for reduction="none"."""
     if ctx.upstream_is_one:
         return ctx.saved, None
-    if ctx.attrs.get("reduction", "mean") == "none":
+    if grad.shape == (1,):
+        return ctx.g.mul_scalar(ctx.saved, grad), None
+    if grad.shape == ctx.saved.shape:
         return ctx.g.mul(ctx.saved, grad), None
-    return ctx.g.mul_scalar(ctx.saved, grad), None
+    return ctx.g.mul_rows(ctx.saved, grad), None
 
 
 CE_OPTIONS = {
@@ -185,7 +178,7 @@ register_op(
         "gradient over pred's buffer (pred must be an op's output and cannot be read afterwards), so the loss adds "
         "no buffer of pred's size. Class indices outside [0, classes) raise ValueError at the next host read. No "
         "gradient with respect to target or weight.",
-    shape=_ce_shape, forward=_ce_forward, backward=_ce_backward, variants=_ce_variants,
+    shape=_ce_shape, forward=_ce_forward, backward=_scaled_saved_grad, variants=_ce_variants,
 )
 
 
