@@ -64,6 +64,32 @@ def relative_error(got_loss, got_grad, ref_loss, ref_grad) -> float:
                float(np.abs(got_grad.reshape(ref_grad.shape) - ref_grad).max() / max(np.abs(ref_grad).max(), 1e-30)))
 
 
+def torch_seconds(function: str, pred, target, repeats):
+    """PyTorch's CPU time for torch.nn.functional.<function>(pred, target) and its backward; None without PyTorch."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    fn = getattr(F, function)
+    p, t = torch.tensor(pred, requires_grad=True), torch.tensor(target)
+
+    def run():
+        p.grad = None
+        fn(p, t).backward()
+
+    return median_seconds(run, repeats)
+
+
+def shape_text(shape) -> str:
+    return " x ".join(map(str, shape))
+
+
+def ms_or_dash(seconds, width: int) -> str:
+    """Milliseconds right-aligned in `width`, or '-' where there is no time (PyTorch not installed)."""
+    return f"{seconds * 1e3:{width}.1f}" if seconds is not None else f"{'-':>{width}}"
+
+
 class Case:
     """One loss at one size: the device tensors and the three ways to compute loss and gradient."""
 
@@ -131,19 +157,8 @@ class Case:
         return {"scalar": timings[0], "vec4": timings[1]}
 
     def torch_seconds(self, repeats):
-        try:
-            import torch
-            import torch.nn.functional as F
-        except ImportError:
-            return None
-        fn = F.cross_entropy if self.loss == "cross_entropy_loss" else F.binary_cross_entropy
-        p, t = torch.tensor(self.p, requires_grad=True), torch.tensor(self.t)
-
-        def run():
-            p.grad = None
-            fn(p, t).backward()
-
-        return median_seconds(run, repeats)
+        return torch_seconds("cross_entropy" if self.loss == "cross_entropy_loss" else "binary_cross_entropy",
+                             self.p, self.t, repeats)
 
 
 def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> list[dict]:
@@ -201,18 +216,7 @@ class TargetForms:
         return loss.item(), self.pred.grad
 
     def torch_index_seconds(self, repeats):
-        try:
-            import torch
-            import torch.nn.functional as F
-        except ImportError:
-            return None
-        p, t = torch.tensor(self.p, requires_grad=True), torch.tensor(self.labels)
-
-        def run():
-            p.grad = None
-            F.cross_entropy(p, t).backward()
-
-        return median_seconds(run, repeats)
+        return torch_seconds("cross_entropy", self.p, self.labels, repeats)
 
 
 def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 1) -> list[dict]:
@@ -276,9 +280,9 @@ def format_target_forms(rows: list[dict], memory: list[dict]) -> str:
            f"{'shape':>16}{'one-hot':>9}{'index':>9}{'speed-up':>9}{'roofline':>9}{'torch idx':>10}"
            f"{'op+CE':>9}{'op+CE in-place':>15}{'speed-up':>9}"]
     for r in rows:
-        torch_ms = f"{r['torch_cpu_index_s'] * 1e3:10.1f}" if r["torch_cpu_index_s"] is not None else f"{'-':>10}"
-        out.append(f"{' x '.join(map(str, r['shape'])):>16}{r['probabilities_s'] * 1e3:9.1f}{r['index_s'] * 1e3:9.1f}"
-                   f"{r['index_speedup']:9.2f}{r['index_roofline']:9.2f}{torch_ms}{r['index_copying_s'] * 1e3:9.1f}"
+        out.append(f"{shape_text(r['shape']):>16}{r['probabilities_s'] * 1e3:9.1f}{r['index_s'] * 1e3:9.1f}"
+                   f"{r['index_speedup']:9.2f}{r['index_roofline']:9.2f}{ms_or_dash(r['torch_cpu_index_s'], 10)}"
+                   f"{r['index_copying_s'] * 1e3:9.1f}"
                    f"{r['index_in_place_s'] * 1e3:15.1f}{r['in_place_speedup']:9.2f}")
     out.append("index: int32 class indices (roofline over read pred + write grad); op+CE: logits = pred * 1, then loss "
                "and backward, copying the gradient or writing it over the logits")
@@ -288,7 +292,7 @@ def format_target_forms(rows: list[dict], memory: list[dict]) -> str:
         mib = lambda b: f"{b / 2 ** 20:.1f}" if b is not None else "refused"  # noqa: E731
         saved = (f"{(m['copying_bytes'] - m['in_place_bytes']) / 2 ** 20:.1f}"
                  if m["copying_bytes"] is not None and m["in_place_bytes"] is not None else "-")
-        out.append(f"{' x '.join(map(str, m['shape'])):>16}{m['logits_bytes'] / 2 ** 20:11.1f}"
+        out.append(f"{shape_text(m['shape']):>16}{m['logits_bytes'] / 2 ** 20:11.1f}"
                    f"{mib(m['copying_bytes']):>12}{mib(m['in_place_bytes']):>13}{saved:>10}")
         if "refused" in m:
             out.append(f"{'':>16}refused: {m['refused']}")
@@ -300,10 +304,9 @@ def format_rows(device: str, rows: list[dict]) -> str:
            f"{'loss':<19}{'shape':>16}{'fused ms':>10}{'GB/s':>7}{'copy GB/s':>10}{'roofline':>9}"
            f"{'unfused ms':>11}{'speed-up':>9}{'torch ms':>9}{'err':>9}"]
     for r in rows:
-        torch_ms = f"{r['torch_cpu_s'] * 1e3:9.1f}" if r["torch_cpu_s"] is not None else f"{'-':>9}"
-        out.append(f"{r['loss']:<19}{' x '.join(map(str, r['shape'])):>16}{r['fused_s'] * 1e3:10.1f}"
+        out.append(f"{r['loss']:<19}{shape_text(r['shape']):>16}{r['fused_s'] * 1e3:10.1f}"
                    f"{r['fused_GBps']:7.2f}{r['copy_GBps']:10.2f}{r['roofline']:9.2f}{r['unfused_s'] * 1e3:11.1f}"
-                   f"{r['speedup_over_unfused']:9.2f}{torch_ms}{r['rel_error_fused']:9.1e}")
+                   f"{r['speedup_over_unfused']:9.2f}{ms_or_dash(r['torch_cpu_s'], 9)}{r['rel_error_fused']:9.1e}")
     out.append("fused: loss + gradient; GB/s over read pred + read target + write grad; roofline: that over a copy "
                "shader's GB/s on the same bytes; speed-up: unfused time / fused time; err: vs float64, relative")
     return "\n".join(out)
