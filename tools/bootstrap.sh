@@ -23,7 +23,7 @@ if [ -n "$missing" ]; then
 fi
 
 # The stamp records what was installed from; when pyproject and this script are unchanged, we are done.
-want=$( (cat "$repo/pyproject.toml" "$repo/tools/bootstrap.sh"; echo "torch=${VKLOSS_TORCH:-1}") | sha256sum | cut -d' ' -f1)
+want=$( (cat "$repo/pyproject.toml" "$repo/tools/bootstrap.sh" "$repo/tools/build_kp.sh" "$repo/tools/kp_patch.py"; echo "torch=${VKLOSS_TORCH:-1}") | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import kp, vkloss" 2>/dev/null; then
   exit 0
 fi
@@ -32,17 +32,14 @@ py=${PYTHON:-python3}
 "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "vkloss needs Python >= 3.10" >&2; exit 1; }
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 pip="$venv/bin/python -m pip --disable-pip-version-check -q"
-$pip install "setuptools>=64" wheel pybind11 "numpy<2" >&2
+$pip install "setuptools>=64" wheel pybind11 "numpy>=1.24" >&2
 
-if ! "$venv/bin/python" -c "import kp" 2>/dev/null; then
-  echo "bootstrap: building kp 0.9.0 from source (about 2 minutes the first time; pip caches the wheel)" >&2
-  # kp's setup.py drops -DPYTHON_EXECUTABLE (a missing comma glues it to the previous flag), so CMake
-  # searches PATH for a Python: put the venv's first and leave out shims (pyenv's) that name absent versions.
-  PATH="$venv/bin:/usr/local/bin:/usr/bin:/bin" \
-  KOMPUTE_OPT_INSTALL=OFF KOMPUTE_OPT_USE_BUILT_IN_VULKAN_HEADER=OFF KOMPUTE_OPT_USE_BUILT_IN_FMT=OFF \
-  KOMPUTE_OPT_USE_BUILT_IN_PYBIND11=OFF KOMPUTE_OPT_DISABLE_VULKAN_VERSION_CHECK=ON \
-  CMAKE_PREFIX_PATH=$("$venv/bin/python" -m pybind11 --cmakedir) \
-    $pip install --no-build-isolation kp==0.9.0 >&2
+# kp 0.9.0 from its sdist with tools/kp_patch.py applied (a fence per Sequence, asynchronous replay, buffer
+# barriers, no validation layer unless asked for): vkloss refuses a kp without that patch level.
+level=$(sed -n 's/^PATCH_LEVEL = //p' "$repo/tools/kp_patch.py")
+if ! "$venv/bin/python" -c "import kp, sys; sys.exit(getattr(kp, 'vkloss_patch', None) != $level)" 2>/dev/null; then
+  echo "bootstrap: building kp 0.9.0 from source, patched (about 2 minutes)" >&2
+  bash "$repo/tools/build_kp.sh" "$venv/bin/python" >&2
 fi
 extras=test,train
 [ "${VKLOSS_TORCH:-1}" = 0 ] || extras=test,train,torch

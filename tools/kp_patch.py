@@ -1,0 +1,128 @@
+"""Patch kp 0.9.0's source (the PyPI sdist, sha256 in tools/bootstrap.sh) before building it.
+
+Usage: python tools/kp_patch.py <unpacked kp-0.9.0 directory>
+
+Each change is an exact text replacement that must match once; anything else fails the build, so a different kp
+source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LEVEL` at import.
+
+1. One VkFence per Sequence, reset before each submission and destroyed with the Sequence. Stock kp creates and
+   destroys a fence on every eval: 415 to 476 us on an NVIDIA H100 (driver 580), against 44 us for a whole
+   submit-and-wait with a reused fence.
+2. Sequences' command pools get VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, so a kept Sequence can be cleared
+   and recorded again (without it vkBeginCommandBuffer on an executed buffer is VUID-vkBeginCommandBuffer-00050).
+3. The Python binding's `Sequence.eval_async()` called the synchronous `eval()`; it now calls `evalAsync()`, which
+   submits what is recorded, without waiting and without re-recording (replay).
+4. `kp.OpMemoryBarrier(tensors, src_access, dst_access, src_stage, dst_stage)`, with Vulkan's flag bits as ints,
+   on the tensors' device buffers: the C++ op exists, the binding did not. vkloss records a real
+   compute-to-compute barrier between dependent dispatches instead of splitting the work into submissions.
+5. Storage (device-only) tensors' buffers may be copied to and from (TRANSFER_SRC and TRANSFER_DST usage), so
+   `OpTensorCopy` moves data between them and host-visible staging tensors; stock kp gives them no way in or out.
+6. A failed vkAllocateMemory raises (RuntimeError in Python) instead of leaving a buffer without memory, which
+   crashed later.
+7. `kp.vkloss_patch`, the level applied, so vkloss can tell a patched build from a stock one.
+8. setup.py asks for `numpy<2.0.0`, but kp built against numpy 2 works with it: the requirement becomes `numpy`
+   (kp is built against whatever numpy is installed, so pip must not swap it afterwards).
+
+All but 7 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+PATCH_LEVEL = 2
+
+EDITS = {
+    "setup.py": [
+        # 8
+        ('        "numpy<2.0.0"\n', '        "numpy"\n'),
+    ],
+    "src/Sequence.cpp": [
+        # 1: the fence is made once, with the command buffer ...
+        ("    this->createCommandPool();\n    this->createCommandBuffer();\n",
+         "    this->createCommandPool();\n    this->createCommandBuffer();\n"
+         "    this->mFence = this->mDevice->createFence(vk::FenceCreateInfo());\n"),
+        # ... reset before a submission instead of created ...
+        ("    this->mFence = this->mDevice->createFence(vk::FenceCreateInfo());\n\n    KP_LOG_DEBUG(",
+         "    (void)this->mDevice->resetFences(1, &this->mFence);\n\n    KP_LOG_DEBUG("),
+        # ... kept after the wait instead of destroyed ...
+        ("      this->mDevice->waitForFences(1, &this->mFence, VK_TRUE, waitFor);\n"
+         "    this->mDevice->destroy(\n"
+         "      this->mFence, (vk::Optional<const vk::AllocationCallbacks>)nullptr);\n",
+         "      this->mDevice->waitForFences(1, &this->mFence, VK_TRUE, waitFor);\n"),
+        # ... and destroyed with the Sequence.
+        ("    if (this->mFreeCommandBuffer) {\n        KP_LOG_INFO(\"Freeing CommandBuffer\");",
+         "    if (this->mFence) {\n"
+         "        this->mDevice->destroy(\n"
+         "          this->mFence, (vk::Optional<const vk::AllocationCallbacks>)nullptr);\n"
+         "        this->mFence = nullptr;\n"
+         "    }\n\n"
+         "    if (this->mFreeCommandBuffer) {\n        KP_LOG_INFO(\"Freeing CommandBuffer\");"),
+        # 2
+        ("    vk::CommandPoolCreateInfo commandPoolInfo(vk::CommandPoolCreateFlags(),",
+         "    vk::CommandPoolCreateInfo commandPoolInfo(\n"
+         "      vk::CommandPoolCreateFlagBits::eResetCommandBuffer,"),
+    ],
+    "src/Tensor.cpp": [
+        # 5
+        ("        case TensorTypes::eStorage:\n            return vk::BufferUsageFlagBits::eStorageBuffer;\n",
+         "        case TensorTypes::eStorage:\n            return vk::BufferUsageFlagBits::eStorageBuffer |\n"
+         "                   vk::BufferUsageFlagBits::eTransferSrc |\n"
+         "                   vk::BufferUsageFlagBits::eTransferDst;\n"),
+        # 6
+        ("    this->mDevice->allocateMemory(&memoryAllocateInfo, nullptr, memory.get());\n",
+         "    vk::Result allocated =\n"
+         "      this->mDevice->allocateMemory(&memoryAllocateInfo, nullptr, memory.get());\n"
+         "    if (allocated != vk::Result::eSuccess) {\n"
+         "        throw std::runtime_error(\"vkAllocateMemory failed: \" +\n"
+         "                                 vk::to_string(allocated));\n"
+         "    }\n"),
+    ],
+    "python/src/main.cpp": [
+        # 3
+        ("        \"eval_async\",\n        [](kp::Sequence& self) { return self.eval(); },",
+         "        \"eval_async\",\n        [](kp::Sequence& self) { return self.evalAsync(); },"),
+        # 4
+        ("    py::class_<kp::OpAlgoDispatch,\n",
+         "    py::class_<kp::OpMemoryBarrier,\n"
+         "               kp::OpBase,\n"
+         "               std::shared_ptr<kp::OpMemoryBarrier>>(m, \"OpMemoryBarrier\")\n"
+         "      .def(py::init([](const std::vector<std::shared_ptr<kp::Tensor>>& tensors,\n"
+         "                       uint32_t srcAccess, uint32_t dstAccess,\n"
+         "                       uint32_t srcStage, uint32_t dstStage) {\n"
+         "               return std::make_shared<kp::OpMemoryBarrier>(\n"
+         "                 tensors,\n"
+         "                 static_cast<vk::AccessFlagBits>(srcAccess),\n"
+         "                 static_cast<vk::AccessFlagBits>(dstAccess),\n"
+         "                 static_cast<vk::PipelineStageFlagBits>(srcStage),\n"
+         "                 static_cast<vk::PipelineStageFlagBits>(dstStage),\n"
+         "                 true);\n"
+         "           }),\n"
+         "           py::arg(\"tensors\"), py::arg(\"src_access\"), py::arg(\"dst_access\"),\n"
+         "           py::arg(\"src_stage\"), py::arg(\"dst_stage\"));\n\n"
+         "    py::class_<kp::OpAlgoDispatch,\n"),
+        # 7
+        ("    py::module_ np = py::module_::import(\"numpy\");\n",
+         "    py::module_ np = py::module_::import(\"numpy\");\n"
+         f"    m.attr(\"vkloss_patch\") = {PATCH_LEVEL};\n"),
+    ],
+}
+
+
+def apply(root: pathlib.Path) -> None:
+    for relative, edits in EDITS.items():
+        path = root / relative
+        text = path.read_text()
+        for old, new in edits:
+            count = text.count(old)
+            if count != 1:
+                raise SystemExit(f"kp_patch: {relative}: expected one match, found {count}, of:\n{old}")
+            text = text.replace(old, new)
+        path.write_text(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__.split("\n\n")[1])
+    apply(pathlib.Path(sys.argv[1]))
+    print(f"kp_patch: applied level {PATCH_LEVEL}")
