@@ -3,17 +3,23 @@
 //   MODE_SGD:  velocity = momentum * velocity + grad; param -= lr * velocity   (momentum 0: param -= lr * grad)
 //   MODE_ADAM: m = b1 m + (1 - b1) grad; v = b2 v + (1 - b2) grad^2;
 //              param -= (lr / bias1) * m / (sqrt(v) / sqrt(bias2) + eps), bias_i = 1 - b_i^step
+// Adam's bias corrections come from a buffer (two per parameter, the parameter's index a push constant), so the
+// push constants stay the same from step to step and a recorded step can be replayed.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
 layout(push_constant) uniform Push {
-    uint n; float lr; float momentum; float beta1; float beta2; float eps; float bias1; float bias2;
+    uint n; float lr; float momentum; float beta1; float beta2; float eps; uint index;
 } p;
 layout(set = 0, binding = 0) readonly buffer Grad { float grad[]; };
-layout(set = 0, binding = 1) buffer Param { float param[]; };
-layout(set = 0, binding = 2) buffer State1 { float state1[]; };  // SGD: velocity; Adam: m
 #if MODE_ADAM
-layout(set = 0, binding = 3) buffer State2 { float state2[]; };  // Adam: v
+layout(set = 0, binding = 1) readonly buffer Corrections { float corrections[]; };  // [parameters][2]
+layout(set = 0, binding = 2) buffer Param { float param[]; };
+layout(set = 0, binding = 3) buffer State1 { float state1[]; };  // m
+layout(set = 0, binding = 4) buffer State2 { float state2[]; };  // v
+#else
+layout(set = 0, binding = 1) buffer Param { float param[]; };
+layout(set = 0, binding = 2) buffer State1 { float state1[]; };  // velocity
 #endif
 
 void main() {
@@ -29,7 +35,8 @@ void main() {
     float v = p.beta2 * state2[i] + (1.0 - p.beta2) * g * g;
     state1[i] = m;
     state2[i] = v;
-    param[i] -= (p.lr / p.bias1) * m / (sqrt(v) / sqrt(p.bias2) + p.eps);
+    float bias1 = corrections[2 * p.index], bias2 = corrections[2 * p.index + 1];
+    param[i] -= (p.lr / bias1) * m / (sqrt(v) / sqrt(bias2) + p.eps);
 #else
 #error "optim.comp: define MODE_SGD or MODE_ADAM"
 #endif

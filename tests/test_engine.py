@@ -90,11 +90,9 @@ def test_closed_graph_context_manager():
         assert g.neg(g.tensor([1.0])).item() == -1.0
 
 
-def test_a_full_pool_evicts_old_leftovers_not_the_buffer_each_step_reuses(monkeypatch, rng):
-    from vkloss import engine
-
-    monkeypatch.setattr(engine, "POOL_MAX_BYTES", 1 << 20)
+def test_a_full_pool_evicts_old_leftovers_not_the_buffer_each_step_reuses(rng):
     with vkloss.Graph() as g:
+        g.engine.pool_max_bytes = 1 << 20  # the pool's cap, which otherwise follows the device's memory
         leftovers = [g.tensor(np.zeros(50_000 + i)) for i in range(4)]  # 4 x 200 KB of earlier work
         del leftovers
         x = g.tensor(rng.standard_normal((64, 1000)), requires_grad=True)  # each step's gradient: 256 KB, the largest

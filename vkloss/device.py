@@ -43,6 +43,7 @@ class DeviceInfo:
     max_workgroup_invocations: int
     max_shared_memory: int
     max_push_constants_size: int
+    device_memory: int = 0  # bytes of the largest device-local memory heap
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
@@ -71,6 +72,9 @@ _OFF = {
     "max_workgroup_count": _LIMITS + 220,
     "max_workgroup_invocations": _LIMITS + 232,
 }
+# VkPhysicalDeviceMemoryProperties: memoryTypeCount, 32 VkMemoryType (8 bytes each), memoryHeapCount, then 16
+# VkMemoryHeap (VkDeviceSize size, VkMemoryHeapFlags flags; 16 bytes each, 8-byte aligned at 264).
+_HEAP_COUNT, _HEAPS, _HEAP_DEVICE_LOCAL = 260, 264, 1
 _STYPE_PROPERTIES_2 = 1000059001
 _STYPE_DRIVER_PROPERTIES = 1000196000
 
@@ -126,6 +130,11 @@ def _enumerate() -> list[DeviceInfo]:
                 struct.pack_into("<IxxxxQ", p2, 0, _STYPE_PROPERTIES_2, ctypes.addressof(drv))
                 get_props2(ctypes.c_void_p(handle), p2)
                 driver = drv.raw[20:276].split(b"\0", 1)[0].decode(errors="replace") or "unknown"
+            memory = ctypes.create_string_buffer(_HEAPS + 16 * 16)
+            vk.vkGetPhysicalDeviceMemoryProperties(ctypes.c_void_p(handle), memory)
+            heaps = [struct.unpack_from("<QI", memory, _HEAPS + 16 * i)
+                     for i in range(struct.unpack_from("<I", memory, _HEAP_COUNT)[0])]
+            local = [size for size, flags in heaps if flags & _HEAP_DEVICE_LOCAL] or [size for size, _ in heaps]
             u32 = lambda key, n=1: struct.unpack_from(f"<{n}I", raw, _OFF[key])  # noqa: E731
             found.append(DeviceInfo(
                 index=index, name=name, type=_TYPE_NAMES.get(dtype, "other"), driver=driver,
@@ -135,6 +144,7 @@ def _enumerate() -> list[DeviceInfo]:
                 max_workgroup_invocations=u32("max_workgroup_invocations")[0],
                 max_shared_memory=u32("max_shared_memory")[0],
                 max_push_constants_size=u32("max_push_constants_size")[0],
+                device_memory=max(local, default=0),
             ))
         return found
     finally:

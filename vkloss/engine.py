@@ -1,22 +1,35 @@
 """Buffers, cached algorithms, and recording dispatches into submissions that are free of hazards.
 
-The only module that imports kp. Work is recorded lazily: `dispatch` and `upload` append to a pending list, and
-`read` (or a full list) flushes it. Flushing splits the list into as few kp Sequences as the synchronization
-rules allow, because kp 0.9.0 records before each dispatch only a transfer-to-compute barrier:
+The only module that imports kp, and it needs kp 0.9.0 as tools/bootstrap.sh builds it (tools/kp_patch.py: a
+fence per Sequence, re-recordable Sequences, an asynchronous `eval_async()`, and `OpMemoryBarrier` in Python).
 
-- read-after-write or write-after-write on a small buffer inside one sequence: record an OpTensorSyncLocal of the
-  produced buffer between the two dispatches. Its compute-to-transfer barrier chains with the transfer-to-compute
-  barrier kp records before the next dispatch, which the validation layer accepts (a small token tensor does not:
-  the memory dependency must name the buffer). The chain is also an execution dependency for all earlier work, so
-  it settles write-after-read hazards too. Its cost is a copy of that buffer, so only small buffers go this way.
-- anything else (a large produced buffer, a write after a read or after an upload): end the sequence and start a
-  new one. `eval` waits for the fence, a submission boundary the layer accepts.
+- **One device context per device and process** (`context`): the kp.Manager is made on first use and never
+  destroyed before exit. NVIDIA's driver crashes when a Vulkan instance is made again after one was destroyed, so a
+  Graph's `close()` frees its buffers and kernels, never the device.
+- **Buffers** are device-only (no staging copy, never filled from the host at allocation). A buffer that the host
+  writes gets two small host-visible staging buffers, used in turn, so that filling one never waits for the
+  submission that still reads the other; a buffer the host reads gets one to copy into. Freed buffers go to a pool
+  whose budget follows the device's memory; a request beyond what is left raises DeviceMemoryError before kp is
+  asked (kp would ignore the failed allocation).
+- **Recording** is lazy: `dispatch`, `upload_into` and `read_async` append items; a flush records them into one
+  kp Sequence. kp 0.9.0 records only a transfer-to-compute barrier before each dispatch, so the engine tracks what
+  each item reads and writes since the last barrier and records a buffer memory barrier (compute and transfer,
+  writes made visible to every later access) before any item that reads after a write, or writes after any access.
+- **Submitting** never waits unless the host needs a value: at most one submission is in flight, and the next one
+  waits for its fence first (a submission boundary, which also orders the two submissions' buffers). A flush whose
+  items repeat an earlier flush exactly (same kernels, buffers and push constants: a training step) replays that
+  flush's recorded Sequence instead of recording it again. Values that change per step (an optimizer's step
+  count) travel in buffers, not push constants, so a step stays a replay.
 """
 from __future__ import annotations
 
+import atexit
 import bisect
+import ctypes
 import itertools
+import os
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -28,37 +41,125 @@ from .errors import DeviceMemoryError
 from . import shaders
 
 WORKGROUP = 256  # invocations per workgroup; a power of two (the tree reductions rely on it)
-SYNC_LOCAL_MAX_BYTES = 256 * 1024  # above this, a submission boundary is cheaper than copying the buffer
-MAX_PENDING = 1024  # flush on our own after this many recorded items, so a loop that never reads stays bounded
+MAX_PENDING = 1024  # submit on our own after this many recorded items, so a loop that never reads stays bounded
 ALGORITHM_CACHE_SIZE = 1024
-POOL_MAX_BYTES = 256 * 1024 * 1024
+REPLAY_CACHE_SIZE = 16  # recorded flushes kept for replay (a training step alternates between two at most)
+KP_PATCH_LEVEL = 2  # tools/kp_patch.py's PATCH_LEVEL
+# Share of the device's largest device-local heap that vkloss may hold (in use and pooled), and of that the share
+# the pool of freed buffers may keep. VKLOSS_MEMORY_BUDGET (bytes) overrides the first.
+MEMORY_SHARE = 0.9
+POOL_SHARE = 0.5
+
+# Vulkan's flag bits, for kp.OpMemoryBarrier.
+_SHADER_READ, _SHADER_WRITE, _TRANSFER_READ, _TRANSFER_WRITE, _HOST_READ = 0x20, 0x40, 0x800, 0x1000, 0x2000
+_COMPUTE_STAGE, _TRANSFER_STAGE, _HOST_STAGE = 0x800, 0x1000, 0x4000
+_ANY_WRITE = _SHADER_WRITE | _TRANSFER_WRITE
+_ANY_ACCESS = _SHADER_READ | _SHADER_WRITE | _TRANSFER_READ | _TRANSFER_WRITE
+_DEVICE_STAGES = _COMPUTE_STAGE | _TRANSFER_STAGE
 
 _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.uint32): "uint32", np.dtype(np.int32): "int32"}
 
 
-class _Block:
-    """One kp tensor (device buffer + host staging). `serial` never repeats, unlike id()."""
+def _check_kp() -> None:
+    level = getattr(kp, "vkloss_patch", None)
+    if level != KP_PATCH_LEVEL:
+        raise ImportError(f"vkloss needs kp 0.9.0 built with tools/kp_patch.py (level {KP_PATCH_LEVEL}); the "
+                          f"installed kp has {'no patch' if level is None else f'level {level}'}. Run "
+                          "tools/bootstrap.sh (or tools/build_kp.sh) to build it.")
 
-    __slots__ = ("kp", "serial", "size", "dtype", "nbytes", "released")
+
+_check_kp()
+
+
+# ---- the device context ----------------------------------------------------------------------------------------
+class DeviceContext:
+    """One device's kp.Manager and the memory every Graph on it holds. Made once per device and process."""
+
+    def __init__(self, device: DeviceInfo):
+        self.device = device
+        self.manager = kp.Manager(device.index)
+        self.lock = threading.Lock()
+        override = os.environ.get("VKLOSS_MEMORY_BUDGET", "").strip()
+        self.budget = int(override) if override else int(device.device_memory * MEMORY_SHARE)
+        self.used = 0  # bytes of device buffers that vkloss holds on this device, in use and pooled, all Graphs
+
+    def reserve(self, nbytes: int, what: str) -> None:
+        with self.lock:
+            if self.used + nbytes > self.budget:
+                raise DeviceMemoryError(
+                    f"{what} needs {nbytes:,} bytes of device memory, but only {max(0, self.budget - self.used):,} "
+                    f"of vkloss's budget of {self.budget:,} bytes on {self.device.name} are left "
+                    f"({self.used:,} in use or pooled)")
+            self.used += nbytes
+
+    def give_back(self, nbytes: int) -> None:
+        with self.lock:
+            self.used -= nbytes
+
+
+_contexts: dict[int, DeviceContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def context(device: DeviceInfo) -> DeviceContext:
+    """The process's context for `device`, made on first use."""
+    with _contexts_lock:
+        found = _contexts.get(device.index)
+        if found is None:
+            found = _contexts[device.index] = DeviceContext(device)
+            # Never destroyed: keep one reference for the life of the process, past the interpreter's teardown
+            # of module globals, so the Vulkan instance is torn down by the process's exit, not by kp.
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(found.manager))
+        return found
+
+
+def contexts_made() -> int:
+    """How many device contexts this process has made (one per device used, however many Graphs)."""
+    return len(_contexts)
+
+
+_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_in_flight_work() -> None:
+    for engine in list(_engines):
+        try:
+            engine.wait()
+        except Exception:
+            pass
+
+
+# ---- buffers ---------------------------------------------------------------------------------------------------
+class _Block:
+    """One device-only kp tensor, with host-visible staging tensors made when the host first writes or reads it.
+    `serial` never repeats, unlike id()."""
+
+    __slots__ = ("kp", "serial", "size", "dtype", "nbytes", "released", "upload_staging", "read_staging")
 
     def __init__(self, kp_tensor, serial: int, size: int, dtype: np.dtype):
         self.kp, self.serial, self.size, self.dtype = kp_tensor, serial, size, dtype
         self.nbytes = size * dtype.itemsize
         self.released = 0  # when it last went back to the pool (the engine's release clock)
+        self.upload_staging = [None, None]  # two, used in turn (see Engine.upload_into)
+        self.read_staging = None
+
+    def destroy(self) -> None:
+        for t in (self.kp, self.read_staging, *self.upload_staging):
+            if t is not None:
+                t.destroy()
 
 
 class Buffer:
     """A device buffer of `size` elements. Goes back to the engine's pool when nothing refers to it."""
 
-    __slots__ = ("engine", "block", "host_valid", "host_sync_recorded", "__weakref__")
+    __slots__ = ("engine", "block", "host_valid", "host_copy_recorded", "__weakref__")
 
     def __init__(self, engine: "Engine", block: _Block):
         self.engine = engine
         self.block = block
-        self.host_valid = False  # the staging copy equals the device copy
-        # A recorded SyncLocal copies the latest write to staging: no second copy is needed to read it (and a
-        # second copy into the same staging buffer in one sequence would itself be a write-after-write hazard).
-        self.host_sync_recorded = False
+        self.host_valid = False  # the read staging copy equals the latest recorded value
+        self.host_copy_recorded = False  # a recorded read copies the latest recorded value to the read staging
 
     @property
     def size(self) -> int:
@@ -83,49 +184,62 @@ class Buffer:
             pass
 
 
+# ---- recorded items --------------------------------------------------------------------------------------------
+# Each has `key` (what a replay compares), `reads` and `writes` (the kp tensors it touches, by a hashable name) and
+# `op()`, the kp operation. Names: ("d", serial) a device buffer, ("u", serial, slot) an upload staging buffer,
+# ("r", serial) a read staging buffer.
 class _Upload:
-    __slots__ = ("buffer",)
+    __slots__ = ("buffer", "slot", "key", "reads", "writes")
 
-    def __init__(self, buffer):
+    def __init__(self, buffer: Buffer, slot: int):
+        self.buffer, self.slot = buffer, slot
+        self.key = ("u", buffer.serial, slot)
+        self.reads, self.writes = [("u", buffer.serial, slot)], [("d", buffer.serial)]
+
+    def op(self):
+        return kp.OpTensorCopy([self.buffer.block.upload_staging[self.slot], self.buffer.block.kp])
+
+
+class _Read:
+    __slots__ = ("buffer", "key", "reads", "writes")
+
+    def __init__(self, buffer: Buffer):
         self.buffer = buffer
+        self.key = ("r", buffer.serial)
+        self.reads, self.writes = [("d", buffer.serial)], [("r", buffer.serial)]
 
     def op(self):
-        return kp.OpTensorSyncDevice([self.buffer.block.kp])
-
-
-class _SyncLocal:
-    __slots__ = ("buffers",)
-
-    def __init__(self, buffers):
-        self.buffers = list(buffers)
-
-    def op(self):
-        return kp.OpTensorSyncLocal([b.block.kp for b in self.buffers])
+        return kp.OpTensorCopy([self.buffer.block.kp, self.buffer.block.read_staging])
 
 
 class _Dispatch:
-    __slots__ = ("algorithm", "push", "inputs", "outputs")
+    __slots__ = ("algorithm", "push", "key", "reads", "writes")
 
-    def __init__(self, algorithm, push, inputs, outputs):
-        self.algorithm, self.push, self.inputs, self.outputs = algorithm, push, inputs, outputs
+    def __init__(self, algorithm_serial: int, algorithm, push: np.ndarray, inputs, outputs):
+        self.algorithm, self.push = algorithm, push
+        self.key = ("k", algorithm_serial, push.tobytes())
+        self.reads = [("d", b.serial) for b in inputs]
+        self.writes = [("d", b.serial) for b in outputs]
 
     def op(self):
         # Always pass push constants: without them kp reuses whatever was pushed last.
         return kp.OpAlgoDispatch(self.algorithm, self.push)
 
 
-class _Segment:
-    """Items for one kp Sequence, with what they touched since the last barrier that covers it."""
+class _Barrier:
+    """Every earlier write of these tensors, by a shader or a copy, made visible to every later device access (and
+    every earlier access ordered before later ones)."""
 
-    def __init__(self):
-        self.items = []
-        self.unsynced_writes: dict[int, Buffer] = {}  # written by a dispatch, no barrier for it yet
-        self.reads: set[int] = set()  # read by a dispatch since the last execution barrier
-        self.uploads: set[int] = set()  # transfer-written in this segment
-        # Buffers whose host staging a SyncLocal in this segment wrote: kp's barriers guard the device buffer, not
-        # the staging one, so a second copy into the same staging buffer needs a new segment.
-        self.staged: set[int] = set()
-        self.touched: set[int] = set()  # every buffer an item of this segment uses
+    __slots__ = ("tensors", "key", "to_host")
+
+    def __init__(self, names, tensors, to_host: bool = False):
+        self.tensors, self.to_host = tensors, to_host
+        self.key = ("b", to_host, tuple(names))
+
+    def op(self):
+        if self.to_host:
+            return kp.OpMemoryBarrier(self.tensors, _TRANSFER_WRITE, _HOST_READ, _TRANSFER_STAGE, _HOST_STAGE)
+        return kp.OpMemoryBarrier(self.tensors, _ANY_WRITE, _ANY_ACCESS, _DEVICE_STAGES, _DEVICE_STAGES)
 
 
 def push_constants(values) -> np.ndarray:
@@ -141,27 +255,67 @@ def push_constants(values) -> np.ndarray:
     return words
 
 
+class PendingRead:
+    """Host copies of buffers that arrive when the submission that copies them completes (a Future's interface:
+    `done()`, `result()`). `result()` waits only if the copy is still running or not yet submitted."""
+
+    def __init__(self, engine: "Engine", buffers: list[Buffer]):
+        self._engine = engine
+        self._buffers = buffers  # dropped once the values are copied out, so the buffers can go back to the pool
+        self._values: list[np.ndarray] | None = None
+
+    def _take(self) -> None:
+        self._values = [np.array(b.block.read_staging.data(), copy=True) for b in self._buffers]
+        self._buffers = None
+
+    def done(self) -> bool:
+        return self._values is not None
+
+    def result(self) -> list[np.ndarray]:
+        if self._values is None:
+            self._engine.flush()
+        if self._values is None:
+            raise RuntimeError("the read was lost: its Graph was closed before the values were copied")
+        return self._values
+
+
 class Engine:
-    """Owns one kp.Manager: allocates buffers, caches algorithms, records and flushes dispatches."""
+    """Allocates buffers, caches algorithms, records and submits dispatches for one Graph on one device."""
 
     def __init__(self, device: DeviceInfo):
         self.device = device
-        self.manager = kp.Manager(device.index)
+        self.context = context(device)
+        self.manager = self.context.manager
         self.max_groups_x = min(65535, device.max_workgroup_count[0])
         self.max_groups_y = min(65535, device.max_workgroup_count[1])
+        self.pool_max_bytes = int(self.context.budget * POOL_SHARE)
         self._serials = itertools.count(1)
         self._release_clock = itertools.count(1)
+        self._blocks: dict[int, _Block] = {}  # every block this engine made and has not destroyed
         self._pool: dict[tuple[int, str], list[_Block]] = {}
         self._pool_bytes = 0
-        self._algorithms: OrderedDict[tuple, object] = OrderedDict()
+        self._algorithm_serials = itertools.count(1)
+        self._algorithms: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (serial, kp.Algorithm)
         self._algorithms_by_block: dict[int, set[tuple]] = {}
-        self._segments = [_Segment()]
-        self._pending = 0
-        self._step_ended = False  # flush before the next allocation (see end_of_step)
+        self._replays: OrderedDict[tuple, object] = OrderedDict()  # a flush's item keys -> its recorded Sequence
+        self._replays_by_block: dict[int, set[tuple]] = {}
+        self._spare_sequences: list = []
+        self._items: list = []
+        self._access: dict[tuple, tuple[bool, bool]] = {}  # tensor name -> (written, read) since its last barrier
+        self._pending_reads: list[tuple[PendingRead, list[_Read]]] = []
+        self._pending_touched: set[int] = set()  # block serials that recorded, unsubmitted items use
+        # (sequence, block serials and tensor names it uses, [(PendingRead, _Read items)], its _Read items)
+        self._in_flight = None
+        self._step_ended = False  # submit before the next allocation or upload (see end_of_step)
         self._lock = threading.RLock()
-        self.stats = {"submissions": 0, "dispatches": 0, "sync_local_barriers": 0, "algorithms_created": 0,
-                      "buffers_created": 0, "device_bytes": 0, "peak_device_bytes": 0}
+        self.stats = {"submissions": 0, "replays": 0, "dispatches": 0, "barriers": 0, "algorithms_created": 0,
+                      "buffers_created": 0, "device_bytes": 0, "peak_device_bytes": 0, "staging_bytes": 0}
         self.closed = False
+        _engines.add(self)
+
+    def _check_open(self, what: str) -> None:
+        if self.closed:
+            raise RuntimeError(f"{what}: this Graph is closed")
 
     # ---- buffers -------------------------------------------------------------------------------------------
     def check_size(self, size: int, dtype=np.float32) -> None:
@@ -184,38 +338,82 @@ class Engine:
             raise ValueError(f"cannot allocate a buffer of {size} elements")
         self.check_size(size, dtype)
         with self._lock:
+            self._check_open("allocating a buffer")
             if self._step_ended:
-                self.flush()
+                self.submit()
             free = self._pool.get((size, _DTYPES[dtype]))
             if free:
                 # the oldest free block of this size: a loop that allocates in the same order every step gets the
-                # same buffers every step, hence the same cached algorithms
+                # same buffers every step, hence the same cached algorithms and the same replayable flushes
                 block = free.pop()
                 self._pool_bytes -= block.nbytes
             else:
-                zeros = np.zeros(size, dtype)
-                kt = self.manager.tensor(zeros) if dtype == np.float32 else self.manager.tensor_t(zeros)
-                block = _Block(kt, next(self._serials), size, dtype)
-                self.stats["buffers_created"] += 1
-                # what this engine holds on the device, buffers in use and pooled alike
-                self.stats["device_bytes"] += block.nbytes
-                self.stats["peak_device_bytes"] = max(self.stats["peak_device_bytes"], self.stats["device_bytes"])
+                block = self._create(size, dtype)
             return Buffer(self, block)
 
+    def _create(self, size: int, dtype: np.dtype) -> _Block:
+        nbytes = size * dtype.itemsize
+        what = f"a buffer of {size:,} {dtype} elements"
+        while self._pool and self.context.used + nbytes > self.context.budget:
+            if not self._evict_one():  # leftovers make room before the device is declared full
+                self.flush()  # the pooled blocks are still used by recorded or running work
+        self.context.reserve(nbytes, what)
+        try:
+            # np.empty: nothing is filled on the host, and kp copies nothing into a storage (device-only) tensor
+            kt = self.manager.tensor_t(np.empty(size, dtype), kp.TensorTypes.storage)
+        except RuntimeError as e:  # the patched kp raises where vkAllocateMemory fails
+            self.context.give_back(nbytes)
+            raise DeviceMemoryError(f"{what} ({nbytes:,} bytes): the device refused the allocation ({e}); "
+                                    f"vkloss holds {self.context.used:,} bytes on {self.device.name}") from None
+        block = _Block(kt, next(self._serials), size, dtype)
+        self._blocks[block.serial] = block
+        self.stats["buffers_created"] += 1
+        # what this engine holds on the device, buffers in use and pooled alike
+        self.stats["device_bytes"] += block.nbytes
+        self.stats["peak_device_bytes"] = max(self.stats["peak_device_bytes"], self.stats["device_bytes"])
+        return block
+
+    def _staging(self, block: _Block, data: np.ndarray):
+        """A host-visible kp tensor holding `data`, of the block's size and dtype."""
+        self.stats["staging_bytes"] += block.nbytes
+        return self.manager.tensor_t(data, kp.TensorTypes.host)
+
     def upload(self, array: np.ndarray) -> Buffer:
-        """A device buffer holding `array` (already of a supported dtype), copied up at the next flush."""
+        """A device buffer holding `array` (already of a supported dtype), copied up at the next submission."""
         buf = self.alloc(array.size, array.dtype)
-        self.upload_into(buf, array)  # which makes the array flat and contiguous
+        self.upload_into(buf, array)
         return buf
 
     def upload_into(self, buf: Buffer, array: np.ndarray) -> None:
-        """Overwrite `buf` with `array` (same size), copied up at the next flush."""
+        """Overwrite `buf` with `array` (same size), copied up at the next submission.
+
+        The host writes one of the buffer's two staging buffers now; it waits only if both are still used by
+        recorded or running work."""
+        data = np.ascontiguousarray(array).reshape(-1)
         with self._lock:
-            if any(buf.serial in s.touched for s in self._segments):
-                self.flush()  # recorded work still uses this buffer (or its staging copy, written below at once)
-            buf.block.kp.data()[:] = np.ascontiguousarray(array).reshape(-1)  # the staging memory, host-visible
-            buf.host_valid, buf.host_sync_recorded = True, False
-            self._record(_Upload(buf))
+            self._check_open("copy_")
+            if self._step_ended:
+                self.submit()
+            block = buf.block
+            slot = self._free_upload_slot(block)
+            if slot is None:
+                if any(("u", block.serial, s) in self._access for s in (0, 1)):
+                    self.submit()
+                self.wait()
+                slot = self._free_upload_slot(block)
+            if block.upload_staging[slot] is None:
+                block.upload_staging[slot] = self._staging(block, data)  # made holding the data
+            else:
+                block.upload_staging[slot].data()[:] = data  # host-visible, coherent memory
+            buf.host_valid = buf.host_copy_recorded = False
+            self._record(_Upload(buf, slot))
+
+    def _free_upload_slot(self, block: _Block) -> int | None:
+        busy = {s for s in (0, 1) if ("u", block.serial, s) in self._access}
+        if self._in_flight is not None:
+            busy |= {s for s in (0, 1) if ("u", block.serial, s) in self._in_flight[2]}
+        free = [s for s in (0, 1) if s not in busy]
+        return free[0] if free else None
 
     def _release(self, block: _Block) -> None:
         if self.closed:
@@ -225,22 +423,40 @@ class Engine:
             free = self._pool.setdefault((block.size, _DTYPES[block.dtype]), [])
             free.insert(bisect.bisect(free, -block.serial, key=lambda b: -b.serial), block)  # newest first
             self._pool_bytes += block.nbytes
-            while self._pool_bytes > POOL_MAX_BYTES:
-                self._evict_one()
+            while self._pool_bytes > self.pool_max_bytes and self._evict_one():
+                pass
 
-    def _evict_one(self) -> None:
-        # The block released longest ago: leftovers of earlier work go first, and a training step's buffers, released
-        # and reused every step, stay (evicting the largest instead recreated a step's gradient buffer every step).
-        key, block = min(((k, b) for k, free in self._pool.items() for b in free), key=lambda kb: kb[1].released)
+    def _evict_one(self) -> bool:
+        """Destroy the pooled block released longest ago that no recorded or running work uses; False if none.
+
+        Leftovers of earlier work go first, and a training step's buffers, released and reused every step, stay
+        (evicting the largest instead recreated a step's gradient buffer every step)."""
+        busy = self._pending_touched | (self._in_flight[1] if self._in_flight is not None else set())
+        idle = [(k, b) for k, free in self._pool.items() for b in free if b.serial not in busy]
+        if not idle:
+            return False
+        key, block = min(idle, key=lambda kb: kb[1].released)
         self._pool[key].remove(block)
         if not self._pool[key]:
             del self._pool[key]
         self._pool_bytes -= block.nbytes
-        self.stats["device_bytes"] -= block.nbytes
-        # Algorithms hold their tensors alive: drop those bound to this block, then the block itself.
+        self._destroy(block)
+        return True
+
+    def _destroy(self, block: _Block) -> None:
+        # Algorithms and recorded sequences hold their tensors alive: drop those bound to this block, then the block.
         for akey in self._algorithms_by_block.pop(block.serial, ()):
             self._algorithms.pop(akey, None)
-        block.kp.destroy()
+        for rkey in self._replays_by_block.pop(block.serial, ()):
+            sequence = self._replays.pop(rkey, None)
+            if sequence is not None:
+                sequence.destroy()
+        del self._blocks[block.serial]
+        self.stats["device_bytes"] -= block.nbytes
+        self.stats["staging_bytes"] -= block.nbytes * sum(
+            t is not None for t in (block.read_staging, *block.upload_staging))
+        self.context.give_back(block.nbytes)
+        block.destroy()
 
     # ---- kernels -------------------------------------------------------------------------------------------
     def grid(self, groups: int) -> tuple[int, int, int]:
@@ -272,10 +488,10 @@ class Engine:
 
     def _algorithm(self, variant: shaders.Variant, buffers: list[Buffer], grid, push: np.ndarray, workgroup: int):
         key = (variant, tuple(b.serial for b in buffers), grid, len(push), workgroup)
-        algo = self._algorithms.get(key)
-        if algo is not None:
+        found = self._algorithms.get(key)
+        if found is not None:
             self._algorithms.move_to_end(key)
-            return algo
+            return found
         spirv = shaders.load(variant)
         declared = shaders.binding_count(spirv)
         if declared != len(buffers):
@@ -284,7 +500,7 @@ class Engine:
         algo = self.manager.algorithm([b.block.kp for b in buffers], spirv, list(grid),
                                       np.array([workgroup], np.uint32), push)
         self.stats["algorithms_created"] += 1
-        self._algorithms[key] = algo
+        found = self._algorithms[key] = (next(self._algorithm_serials), algo)
         for b in buffers:
             self._algorithms_by_block.setdefault(b.serial, set()).add(key)
         while len(self._algorithms) > ALGORITHM_CACHE_SIZE:
@@ -293,7 +509,7 @@ class Engine:
                 keys = self._algorithms_by_block.get(serial)
                 if keys is not None:
                     keys.discard(old_key)
-        return algo
+        return found
 
     def dispatch(self, variant: shaders.Variant, inputs: list[Buffer], outputs: list[Buffer], push, grid,
                  workgroup: int = WORKGROUP) -> None:
@@ -301,108 +517,156 @@ class Engine:
         `workgroup` (a power of two) is the shader's WG specialization constant."""
         words = push_constants(push)
         with self._lock:
-            algo = self._algorithm(variant, list(inputs) + list(outputs), tuple(grid), words, workgroup)
-            self._record(_Dispatch(algo, words, list(inputs), list(outputs)))
-            # after recording: a barrier copy recorded before this dispatch holds the old values, not these
-            for b in outputs:
-                b.host_valid = b.host_sync_recorded = False
+            self._check_open("a kernel dispatch")
+            serial, algo = self._algorithm(variant, list(inputs) + list(outputs), tuple(grid), words, workgroup)
+            self._record(_Dispatch(serial, algo, words, inputs, outputs))
+            for b in outputs:  # a copy to the host recorded before this dispatch holds the old values
+                b.host_valid = b.host_copy_recorded = False
 
-    # ---- recording and flushing ----------------------------------------------------------------------------
-    def _new_segment(self) -> _Segment:
-        seg = _Segment()
-        self._segments.append(seg)
-        return seg
+    # ---- recording and submitting --------------------------------------------------------------------------
+    def _tensor(self, name):
+        block = self._blocks[name[1]]
+        return block.kp if name[0] == "d" else block.read_staging if name[0] == "r" else block.upload_staging[name[2]]
 
     def _record(self, item) -> None:
-        with self._lock:
-            seg = self._segments[-1]
-            if isinstance(item, _Upload):
-                b = item.buffer
-                if b.serial in seg.reads or b.serial in seg.unsynced_writes:
-                    seg = self._new_segment()
-                seg.uploads.add(b.serial)
-            elif isinstance(item, _Dispatch):
-                touched = item.inputs + item.outputs
-                if any(o.serial in seg.reads or o.serial in seg.uploads for o in item.outputs):
-                    seg = self._new_segment()  # write after read, or after an upload: needs a boundary
-                else:
-                    dirty = list({b.serial: b for b in touched if b.serial in seg.unsynced_writes}.values())
-                    small = sum(b.nbytes for b in dirty) <= SYNC_LOCAL_MAX_BYTES
-                    if dirty and small and not any(b.serial in seg.staged for b in dirty):
-                        seg.items.append(_SyncLocal(dirty))
-                        seg.staged.update(b.serial for b in dirty)
-                        seg.touched.update(b.serial for b in dirty)
-                        self.stats["sync_local_barriers"] += 1
-                        for b in dirty:
-                            del seg.unsynced_writes[b.serial]
-                            b.host_sync_recorded = True
-                        seg.reads.clear()  # the barrier chain orders every earlier dispatch before the next
-                    elif dirty:
-                        seg = self._new_segment()
-                seg.reads.update(b.serial for b in item.inputs)
-                seg.unsynced_writes.update((b.serial, b) for b in item.outputs)
-            seg.items.append(item)
-            seg.touched.update(b.serial for b in ([item.buffer] if isinstance(item, _Upload)
-                                                  else item.inputs + item.outputs))
-            self._pending += 1
-            if self._pending >= MAX_PENDING:
-                self.flush()
+        # A barrier before the item for each tensor it reads after a write, or writes after any access, since that
+        # tensor's last barrier.
+        hazards = list(dict.fromkeys([name for name in item.reads if self._access.get(name, (False, False))[0]]
+                                     + [name for name in item.writes if name in self._access]))
+        if hazards:
+            self._items.append(_Barrier(hazards, [self._tensor(n) for n in hazards]))
+            self.stats["barriers"] += 1
+            for name in hazards:
+                del self._access[name]
+        for name in item.reads:
+            self._access[name] = (self._access.get(name, (False, False))[0], True)
+        for name in item.writes:
+            self._access[name] = (True, self._access.get(name, (False, False))[1])
+        self._items.append(item)
+        self._pending_touched.update(name[1] for name in (*item.reads, *item.writes))
+        if len(self._items) >= MAX_PENDING:
+            self.submit()
 
     def end_of_step(self) -> None:
-        """A training step ended: submit its work at the next host read, or at the latest before the next
-        allocation, so the step's buffers are back in the pool when the next step asks for them."""
+        """A training step ended: submit its work at the next host read, allocation or upload, so the step's
+        buffers are back in the pool when the next step asks for them."""
         self._step_ended = True
 
-    def flush(self, read_back: list[Buffer] = ()) -> None:
-        """Submit everything recorded, each segment as one sequence, and copy `read_back` to the host."""
+    def read_async(self, buffers: list[Buffer]) -> PendingRead:
+        """Host copies of the buffers after all recorded work, copied by the next submission."""
         with self._lock:
-            self._step_ended = False
-            seg = self._segments[-1]
-            stale = [b for b in {b.serial: b for b in read_back}.values()
-                     if not b.host_valid and not b.host_sync_recorded]
-            if any(b.serial in seg.staged for b in stale):
-                seg = self._new_segment()
-            if stale:
-                seg.items.append(_SyncLocal(stale))
-                seg.touched.update(b.serial for b in stale)
-                for b in stale:
-                    b.host_sync_recorded = True
-            segments = [s for s in self._segments if s.items]
-            self._segments = [_Segment()]
-            self._pending = 0
-            for s in segments:
-                seq = self.manager.sequence()
-                for item in s.items:
-                    seq.record(item.op())
-                    if isinstance(item, _Dispatch):
-                        self.stats["dispatches"] += 1
-                seq.eval()
-                self.stats["submissions"] += 1
-                for item in s.items:
-                    if isinstance(item, _SyncLocal):
-                        for b in item.buffers:
-                            if b.host_sync_recorded:  # not written again after this copy
-                                b.host_valid, b.host_sync_recorded = True, False
+            self._check_open("reading a tensor")
+            pending = PendingRead(self, list(buffers))
+            reads = []
+            for b in {b.serial: b for b in buffers}.values():
+                if b.host_valid or b.host_copy_recorded:
+                    continue
+                if b.block.read_staging is None:
+                    b.block.read_staging = self._staging(b.block, np.empty(b.size, b.dtype))
+                elif ("r", b.serial) in self._access:
+                    self.submit()  # a recorded read of an older value still needs this staging buffer
+                reads.append(_Read(b))
+                self._record(reads[-1])
+                b.host_copy_recorded = True
+            if reads or any(not b.host_valid for b in buffers):
+                self._pending_reads.append((pending, reads))
+            else:
+                pending._take()
+            return pending
 
     def read(self, buffers: list[Buffer]) -> list[np.ndarray]:
         """Host copies of the buffers' contents after all recorded work, in one flush."""
+        return self.read_async(buffers).result()
+
+    def submit(self) -> None:
+        """Submit everything recorded as one kp Sequence, without waiting for it (after waiting for the one
+        submitted before, if it still runs)."""
         with self._lock:
-            if any(not b.host_valid for b in buffers):
-                self.flush(buffers)
-            return [np.array(b.block.kp.data(), copy=True) for b in buffers]
+            self._step_ended = False
+            if not self._items:
+                if self._pending_reads:  # their copies are in the submission in flight
+                    self.wait()
+                    for pending, _ in self._pending_reads:
+                        pending._take()
+                    self._pending_reads = []
+                return
+            items, touched, names, reads = self._items, self._pending_touched, set(self._access), self._pending_reads
+            self._items, self._access, self._pending_touched, self._pending_reads = [], {}, set(), []
+            staged = [(f"r{item.buffer.serial}", item.buffer.block.read_staging) for item in items
+                      if isinstance(item, _Read)]
+            if staged:  # the copies' writes made visible to the host's reads after the fence
+                items.append(_Barrier([n for n, _ in staged], [t for _, t in staged], to_host=True))
+            key = tuple(item.key for item in items)
+            self.wait()
+            sequence = self._replays.get(key)
+            if sequence is not None:
+                self._replays.move_to_end(key)
+                self.stats["replays"] += 1
+            else:
+                sequence = self._record_sequence(key, items)
+            self.stats["dispatches"] += sum(isinstance(item, _Dispatch) for item in items)
+            sequence.eval_async()  # the patched binding: submit what is recorded, no re-recording, no wait
+            self.stats["submissions"] += 1
+            self._in_flight = (sequence, touched, names, reads, [item for item in items if isinstance(item, _Read)])
+
+    def _record_sequence(self, key: tuple, items: list):
+        sequence = self._spare_sequences.pop() if self._spare_sequences else self.manager.sequence()
+        for item in items:
+            sequence.record(item.op())
+        self._replays[key] = sequence
+        touched = {name[1] for item in items for name in (*getattr(item, "reads", ()), *getattr(item, "writes", ()))}
+        for serial in touched:
+            self._replays_by_block.setdefault(serial, set()).add(key)
+        while len(self._replays) > REPLAY_CACHE_SIZE:
+            old_key, old = self._replays.popitem(last=False)
+            old.clear()  # drops its ops, and with them their tensors; the command pool lets it be recorded again
+            self._spare_sequences.append(old)
+        return sequence
+
+    def wait(self) -> None:
+        """Wait for the submission in flight, if any, and hand its copies to the host."""
+        with self._lock:
+            if self._in_flight is None:
+                return
+            sequence, _, _, reads, read_items = self._in_flight
+            self._in_flight = None
+            sequence.eval_await()
+            for item in read_items:
+                if item.buffer.host_copy_recorded:  # not written again after this copy
+                    item.buffer.host_valid, item.buffer.host_copy_recorded = True, False
+            for pending, _ in reads:
+                pending._take()
+
+    def flush(self) -> None:
+        """Run everything recorded and wait for it."""
+        with self._lock:
+            self.submit()
+            self.wait()
 
     def live_counts(self) -> dict:
         with self._lock:
             return {"algorithms": len(self._algorithms), "pooled_buffers": sum(len(v) for v in self._pool.values()),
-                    "pooled_bytes": self._pool_bytes}
+                    "pooled_bytes": self._pool_bytes, "replays": len(self._replays)}
 
     def close(self) -> None:
+        """Run what is recorded, then free this engine's buffers, kernels and sequences. The device stays."""
         with self._lock:
             if self.closed:
                 return
-            self.flush()
-            self.closed = True
-            self._algorithms.clear()
-            self._algorithms_by_block.clear()
-            self._pool.clear()
-            self.manager.destroy()
+            try:
+                self.flush()
+            finally:
+                self.closed = True
+                self._algorithms.clear()
+                self._algorithms_by_block.clear()
+                for sequence in (*self._replays.values(), *self._spare_sequences):
+                    sequence.destroy()
+                self._replays.clear()
+                self._replays_by_block.clear()
+                self._spare_sequences.clear()
+                self._pool.clear()
+                for block in self._blocks.values():
+                    self.context.give_back(block.nbytes)
+                    block.destroy()
+                self._blocks.clear()
+                self.stats["device_bytes"] = self.stats["staging_bytes"] = 0

@@ -55,6 +55,32 @@ def _converted(array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     return array.astype(np.int32, copy=False)
 
 
+class HostCopy:
+    """A tensor's values on their way to the host: `Tensor.numpy_async()` and `item_async()` return one.
+
+    Like a `concurrent.futures.Future`: `done()` says whether the values have arrived, without waiting; `result()`
+    returns them (a numpy array of the tensor's shape, or a float for `item_async`), waiting only if the copy has
+    not finished, and raises what the device-side checks recorded before the read found (NaN with
+    `check_finite`, bad labels or class indices). The copy is submitted with the next flush, which a training loop
+    triggers at its next step: read step k's loss while step k + 1 runs."""
+
+    def __init__(self, pending, checks, shape, scalar: bool = False):
+        self._pending, self._checks, self._shape, self._scalar = pending, checks, shape, scalar
+
+    def done(self) -> bool:
+        return self._pending.done()
+
+    def result(self):
+        values = self._pending.result()
+        for (message, error), count in zip(self._checks, values[1:]):  # in recording order: the first op to fail
+            if count[0] != 0:
+                raise error(message.format(count=int(count[0])))
+        return float(values[0][0]) if self._scalar else values[0].reshape(self._shape)
+
+    def __repr__(self) -> str:
+        return f"HostCopy(shape={self._shape}, done={self.done()})"
+
+
 class Graph:
     """A device and the tensors and ops on it.
 
@@ -114,13 +140,15 @@ class Graph:
         return self.tensor(data, requires_grad=True)
 
     def _read(self, tensor: Tensor) -> np.ndarray:
+        return self._read_async(tensor).result()
+
+    def _read_async(self, tensor: Tensor, scalar: bool = False) -> "HostCopy":
+        """A host copy of `tensor` that the next submission makes, with the device-side checks recorded so far
+        (which raise from `result()`)."""
         self._usable("reading a tensor")
         checks, self._checks = self._checks, []
-        values = self._engine.read([tensor.buffer] + [count for count, _, _ in checks])
-        for (_, message, error), count in zip(checks, values[1:]):  # in recording order: the first op to fail
-            if count[0] != 0:
-                raise error(message.format(count=int(count[0])))
-        return values[0]
+        pending = self._engine.read_async([tensor.buffer] + [count for count, _, _ in checks])
+        return HostCopy(pending, [(message, error) for _, message, error in checks], tensor.shape, scalar)
 
     # ---- ops -----------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -262,6 +290,10 @@ class Graph:
     def engine(self):
         """The device engine below this graph, for tools and benchmarks that dispatch kernels themselves."""
         return self._engine
+
+    @property
+    def closed(self) -> bool:
+        return self._engine.closed
 
     @property
     def stats(self) -> dict:

@@ -3,7 +3,10 @@
     opt = vkloss.optim.Adam([w1, b1, w2, b2], lr=1e-2)
     opt.zero_grad(); g.backward(loss); opt.step()
 
-The formulas are PyTorch's (torch.optim.SGD with momentum, torch.optim.Adam), without weight decay.
+The formulas are PyTorch's (torch.optim.SGD with momentum, torch.optim.Adam), without weight decay. As in PyTorch,
+each parameter counts its own steps: one that gets no gradient in a step is not updated and its count stays.
+Nothing that changes from step to step is a push constant (Adam's bias corrections travel in a small buffer), so
+the engine replays a repeated training step without recording it again.
 """
 from __future__ import annotations
 
@@ -32,8 +35,14 @@ class Optimizer:
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
         self.lr = float(lr)
-        self.engine = self.params[0].graph.engine
-        self.steps = 0
+        self.graph = self.params[0].graph
+        self._check_open("creating it")
+        self.engine = self.graph.engine
+        self.steps = [0] * len(self.params)  # per parameter, as PyTorch's state["step"]
+
+    def _check_open(self, what: str) -> None:
+        if self.graph.closed:
+            raise RuntimeError(f"{type(self).__name__}: {what}: its Graph is closed")
 
     def zero_grad(self) -> None:
         """Forget the gradients (backward accumulates into .grad, as in PyTorch)."""
@@ -47,11 +56,17 @@ class Optimizer:
         """Update every parameter that has a gradient, on the device. The step's work is submitted by the next
         host read or, failing that, before the next step allocates: its buffers then return to the pool, and the
         next step reuses them and the kernels bound to them."""
-        self.steps += 1
-        for index, param in enumerate(self.params):
-            if param.grad is not None:
-                self._update(index, param)
+        self._check_open("step()")
+        stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
+        for index in stepped:
+            self.steps[index] += 1
+        self._before_updates()
+        for index in stepped:
+            self._update(index, self.params[index])
         self.engine.end_of_step()
+
+    def _before_updates(self) -> None:
+        pass
 
 
 class SGD(Optimizer):
@@ -65,7 +80,7 @@ class SGD(Optimizer):
         self.velocity = [self._state(p) for p in self.params]
 
     def _update(self, index, param):
-        push = [param.size, self.lr, self.momentum, 0.0, 0.0, 0.0, 1.0, 1.0]
+        push = [param.size, self.lr, self.momentum, 0.0, 0.0, 0.0, 0]
         self.engine.dispatch(SGD_STEP, [param.grad.buffer], [param.buffer, self.velocity[index]], push,
                              self.engine.groups_for(param.size))
 
@@ -81,9 +96,14 @@ class Adam(Optimizer):
         self.eps = float(eps)
         self.m = [self._state(p) for p in self.params]
         self.v = [self._state(p) for p in self.params]
+        self.corrections = self.engine.alloc(2 * len(self.params))  # per parameter: 1 - beta1^t, 1 - beta2^t
+
+    def _before_updates(self):
+        t = np.array(self.steps, np.float64)  # in float64 as PyTorch does, rounded to float32 once
+        corrections = np.stack([1 - self.beta1 ** t, 1 - self.beta2 ** t], axis=1)
+        self.engine.upload_into(self.corrections, corrections.astype(np.float32))
 
     def _update(self, index, param):
-        bias1, bias2 = 1 - self.beta1 ** self.steps, 1 - self.beta2 ** self.steps
-        push = [param.size, self.lr, 0.0, self.beta1, self.beta2, self.eps, bias1, bias2]
-        self.engine.dispatch(ADAM_STEP, [param.grad.buffer], [param.buffer, self.m[index], self.v[index]], push,
-                             self.engine.groups_for(param.size))
+        push = [param.size, self.lr, 0.0, self.beta1, self.beta2, self.eps, index]
+        self.engine.dispatch(ADAM_STEP, [param.grad.buffer, self.corrections],
+                             [param.buffer, self.m[index], self.v[index]], push, self.engine.groups_for(param.size))

@@ -58,6 +58,18 @@ class Tensor:
             raise ValueError(f"item() needs a tensor of one element, this one has shape {self.shape}")
         return float(self.numpy().reshape(-1)[0])
 
+    def numpy_async(self):
+        """A `HostCopy` of this tensor: submitted with the next flush, without waiting for it. `.result()` gives
+        what `.numpy()` would have given at this point of the program, even if later ops overwrite the buffer."""
+        return self.graph._read_async(self)
+
+    def item_async(self):
+        """`item()` without the wait: a `HostCopy` whose `.result()` is the float. A training loop keeps the loss
+        of each step this way and reads it a step later, so the host never waits for the device mid-loop."""
+        if self.size != 1:
+            raise ValueError(f"item_async() needs a tensor of one element, this one has shape {self.shape}")
+        return self.graph._read_async(self, scalar=True)
+
     def copy_(self, data) -> "Tensor":
         """Overwrite this tensor's values with `data` (same shape; converted to float32), like PyTorch's copy_.
 
