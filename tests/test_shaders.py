@@ -145,6 +145,10 @@ def test_bench_quick_prints_ratios_and_writes_json(tmp_path):
         assert r["index_s"] > 0 and r["index_in_place_s"] > 0 and r["index_roofline"] > 0
     for m in report["memory"]:  # the in-place gradient saves at least the logits' buffer
         assert m["copying_bytes"] - m["in_place_bytes"] >= m["logits_bytes"]
+    engine = report["engine"]
+    assert engine["device_contexts"] == 1 and "item_async()" in done.stdout
+    assert engine["step_blocking_replays"] > 0 and engine["step_deferred_replays"] > 0
+    assert engine["churn_buffers_after_step_2"] == 0 and engine["churn_algorithms_after_step_2"] == 0
 
 
 def test_threads_compiling_one_variant_into_an_empty_cache(shader_tree, monkeypatch):

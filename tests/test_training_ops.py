@@ -55,6 +55,48 @@ def make_problem(rng):
             rng.standard_normal((8, 3)).astype(np.float32))
 
 
+def adam64(params, grads_per_step, lr=0.1, betas=(0.9, 0.999), eps=1e-8):
+    """torch.optim.Adam in float64 numpy: each parameter with a gradient counts its own step."""
+    params = [p.astype(np.float64) for p in params]
+    m, v, t = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params], [0] * len(params)
+    for grads in grads_per_step:
+        for i, grad in enumerate(grads):
+            if grad is None:
+                continue
+            t[i] += 1
+            m[i] = betas[0] * m[i] + (1 - betas[0]) * grad
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * grad ** 2
+            params[i] -= lr / (1 - betas[0] ** t[i]) * m[i] / (np.sqrt(v[i] / (1 - betas[1] ** t[i])) + eps)
+    return params
+
+
+def test_adam_counts_steps_per_parameter_as_pytorch_does(g, rng):
+    # b gets no gradient in the first two steps: it is not updated then, and its bias correction starts at step 1
+    a0, b0 = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    a, b = g.parameter(a0), g.parameter(b0)
+    opt = vkloss.optim.Adam([a, b], lr=0.1)
+    grads = []
+    for step in range(5):
+        opt.zero_grad()
+        loss = g.sum_all(g.mul(a, a))
+        if step >= 2:
+            loss = g.add(loss, g.sum_all(g.mul(b, b)))
+        grads.append([2 * f32(a.numpy()), 2 * f32(b.numpy()) if step >= 2 else None])
+        g.backward(loss)
+        opt.step()
+    want_a, want_b = adam64([a0, b0], grads)
+    np.testing.assert_allclose(a.numpy(), want_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.numpy(), want_b, rtol=1e-5, atol=1e-6)
+    if torch is not None:
+        ta, tb = torch.tensor(f32(a0), requires_grad=True), torch.tensor(f32(b0), requires_grad=True)
+        topt = torch.optim.Adam([ta, tb], lr=0.1)
+        for step in range(5):
+            topt.zero_grad()
+            ((ta * ta).sum() + ((tb * tb).sum() if step >= 2 else 0)).backward()
+            topt.step()
+        np.testing.assert_allclose(b.numpy(), tb.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 @pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "adam"])
 def test_optimizers_follow_pytorch(g, rng, name):

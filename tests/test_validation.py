@@ -1,5 +1,6 @@
 """The suite's judge works: the validation layer, set up as conftest.py sets it up, reports a deliberately racy
-kp sequence (two dependent dispatches in one sequence), and accepts the two remedies the engine uses."""
+kp sequence (two dependent dispatches in one sequence), and accepts the remedies: a submission boundary, a barrier
+copy, and the buffer barrier the engine records."""
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,9 @@ RACE = textwrap.dedent("""
     elif mode == "separate-evals":
         m.sequence().record(kp.OpAlgoDispatch(first, push)).eval()
         m.sequence().record(kp.OpAlgoDispatch(second, push)).eval()
+    elif mode == "memory-barrier-between":  # what the engine records: a buffer barrier from the patched kp
+        barrier = kp.OpMemoryBarrier([b], 0x40, 0x20, 0x800, 0x800)  # shader write -> read, compute -> compute
+        m.sequence().record(kp.OpAlgoDispatch(first, push)).record(barrier).record(kp.OpAlgoDispatch(second, push)).eval()
     elif mode == "sync-local-between":
         (m.sequence().record(kp.OpAlgoDispatch(first, push)).record(kp.OpTensorSyncLocal([b]))
          .record(kp.OpAlgoDispatch(second, push)).eval())
@@ -48,6 +52,6 @@ def test_racy_sequence_is_reported(tmp_path):
     assert "SYNC-HAZARD-READ-AFTER-WRITE" in run_under_layer(tmp_path, "racy")
 
 
-@pytest.mark.parametrize("mode", ["separate-evals", "sync-local-between"])
+@pytest.mark.parametrize("mode", ["separate-evals", "sync-local-between", "memory-barrier-between"])
 def test_remedies_are_accepted(tmp_path, mode):
     assert run_under_layer(tmp_path, mode) == ""

@@ -189,15 +189,16 @@ class Buffer:
 # `op()`, the kp operation. Names: ("d", serial) a device buffer, ("u", serial, slot) an upload staging buffer,
 # ("r", serial) a read staging buffer.
 class _Upload:
-    __slots__ = ("buffer", "slot", "key", "reads", "writes")
+    __slots__ = ("block", "slot", "key", "reads", "writes")
 
-    def __init__(self, buffer: Buffer, slot: int):
-        self.buffer, self.slot = buffer, slot
-        self.key = ("u", buffer.serial, slot)
-        self.reads, self.writes = [("u", buffer.serial, slot)], [("d", buffer.serial)]
+    def __init__(self, block: _Block, slot: int):
+        # the block, not the Buffer: a tensor dropped before the submission goes back to the pool at once
+        self.block, self.slot = block, slot
+        self.key = ("u", block.serial, slot)
+        self.reads, self.writes = [("u", block.serial, slot)], [("d", block.serial)]
 
     def op(self):
-        return kp.OpTensorCopy([self.buffer.block.upload_staging[self.slot], self.buffer.block.kp])
+        return kp.OpTensorCopy([self.block.upload_staging[self.slot], self.block.kp])
 
 
 class _Read:
@@ -263,6 +264,7 @@ class PendingRead:
         self._engine = engine
         self._buffers = buffers  # dropped once the values are copied out, so the buffers can go back to the pool
         self._values: list[np.ndarray] | None = None
+        self.submitted = False  # its copies are in the submission in flight: waiting for that one is enough
 
     def _take(self) -> None:
         self._values = [np.array(b.block.read_staging.data(), copy=True) for b in self._buffers]
@@ -273,7 +275,7 @@ class PendingRead:
 
     def result(self) -> list[np.ndarray]:
         if self._values is None:
-            self._engine.flush()
+            self._engine.wait() if self.submitted else self._engine.flush()
         if self._values is None:
             raise RuntimeError("the read was lost: its Graph was closed before the values were copied")
         return self._values
@@ -406,7 +408,7 @@ class Engine:
             else:
                 block.upload_staging[slot].data()[:] = data  # host-visible, coherent memory
             buf.host_valid = buf.host_copy_recorded = False
-            self._record(_Upload(buf, slot))
+            self._record(_Upload(block, slot))
 
     def _free_upload_slot(self, block: _Block) -> int | None:
         busy = {s for s in (0, 1) if ("u", block.serial, s) in self._access}
@@ -608,6 +610,8 @@ class Engine:
             sequence.eval_async()  # the patched binding: submit what is recorded, no re-recording, no wait
             self.stats["submissions"] += 1
             self._in_flight = (sequence, touched, names, reads, [item for item in items if isinstance(item, _Read)])
+            for pending, _ in reads:
+                pending.submitted = True
 
     def _record_sequence(self, key: tuple, items: list):
         sequence = self._spare_sequences.pop() if self._spare_sequences else self.manager.sequence()

@@ -19,6 +19,14 @@ Then, for cross-entropy, the target forms and the in-place mode:
   inplace_grad=True, both including that op;
 - memory: the peak device memory held by the engine (in use and pooled) over a last layer's forward (matmul), the
   loss and backward, with and without inplace_grad, on a fresh Graph each, at 1,024 and 4,096 x 32,000.
+
+Last, the engine around the kernels (wall-clock, so host overhead included):
+- graphs: Graph make, one op and a read, close, repeated: time per cycle, and how many device contexts the process
+  made (one per device, however many Graphs);
+- a cross-entropy step (index targets, loss and backward) that reads its loss with item() every step, against the
+  same step reading each loss with item_async() one step later; and the submissions and replays per step;
+- churn: logits = x * 1, cross-entropy with index targets and backward at language-model-like sizes (three logits-
+  sized buffers released every step): time per step and what was created after the second step.
 """
 from __future__ import annotations
 
@@ -313,6 +321,91 @@ def format_rows(device: str, rows: list[dict]) -> str:
 
 
 MEMORY_SIZES, QUICK_MEMORY_SIZES = [(1024, 32_000), (4096, 32_000)], [(64, 3000)]
+GRAPH_CYCLES, QUICK_GRAPH_CYCLES = 200, 20
+STEP_SIZE, QUICK_STEP_SIZE = (512, 32_000), (16, 3000)
+CHURN_SIZE, QUICK_CHURN_SIZE = (1000, 32_000), (64, 3000)
+
+
+def bench_engine(device, quick: bool = False, repeats: int = 5, seed: int = 3) -> dict:
+    from .. import engine
+
+    start = time.perf_counter()
+    cycles = QUICK_GRAPH_CYCLES if quick else GRAPH_CYCLES
+    for _ in range(cycles):
+        with Graph(device) as g:
+            g.neg(g.tensor([1.0])).item()
+    report = {"graph_cycles": cycles, "graph_cycle_s": (time.perf_counter() - start) / cycles,
+              "device_contexts": engine.contexts_made()}
+    rng = np.random.default_rng(seed)
+    rows, classes = QUICK_STEP_SIZE if quick else STEP_SIZE
+    steps = max(4, 4 * repeats)
+    with Graph(device) as g:
+        logits = g.parameter(rng.standard_normal((rows, classes), dtype=np.float32))
+        labels = g.tensor(rng.integers(0, classes, rows), dtype=np.int32)
+
+        def step():
+            logits.grad = None
+            loss = g.cross_entropy_loss(logits, labels)
+            g.backward(loss)
+            g.engine.end_of_step()  # what an optimizer's step() does
+            return loss
+
+        def run(mode, count):
+            copies = []
+            for _ in range(count):
+                loss = step()
+                if mode == "blocking":
+                    loss.item()
+                else:
+                    copies.append(loss.item_async())
+                    if len(copies) > 1:
+                        copies[-2].result()  # the previous step's loss, ready by now or nearly
+                del loss
+            for copy in copies:
+                copy.result()
+
+        for mode in ("blocking", "deferred"):
+            run(mode, 4)  # warm: kernels built, buffers pooled, the mode's steps recorded for replay
+            before, start = dict(g.stats), time.perf_counter()
+            run(mode, steps)
+            report[f"step_{mode}_s"] = (time.perf_counter() - start) / steps
+            report[f"step_{mode}_submissions"] = (g.stats["submissions"] - before["submissions"]) / steps
+            report[f"step_{mode}_replays"] = (g.stats["replays"] - before["replays"]) / steps
+    report["step_shape"] = (rows, classes)
+    rows, classes = QUICK_CHURN_SIZE if quick else CHURN_SIZE
+    with Graph(device) as g:
+        x = g.parameter(rng.standard_normal((rows, classes), dtype=np.float32))
+        labels, one = g.tensor(rng.integers(0, classes, rows), dtype=np.int32), g.tensor([1.0])
+        times, counts = [], []
+        for _ in range(max(4, repeats)):
+            start = time.perf_counter()
+            x.grad = None
+            loss = g.cross_entropy_loss(g.mul_scalar(x, one), labels)
+            g.backward(loss)
+            loss.item()
+            del loss
+            times.append(time.perf_counter() - start)
+            counts.append((g.stats["buffers_created"], g.stats["algorithms_created"]))
+        report.update(churn_shape=(rows, classes), churn_step_s=statistics.median(times[2:]),
+                      churn_buffers_after_step_2=counts[-1][0] - counts[1][0],
+                      churn_algorithms_after_step_2=counts[-1][1] - counts[1][1])
+    return report
+
+
+def format_engine(r: dict) -> str:
+    return "\n".join([
+        "", "engine (wall-clock, host overhead included):",
+        f"Graph make + op + read + close: {r['graph_cycle_s'] * 1e3:.2f} ms per cycle over {r['graph_cycles']} "
+        f"cycles; device contexts made by this process: {r['device_contexts']}",
+        f"cross-entropy step {shape_text(r['step_shape'])} (index targets, loss + backward):",
+        f"{'':>4}{'loss read':<30}{'ms/step':>9}{'subm/step':>10}{'replays/step':>13}",
+        *(f"{'':>4}{label:<30}{r[f'step_{mode}_s'] * 1e3:9.2f}{r[f'step_{mode}_submissions']:10.2f}"
+          f"{r[f'step_{mode}_replays']:13.2f}"
+          for mode, label in (("blocking", "item() every step"), ("deferred", "item_async(), read a step later"))),
+        f"churn {shape_text(r['churn_shape'])} (x * 1, CE index targets, backward, item()): "
+        f"{r['churn_step_s'] * 1e3:.1f} ms per step; after step 2: {r['churn_buffers_after_step_2']} buffers and "
+        f"{r['churn_algorithms_after_step_2']} algorithms created",
+    ])
 
 
 def main(args) -> int:
@@ -324,8 +417,11 @@ def main(args) -> int:
         forms = bench_target_forms(g, quick=args.quick, repeats=args.repeats)
     memory = [peak_memory(args.device, shape) for shape in (QUICK_MEMORY_SIZES if args.quick else MEMORY_SIZES)]
     print(format_target_forms(forms, memory))
+    engine_report = bench_engine(args.device, quick=args.quick, repeats=args.repeats)
+    print(format_engine(engine_report))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "rows": rows, "target_forms": forms, "memory": memory}, f, indent=2)
+            json.dump({"device": device, "rows": rows, "target_forms": forms, "memory": memory,
+                       "engine": engine_report}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
