@@ -3,6 +3,9 @@
 #   bash tools/build_kp.sh PYTHON [SDIST]
 # PYTHON: the interpreter to install into (its numpy is the one kp is built against: numpy 1 or 2).
 # SDIST: kp-0.9.0.tar.gz; downloaded from PyPI when left out. Either way its sha256 must be the pinned one.
+# On the lent GPU machine (../shared/gpu/README.md), whose run.sh installs a stock kp first:
+#   bash .gpu/run.sh 'bash tools/build_kp.sh $PY .gpu/whl/kp-0.9.0.tar.gz && $PY -m vkloss.tools bench'
+# (the patched build is then in place for the rest of that machine's life).
 # The Khronos validation layer is left out of kp (KOMPUTE_OPT_DISABLE_VK_DEBUG_LAYERS): stock kp enables it in
 # every process where it is installed; vkloss's tests ask for it through VK_INSTANCE_LAYERS instead.
 set -euo pipefail
@@ -19,7 +22,9 @@ fi
 echo "$sha  $sdist" | sha256sum -c --quiet - || { echo "build_kp: $sdist is not the pinned kp 0.9.0 sdist" >&2; exit 1; }
 tar xzf "$sdist" -C "$work"
 "$py" "$here/kp_patch.py" "$work/kp-0.9.0" >&2
-"$py" -m pip install -q --disable-pip-version-check "setuptools>=64" wheel pybind11 >&2
+# what the build needs; a machine without a package index (the lent GPU machine) has them already
+"$py" -c 'import setuptools, wheel, pybind11' 2>/dev/null ||
+  "$py" -m pip install -q --disable-pip-version-check "setuptools>=64" wheel pybind11 >&2
 # kp's setup.py drops -DPYTHON_EXECUTABLE (a missing comma glues it to the previous flag), so CMake searches PATH
 # for a Python: put this one's first and leave out shims (pyenv's) that name absent versions.
 PATH="$(dirname "$("$py" -c 'import sys; print(sys.executable)')"):/usr/local/bin:/usr/bin:/bin" \
