@@ -36,11 +36,7 @@ $pip install "setuptools>=64" wheel pybind11 "numpy>=1.24" >&2
 
 # kp 0.9.0 from its sdist with tools/kp_patch.py applied (a fence per Sequence, asynchronous replay, buffer
 # barriers, no validation layer unless asked for): vkloss refuses a kp without that patch level.
-level=$(sed -n 's/^PATCH_LEVEL = //p' "$repo/tools/kp_patch.py")
-if ! "$venv/bin/python" -c "import kp, sys; sys.exit(getattr(kp, 'vkloss_patch', None) != $level)" 2>/dev/null; then
-  echo "bootstrap: building kp 0.9.0 from source, patched (about 2 minutes)" >&2
-  bash "$repo/tools/build_kp.sh" "$venv/bin/python" >&2
-fi
+bash "$repo/tools/build_kp.sh" "$venv/bin/python" >&2  # returns at once where the patched kp is installed
 extras=test,train
 [ "${VKLOSS_TORCH:-1}" = 0 ] || extras=test,train,torch
 $pip install --no-build-isolation -e "$repo[$extras]" >&2

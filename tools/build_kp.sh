@@ -13,6 +13,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 py=$1
 sdist=${2:-}
 sha=98e583dc6e9731ff6d7a3e3317817e4d93f7b2945929619e29a56325db279949
+level=$(sed -n 's/^PATCH_LEVEL = //p' "$here/kp_patch.py")
+if "$py" -c "import kp, sys; sys.exit(getattr(kp, 'vkloss_patch', None) != $level)" 2>/dev/null; then
+  echo "build_kp: kp 0.9.0 patch level $level is installed already"
+  exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [ -z "$sdist" ]; then
