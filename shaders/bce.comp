@@ -86,7 +86,7 @@ void main() {
 #endif
 #else
         bad += COUNT_OUTSIDE(x) + COUNT_OUTSIDE(y);
-        ELEMENT log_p = max(log(x), ELEMENT(-100.0));
+        ELEMENT log_p = max(log_accurate(x), ELEMENT(-100.0));
         ELEMENT log_1mp = max(log1p_accurate(-x), ELEMENT(-100.0));
         ELEMENT term = -(y * log_p + (1.0 - y) * log_1mp);
 #if WRITE_GRAD

@@ -11,6 +11,9 @@
 // device-computed sum of the counted rows' w_target (PyTorch's weighted mean over index targets); the row losses are
 // then written already divided by it, and a zero sum gives NaN, as in PyTorch.
 // Everything is computed relative to a row (or chunk) maximum m, so logits of any magnitude lose no precision.
+// Masked logits (-inf) are 0 after exp and add nothing where a is 0 (weighted_shift), also when a whole invocation's
+// share or chunk is masked (shift_from), so a masked row stays finite as in PyTorch; a row of nothing but -inf gives
+// NaN, as PyTorch's does. A normalizer (NORM_BUFFER) may be negative (negative class weights), as in PyTorch.
 // Modes (vkloss/ops/losses.py chooses and chains them):
 //   MODE_ROW_WEIGHT: TARGET_INDEX only, one invocation per row: its w_target (0 if not counted) and whether its index
 //                 is out of range, for the normalizer and the bad-input check.
@@ -88,14 +91,14 @@ layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // su
 // The gradient's scale, and the factor applied to row losses here (1 where the engine's final sum applies `scale`).
 float grad_scale() {
 #if NORM_BUFFER
-    return norm[0] > 0.0 ? 1.0 / norm[0] : 0.0;
+    return norm[0] != 0.0 ? 1.0 / norm[0] : 0.0;
 #else
     return p.scale;
 #endif
 }
 #if NORM_BUFFER
 float row_loss_scale() {  // every row ignored: NaN (0 / 0), as in PyTorch
-    return norm[0] > 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7fc00000u);
+    return norm[0] != 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7fc00000u);
 }
 #else
 float row_loss_scale() { return 1.0; }
@@ -175,10 +178,10 @@ void main() {
         float shifted = pred[base + c] - m;
         float a = coefficient(r, base + c, c);
         sum_exp += exp(shifted);
-        a_dot += a * shifted;
+        a_dot += weighted_shift(a, shifted);
         a_sum += a;
     }
-    float log_sum = log(sum_exp);
+    float log_sum = log_accurate(sum_exp);
     row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
 #if WRITE_GRAD
     float scale = grad_scale();
@@ -217,15 +220,15 @@ void main() {
             a_own -= t_own == 0.0 ? 0.0 : t_own * (v_max - m_own);
             m_own = v_max;
         }
-        ELEMENT shifted = v - m_own;
+        ELEMENT shifted = shift_from(v, m_own);
         s_own += HSUM(exp(shifted));
-        a_own += HSUM(a * shifted);
+        a_own += HSUM(weighted_shift(a, shifted));
         t_own += HSUM(a);
     }
     float m = workgroup_max(m_own);
     float rebase = t_own == 0.0 ? 0.0 : t_own * (m - m_own);
     vec4 sums = workgroup_sum4(vec4(s_own * exp(m_own - m), a_own - rebase, t_own, 0.0));
-    float log_sum = log(sums.x);
+    float log_sum = log_accurate(sums.x);
     if (gl_LocalInvocationID.x == 0) row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
 #if WRITE_GRAD
     // grad = softmax * A * scale - a * scale, softmax = exp((p - m) - log_sum): never m + log_sum, which rounds
@@ -254,9 +257,9 @@ void main() {
     m = workgroup_max(m);
     vec4 sums = vec4(0.0);  // sum exp(p - m), sum a (p - m), sum a
     for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) {
-        float shifted = pred[base + c] - m;
+        float shifted = shift_from(pred[base + c], m);
         float a = coefficient(r, base + c, c);
-        sums += vec4(exp(shifted), a * shifted, a, 0.0);
+        sums += vec4(exp(shifted), weighted_shift(a, shifted), a, 0.0);
     }
     sums = workgroup_sum4(sums);
     if (gl_LocalInvocationID.x == 0) partials[w] = vec4(m, sums.x, sums.y, sums.z);
@@ -277,10 +280,10 @@ void main() {
     for (uint k = 0; k < p.chunks; ++k) {
         vec4 part = partials[base + k];  // (chunk max, sum exp(p - max), sum a (p - max), sum a)
         sum_exp += part.y * exp(part.x - m);
-        a_dot += part.z - part.w * (m - part.x);  // re-based from the chunk's max to the row's
+        a_dot += part.z - weighted_shift(part.w, m - part.x);  // re-based from the chunk's max to the row's
         a_sum += part.w;
     }
-    float log_sum = log(sum_exp);
+    float log_sum = log_accurate(sum_exp);
     row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
     row_stats[row] = vec4(m, log_sum, a_sum, 0.0);
 }
