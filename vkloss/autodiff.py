@@ -4,7 +4,10 @@ Each differentiable op's output holds a Node: the op, its input tensors and attr
 `_backward`, with the rule looked up in the registry). `backward` sorts the tensors that lead to the root
 topologically with an explicit stack (deep tapes would overflow recursion), walks them in reverse, sums the
 gradients of a tensor used more than once, and stores the result in `.grad` of each leaf that requires one.
-Visited nodes are freed afterwards, so the tape does not outlive its use and a second backward says so.
+Visited nodes are freed afterwards (unless retain_graph), so the tape does not outlive its use, and a backward that
+reaches a freed part raises, as PyTorch's "Trying to backward through the graph a second time" does.
+Each node remembers its inputs' versions (bumped by copy_ and optimizer steps): a backward rule that uses an input
+modified in place since the forward raises, as PyTorch's version counter does, instead of a silently wrong gradient.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ class Node:
     inputs: tuple  # Tensors, in the op's order
     attrs: dict
     saved: object = None  # what a fused kernel computed for backward (its gradient tensor)
+    versions: tuple = ()  # the inputs' versions when the op ran
 
 
 FREED = "freed"  # what a tensor's node becomes after backward passed through it
@@ -43,6 +47,12 @@ def topological_order(root) -> list:
         if inputs_done:
             order.append(tensor)
             continue
+        if tensor.node is FREED:
+            raise RuntimeError(
+                f"backward: a tensor of shape {tensor.shape} on the way to the loss belongs to a part of the graph that "
+                "an earlier backward already used and freed (PyTorch: trying to backward through the graph a second "
+                "time). Call backward once on the sum of the losses, g.backward(g.add(loss1, loss2)), or keep the "
+                "graph for the second call with g.backward(loss1, retain_graph=True)")
         if id(tensor) in visited or not isinstance(tensor.node, Node):
             continue
         visited.add(id(tensor))
@@ -51,17 +61,25 @@ def topological_order(root) -> list:
     return order
 
 
-def backward(g, root, seed) -> None:
+def modified_inputs(node: Node) -> dict:
+    """The node's inputs modified in place since its op ran: id -> (tensor, version then)."""
+    return {id(t): (t, v) for t, v in zip(node.inputs, node.versions) if t.version != v}
+
+
+def backward(g, root, seed, retain_graph: bool = False) -> None:
     """Accumulate d(root)/d(leaf), seeded with `seed`, into `.grad` of every leaf that requires a gradient."""
     order = topological_order(root)
     grads = {id(root): seed}
     leaves = {id(root): root} if root.is_leaf else {}
     for tensor in reversed(order):
-        node, tensor.node = tensor.node, FREED
+        node = tensor.node
+        if not retain_graph:
+            tensor.node = FREED
         grad = grads.pop(id(tensor), None)
         if grad is None:
             continue
-        input_grads = node.op.backward(Context(g, tensor, node, upstream_is_one=grad is seed), grad)
+        with g._refusing(node.op.name, modified_inputs(node)):  # a rule that uses one of them raises
+            input_grads = node.op.backward(Context(g, tensor, node, upstream_is_one=grad is seed), grad)
         if len(input_grads) != len(node.inputs):
             raise RuntimeError(f"backward of {node.op.name} returned {len(input_grads)} gradients "
                                f"for {len(node.inputs)} inputs")

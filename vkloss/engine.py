@@ -607,11 +607,18 @@ class Engine:
             else:
                 sequence = self._record_sequence(key, items)
             self.stats["dispatches"] += sum(isinstance(item, _Dispatch) for item in items)
-            sequence.eval_async()  # the patched binding: submit what is recorded, no re-recording, no wait
             self.stats["submissions"] += 1
+            # In flight before the call: a KeyboardInterrupt arrives between bytecodes, so after the submission, and
+            # the engine still waits for it; one that arrives before it is submitted in `finally`. Every recorded
+            # item of a flush runs: a flush is one submission.
             self._in_flight = (sequence, touched, names, reads, [item for item in items if isinstance(item, _Read)])
             for pending, _ in reads:
                 pending.submitted = True
+            try:
+                sequence.eval_async()  # the patched binding: submit what is recorded, no re-recording, no wait
+            finally:
+                if not sequence.is_running():
+                    sequence.eval_async()
 
     def _record_sequence(self, key: tuple, items: list):
         sequence = self._spare_sequences.pop() if self._spare_sequences else self.manager.sequence()

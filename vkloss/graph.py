@@ -98,6 +98,8 @@ class Graph:
         self._checks: list[tuple] = []
         self.check_finite = bool(check_finite)
         self._thread = threading.get_ident()
+        self._modified: dict = {}  # while a backward rule runs: inputs of its op modified in place since
+        self._backward_op = None
 
     def _usable(self, what: str) -> None:
         """A Graph is used from the thread that made it, until closed: its tape, checks and engine state are not
@@ -132,6 +134,7 @@ class Graph:
         if not tensor.is_leaf:
             raise ValueError("copy_: only a leaf tensor (made by g.tensor or g.parameter) can be overwritten")
         self._engine.upload_into(tensor.buffer, _converted(array, tensor.dtype, "copy_"))
+        tensor.version += 1
         return tensor
 
     def parameter(self, data) -> Tensor:
@@ -178,6 +181,12 @@ class Graph:
                             "(wrap arrays with g.tensor)")
         if value.graph is not self:
             raise ValueError(f"g.{op.name}: argument {position} belongs to another Graph")
+        if id(value) in self._modified:
+            tensor, version = self._modified[id(value)]
+            raise RuntimeError(
+                f"backward of {self._backward_op}: a tensor it needs (shape {tensor.shape}) was modified in place "
+                f"since the op ran (by copy_ or an optimizer step: version {tensor.version}, expected {version}), as "
+                "PyTorch's 'modified by an inplace operation'. Refill inputs and step optimizers after backward")
         if value.dtype != np.float32 and not integer:
             raise TypeError(f"g.{op.name}: argument {position} is an {value.dtype} tensor of shape {value.shape}; "
                             "this op takes float32 tensors there")
@@ -204,12 +213,12 @@ class Graph:
         if len(tensors) != op.arity:
             raise TypeError(f"g.{op.name} takes {op.arity} tensor(s), got {len(tensors)}")
         tensors = tuple(self._operand(op, position, t) for position, t in enumerate(tensors, 1))
-        if op.compose is not None:
-            return op.compose(self, *tensors, **attrs)
         unknown = sorted(set(attrs) - set(op.options)) if op.options is not None else []
-        if unknown:
+        if unknown:  # before a composed op's function sees them: the error names g.<op>, not a private function
             raise TypeError(f"g.{op.name} got unexpected option(s) {', '.join(unknown)}; it takes "
                             f"{', '.join(op.options) or 'none'}")
+        if op.compose is not None:
+            return op.compose(self, *tensors, **attrs)
         attrs = {name: (self._tensor_attr(op, name, value) if name in op.tensor_attrs and value is not None
                         else value) for name, value in attrs.items()}
         attr_tensors = {name: value for name, value in attrs.items() if isinstance(value, Tensor)}
@@ -241,7 +250,7 @@ class Graph:
             self._checks.append((count_nonfinite(self._engine, out, out.size),
                                  f"{op.name} produced {{count}} NaN or infinite values (output shape {shape}, input "
                                  f"shapes {', '.join(str(t.shape) for t in tensors)})", FloatingPointError))
-        node = autodiff.Node(op, tensors, attrs, saved) if differentiable else None
+        node = autodiff.Node(op, tensors, attrs, saved, tuple(t.version for t in tensors)) if differentiable else None
         return Tensor(self, shape, out, requires_grad=differentiable, node=node)
 
     @staticmethod
@@ -255,10 +264,12 @@ class Graph:
             raise ValueError(f"g.{op.name}({op.inplace_attr}=True): argument 1 is also passed as another argument")
 
     # ---- autodiff ------------------------------------------------------------------------------------------
-    def backward(self, loss: Tensor) -> None:
+    def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
         """Gradients of `loss` (shape (1,)) into `.grad` of every leaf tensor that requires one.
 
-        Gradients add up over repeated calls, as in PyTorch; set `t.grad = None` to start again."""
+        Gradients add up over repeated calls, as in PyTorch; set `t.grad = None` to start again. The graph behind
+        the loss is freed as backward walks it; retain_graph=True keeps it for another backward through it (of this
+        loss or of another that shares part of it), as in PyTorch."""
         self._usable("backward")
         if not isinstance(loss, Tensor) or loss.graph is not self:
             raise ValueError("backward takes a Tensor of this Graph")
@@ -269,7 +280,16 @@ class Graph:
         if loss.node is autodiff.FREED:
             raise RuntimeError("backward: this loss's tape was already used and freed by an earlier backward")
         with self.no_grad():
-            autodiff.backward(self, loss, self.tensor(np.ones(1, np.float32)))
+            autodiff.backward(self, loss, self.tensor(np.ones(1, np.float32)), retain_graph=retain_graph)
+
+    @contextlib.contextmanager
+    def _refusing(self, op_name: str, modified: dict):
+        """While a backward rule of `op_name` runs, using any of `modified` as an operand raises."""
+        self._modified, self._backward_op = modified, op_name
+        try:
+            yield
+        finally:
+            self._modified, self._backward_op = {}, None
 
     @contextlib.contextmanager
     def no_grad(self):
@@ -302,7 +322,10 @@ class Graph:
 
     def close(self) -> None:
         """Run what is recorded, then free the device's buffers and kernels. Using the graph or its tensors
-        afterwards raises RuntimeError; closing twice is harmless."""
+        afterwards raises RuntimeError; closing twice is harmless. Like every other use, only from the thread that
+        made the graph."""
+        if threading.get_ident() != self._thread:
+            raise RuntimeError("close: this Graph belongs to the thread that made it; close it there")
         self._checks.clear()
         self._engine.close()
 

@@ -32,8 +32,8 @@ class Optimizer:
                                  f"requires_grad=True, got {param!r}")
             if param.graph is not self.params[0].graph:
                 raise ValueError(f"{type(self).__name__}: parameter {position} belongs to another Graph")
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
+        if not 0 < lr < float("inf"):
+            raise ValueError(f"{type(self).__name__}: lr must be positive and finite, got {lr}")
         self.lr = float(lr)
         self.graph = self.params[0].graph
         self._check_open("creating it")
@@ -60,6 +60,7 @@ class Optimizer:
         stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
         for index in stepped:
             self.steps[index] += 1
+            self.params[index].version += 1  # updated in place: a pending backward that needs it will say so
         self._before_updates()
         for index in stepped:
             self._update(index, self.params[index])
@@ -74,7 +75,7 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0):
         super().__init__(params, lr)
-        if not 0 <= momentum < 1:
+        if not 0 <= momentum < 1:  # NaN fails too
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
         self.velocity = [self._state(p) for p in self.params]
@@ -93,6 +94,8 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = (float(b) for b in betas)
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
+        if not 0 <= eps < float("inf"):  # PyTorch: "Invalid epsilon value"
+            raise ValueError(f"Adam: eps must be a number >= 0, got {eps}")
         self.eps = float(eps)
         self.m = [self._state(p) for p in self.params]
         self.v = [self._state(p) for p in self.params]

@@ -110,6 +110,9 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
     if name in _OPS:
         raise ValueError(f"register_op: an op named {name!r} is already registered")
+    if name in _graph_names():
+        raise ValueError(f"register_op: {name!r} is already a Graph attribute (g.{name}), so an op of that name "
+                         "could never be called; choose another name")
     if compose is None and shader is None:
         raise ValueError(f"register_op {name}: give a shader (or compose=, for an op built from other ops)")
     if backward != NOT_DIFFERENTIABLE and not callable(backward):
@@ -131,6 +134,15 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
             tensor_attrs=tuple(tensor_attrs), integer_inputs=tuple(integer_inputs), inplace_attr=inplace_attr)
     _OPS[name] = op
     return op
+
+
+def _graph_names() -> set[str]:
+    """Names Graph defines itself. The built-in ops register while vkloss.graph is still being imported, before the
+    class exists; their names are known not to clash."""
+    import sys
+
+    graph = getattr(sys.modules.get(__package__ + ".graph"), "Graph", None)
+    return set(dir(graph)) if graph is not None else set()
 
 
 def _explained(name, rule):

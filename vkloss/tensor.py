@@ -14,7 +14,8 @@ class Tensor:
     (leaves that require a gradient only, as in PyTorch), else None.
     """
 
-    __slots__ = ("graph", "shape", "_buffer", "requires_grad", "grad", "node", "overwritten_by", "__weakref__")
+    __slots__ = ("graph", "shape", "_buffer", "requires_grad", "grad", "node", "overwritten_by", "version",
+                 "__weakref__")
 
     def __init__(self, graph, shape: tuple[int, ...], buffer, requires_grad: bool = False, node=None):
         self.graph = graph
@@ -24,6 +25,7 @@ class Tensor:
         self.node = node  # the autodiff.Node that made it, None for a leaf, FREED after backward
         self.grad: Tensor | None = None
         self.overwritten_by: str | None = None  # the op that wrote over its buffer (a gradient computed in place)
+        self.version = 0  # bumped by every in-place change (copy_, an optimizer step), as PyTorch's version counter
 
     @property
     def buffer(self):
@@ -77,9 +79,9 @@ class Tensor:
         every kernel bound to them: nothing is compiled after the first step."""
         return self.graph._copy_into(self, data)
 
-    def backward(self) -> None:
-        """Same as `graph.backward(self)`."""
-        self.graph.backward(self)
+    def backward(self, retain_graph: bool = False) -> None:
+        """Same as `graph.backward(self, retain_graph)`."""
+        self.graph.backward(self, retain_graph=retain_graph)
 
     def __repr__(self) -> str:
         flags = ", requires_grad=True" if self.requires_grad else ""
