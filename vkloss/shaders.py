@@ -2,8 +2,9 @@
 
 A variant is a `.comp` file plus preprocessor defines. Its cache key hashes the compiler's version, the file's
 source, every file it includes (recursively) and the defines, so a binary built from other source can never be
-loaded. Cache entries carry a digest of their bytes, so a corrupted entry is detected and rebuilt. Nothing here
-knows about ops or kp.
+loaded. Cache entries carry a digest of their key and bytes, so a corrupted entry, or an intact one moved under
+another key, is detected and rebuilt. A cache folder that cannot be written gives way, with one warning, to a
+temporary one for the rest of the process. Nothing here knows about ops or kp.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +24,9 @@ from pathlib import Path
 from .errors import ShaderCheckError, ShaderCompileError
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
-_MAGIC = b"VKLS1\n"  # cache entry = magic + sha256(spirv) + spirv
+_MAGIC = b"VKLS2\n"  # cache entry = magic + sha256(key + spirv) + spirv
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+_fallback_cache: Path | None = None  # where entries go once the cache folder proved unwritable
 
 
 def shader_dir() -> Path:
@@ -35,6 +39,8 @@ def shader_dir() -> Path:
 
 
 def cache_dir() -> Path:
+    if _fallback_cache is not None:
+        return _fallback_cache
     if os.environ.get("VKLOSS_CACHE_DIR"):
         return Path(os.environ["VKLOSS_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -126,26 +132,51 @@ def _entry(key: str) -> Path:
     return cache_dir() / f"{key}.spv"
 
 
-def _read_entry(path: Path) -> bytes | None:
-    """The SPIR-V in a cache entry, or None when the entry is missing or its bytes do not match their digest."""
+def _digest(key: str, spirv: bytes) -> bytes:
+    return hashlib.sha256(key.encode() + spirv).digest()  # the key inside: an entry is valid under its own key only
+
+
+def _read_entry(key: str) -> bytes | None:
+    """The SPIR-V cached under `key`, or None when the entry is missing or does not match its digest (corrupted,
+    or another key's entry)."""
     try:
-        blob = path.read_bytes()
+        blob = _entry(key).read_bytes()
     except OSError:
         return None
     head = len(_MAGIC) + 32
     if len(blob) < head + 20 or not blob.startswith(_MAGIC):
         return None
     spirv = blob[head:]
-    if hashlib.sha256(spirv).digest() != blob[len(_MAGIC):head] or spirv[:4] != b"\x03\x02\x23\x07":
+    if _digest(key, spirv) != blob[len(_MAGIC):head] or spirv[:4] != b"\x03\x02\x23\x07":
         return None
     return spirv
 
 
-def _write_entry(path: Path, spirv: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # threads of one process write apart
-    tmp.write_bytes(_MAGIC + hashlib.sha256(spirv).digest() + spirv)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one, never half
+def _writable(write) -> None:
+    """Run `write()`; if the cache folder cannot be written, switch to a temporary one (warning once) and retry."""
+    global _fallback_cache
+    try:
+        write()
+    except OSError as e:
+        if _fallback_cache is not None:
+            raise
+        unwritable = cache_dir()
+        _fallback_cache = Path(tempfile.mkdtemp(prefix="vkloss-spirv-"))
+        warnings.warn(f"vkloss: the SPIR-V cache {unwritable} cannot be written ({e.strerror or e}); using "
+                      f"{_fallback_cache} for this process (set VKLOSS_CACHE_DIR to a writable folder)",
+                      RuntimeWarning, stacklevel=3)
+        write()
+
+
+def _write_entry(key: str, spirv: bytes) -> None:
+    def write():
+        path = _entry(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # threads of one process write apart
+        tmp.write_bytes(_MAGIC + _digest(key, spirv) + spirv)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old entry or the new one, never half
+
+    _writable(write)
 
 
 def _latest_path(v: Variant) -> Path:
@@ -154,14 +185,21 @@ def _latest_path(v: Variant) -> Path:
 
 
 def _record_latest(v: Variant, key: str) -> None:
-    index = _latest_path(v)
-    index.parent.mkdir(parents=True, exist_ok=True)
-    index.write_text(key)
+    def write():
+        index = _latest_path(v)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        index.write_text(key)
+
+    _writable(write)
 
 
 def _latest(v: Variant) -> str | None:
-    index = _latest_path(v)
-    return index.read_text().strip() if index.exists() else None
+    """The key `v` was last built under; None if never, or if the record is not a key (corrupt: rebuilt on load)."""
+    try:
+        text = _latest_path(v).read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _KEY.match(text) else None
 
 
 _loaded: dict[Variant, bytes] = {}
@@ -172,10 +210,10 @@ def load(v: Variant) -> bytes:
     if v in _loaded:
         return _loaded[v]
     key = v.key()
-    spirv = _read_entry(_entry(key))
-    if spirv is None:  # missing or corrupted: rebuild
-        spirv = compile_variant(v)
-        _write_entry(_entry(key), spirv)
+    spirv = _read_entry(key)
+    if spirv is None or _latest(v) != key:  # missing, corrupted or another key's entry, or an unreadable record
+        spirv = spirv or compile_variant(v)
+        _write_entry(key, spirv)
         _record_latest(v, key)
     _loaded[v] = spirv
     return spirv
@@ -207,7 +245,7 @@ def compile_all(variants) -> list[tuple[Variant, str]]:
     done = []
     for v in variants:
         key = v.key()
-        _write_entry(_entry(key), compile_variant(v))
+        _write_entry(key, compile_variant(v))
         _record_latest(v, key)
         done.append((v, key))
     return done
@@ -229,9 +267,9 @@ def check(v: Variant) -> str:
     if latest is not None and latest != key:
         raise ShaderCheckError(f"{v.name}: stale: {v.path.name} or an include changed since it was compiled "
                                "(run `python -m vkloss.tools compile`)")
-    spirv = _read_entry(_entry(key))
+    spirv = _read_entry(key)
     if spirv is None:
-        state = "corrupted" if _entry(key).exists() else "not compiled"
+        state = "corrupted or not its own" if _entry(key).exists() else "not compiled"
         raise ShaderCheckError(f"{v.name}: {state} (run `python -m vkloss.tools compile`)")
     validate(spirv, v.name)
     return key
