@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import optim, reference
+from .device import choose_device
+from .errors import NoVulkanDeviceError
 from .graph import Graph
 
 
@@ -188,19 +190,17 @@ def train_reference(task: Task, data: Data, weights, plan) -> Run:
     return run
 
 
-def progress_bar(name: str, quiet: bool):
-    live = sys.stderr.isatty()
+def progress_bar(name: str, quiet: bool, epochs: int):
+    """A tqdm bar over the epochs (rate, ETA; silent when stderr is not a terminal, or with --quiet)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=epochs, desc=f"{name:14s}", unit="epoch", disable=True if quiet else None, leave=True)
 
     def show(done, total, loss):
-        if quiet or (not live and done != total):  # a log file gets the last state only
-            return
-        width = 30
-        filled = int(width * done / total)
-        sys.stderr.write(f"\r{name:14s} [{'#' * filled}{'.' * (width - filled)}] epoch {done}/{total} "
-                         f"loss {loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.update(done - bar.n)
         if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            bar.close()
 
     return show
 
@@ -237,39 +237,73 @@ def plot(results, path: str) -> None:
     plt.close(fig)
 
 
+def _bounded(kind, low, inclusive: bool, what: str):
+    """An argparse type: a number of `kind` above `low` (or at least it): bad values exit 2 with one line."""
+    def convert(text):
+        value = kind(text)  # argparse turns ValueError into "invalid <kind> value"
+        if not (value >= low if inclusive else value > low) or value != value or value in (float("inf"),):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _png_path(text: str) -> str:
+    """--plot's path, checked before training: its folder must exist and be writable."""
+    if text:
+        folder = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"cannot write {text}: {folder} is not a writable folder")
+    return text
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(prog="python -m vkloss.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="all", choices=[*GROUPS, *TASKS], help="which task(s) to train")
-    parser.add_argument("--epochs", type=int, help="epochs (default: per task)")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: per task)")
-    parser.add_argument("--lr", type=float, help="learning rate (default: per task)")
+    parser.add_argument("--epochs", type=_bounded(int, 1, True, "at least 1"), help="epochs (default: per task)")
+    parser.add_argument("--batch-size", type=_bounded(int, 1, True, "at least 1"),
+                        help="batch size (default: per task)")
+    parser.add_argument("--lr", type=_bounded(float, 0.0, False, "a positive number"),
+                        help="learning rate (default: per task)")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], help="adam, or sgd with momentum 0.9 (default: adam)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="device index (default: VKLOSS_DEVICE, else the best)")
-    parser.add_argument("--plot", default="vkloss-train.png", metavar="PATH",
+    parser.add_argument("--seed", type=_bounded(int, 0, True, "0 or more"), default=0)
+    parser.add_argument("--device", type=_bounded(int, 0, True, "a device index (0 or more)"), default=None,
+                        help="device index (default: VKLOSS_DEVICE, else the best); python -m vkloss.tools devices")
+    parser.add_argument("--plot", default="vkloss-train.png", metavar="PATH", type=_png_path,
                         help="PNG of the loss curves (default: vkloss-train.png here); '' for none")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.device_info = choose_device(args.device)
+    except (NoVulkanDeviceError, ValueError, TypeError) as e:
+        parser.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     names = GROUPS.get(args.task, [args.task])
     results = []
-    with Graph(args.device) as g:
+    given = lambda value, default: default if value is None else value  # noqa: E731  (0 is a value, not "unset")
+    with Graph(args.device_info.index) as g:
         print(f"device: {g.device}")
         for name in names:
             defaults = TASKS[name]
-            task = Task(name, defaults.loss, defaults.hidden, args.epochs or defaults.epochs,
-                        args.batch_size or defaults.batch_size, args.lr or defaults.lr,
-                        args.optimizer or defaults.optimizer, defaults.metric)
+            task = Task(name, defaults.loss, defaults.hidden, given(args.epochs, defaults.epochs),
+                        given(args.batch_size, defaults.batch_size), given(args.lr, defaults.lr),
+                        given(args.optimizer, defaults.optimizer), defaults.metric)
             data = load(task, args.seed)
             rng = np.random.default_rng(args.seed)
             outputs = data.y_train.shape[1]
             weights = initial_weights([data.x_train.shape[1], task.hidden, outputs], rng)
-            plan = batches(len(data.x_train), task.batch_size, task.epochs, rng)
-            vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet))
+            try:
+                plan = batches(len(data.x_train), task.batch_size, task.epochs, rng)
+            except ValueError as e:
+                print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
+                return 2
+            vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet, task.epochs))
             ref = train_reference(task, data, weights, plan)
             results.append((task, vk, ref))
     print(summary(results))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import optim, registry, shaders
@@ -86,7 +87,34 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def writable_path(text: str) -> str:
+    """An output file whose folder exists and can be written: checked before minutes of work, not after."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{text}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write a file there")
+    return text
+
+
 def main(argv=None) -> int:
+    try:
+        code = run(argv)
+        sys.stdout.flush()  # here, where a closed pipe can be caught, not at exit
+        return code
+    except BrokenPipeError:  # `tools list | head`: the reader is gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def run(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vkloss.tools", description=__doc__)
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first, so the ops it registers are compiled, checked and listed too "
@@ -97,9 +125,9 @@ def main(argv=None) -> int:
     sub.add_parser("list", help="print the op registry: op, shader, how it differentiates, options")
     sub.add_parser("devices", help="list the Vulkan devices and which one is the default")
     b = sub.add_parser("bench", help="time CE and BCE loss + gradient: roofline ratio, fused vs unfused, PyTorch")
-    b.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    b.add_argument("--json", metavar="PATH", type=writable_path, help="also write the figures as JSON")
     b.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
-    b.add_argument("--repeats", type=int, default=5, help="timed runs per figure; the median is shown")
+    b.add_argument("--repeats", type=positive_int, default=5, help="timed runs per figure; the median is shown")
     b.add_argument("--device", default=None, help="device index (default: VKLOSS_DEVICE, else the best)")
     args = parser.parse_args(argv)
     for module in args.imports:
