@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import vkloss
+from vkloss import engine
 from helpers import f32
 
 try:
@@ -242,10 +243,17 @@ def test_fused_losses_on_a_two_dimensional_grid(rng):
         assert_matches(run(g, "bce_loss", p, y), bce_reference(p, y))
 
 
-@pytest.mark.parametrize("workgroup", [32, 256])  # GPUs use 256 everywhere; lavapipe picks by row length
-def test_every_path_at_both_workgroup_sizes(rng, workgroup):
+@pytest.mark.parametrize("workgroup", [4, 8, 32, 256])  # GPUs use 256; lavapipe its SIMD width, 32 for tree sums
+def test_every_path_at_every_workgroup_size(rng, workgroup):
     with vkloss.Graph() as g:
-        g.engine.reduction_workgroup = lambda items, bytes_touched: workgroup
+        def row_workgroup(items=0):  # the engine's rule against lavapipe's loop limit, from `workgroup` up
+            size = workgroup
+            while size < engine.WORKGROUP and items > size * engine.MAX_LOOP_PER_PASS:
+                size *= 2
+            return size
+
+        g.engine.row_workgroup = row_workgroup
+        g.engine.reduction_workgroup = lambda: workgroup
         for shape in [(9, 5), (6, 999), (5, 4000), (3, 1001), (2, 300_001)]:
             p, t = rng.standard_normal(shape).astype(np.float32), rng.random(shape).astype(np.float32)
             assert_matches(run(g, "cross_entropy_loss", p, t), ce_reference(p, t))

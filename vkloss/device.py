@@ -44,6 +44,9 @@ class DeviceInfo:
     max_shared_memory: int
     max_push_constants_size: int
     device_memory: int = 0  # bytes of the largest device-local memory heap
+    timestamp_period_ns: float = 0.0  # nanoseconds per timestamp tick; 0 where compute queues cannot time
+    subgroup_size: int = 1
+    subgroup_arithmetic: bool = False  # subgroupAdd / subgroupMax in compute shaders
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
@@ -71,11 +74,16 @@ _OFF = {
     "max_shared_memory": _LIMITS + 216,
     "max_workgroup_count": _LIMITS + 220,
     "max_workgroup_invocations": _LIMITS + 232,
+    "timestamp_compute_and_graphics": _LIMITS + 420,
+    "timestamp_period": _LIMITS + 424,  # a float
 }
 # VkPhysicalDeviceMemoryProperties: memoryTypeCount, 32 VkMemoryType (8 bytes each), memoryHeapCount, then 16
 # VkMemoryHeap (VkDeviceSize size, VkMemoryHeapFlags flags; 16 bytes each, 8-byte aligned at 264).
 _HEAP_COUNT, _HEAPS, _HEAP_DEVICE_LOCAL = 260, 264, 1
 _STYPE_PROPERTIES_2 = 1000059001
+# VkPhysicalDeviceSubgroupProperties: sType, pNext, subgroupSize, supportedStages, supportedOperations, quad flag.
+_STYPE_SUBGROUP_PROPERTIES, _SUBGROUP_SIZEOF, _SUBGROUP_SIZE = 1000094000, 32, 16
+_STAGE_COMPUTE, _SUBGROUP_ARITHMETIC = 0x20, 0x4
 _STYPE_DRIVER_PROPERTIES = 1000196000
 
 
@@ -121,15 +129,22 @@ def _enumerate() -> list[DeviceInfo]:
             vk.vkGetPhysicalDeviceProperties(ctypes.c_void_p(handle), raw)
             api, _driver_version, _vendor, _device, dtype = struct.unpack_from("<5I", raw, 0)
             name = raw.raw[20:276].split(b"\0", 1)[0].decode(errors="replace")
-            driver = "unknown"
-            if get_props2 is not None and api >= ((1 << 22) | (2 << 12)):
-                # VkPhysicalDeviceDriverProperties: sType, pNext, driverID, driverName[256], driverInfo[256], conf.
+            driver, subgroup_size, subgroup_arithmetic = "unknown", 1, False
+            if get_props2 is not None and api >= ((1 << 22) | (1 << 12)):
+                # VkPhysicalDeviceSubgroupProperties (Vulkan 1.1), chained to VkPhysicalDeviceDriverProperties (1.2):
+                # sType, pNext, driverID, driverName[256], driverInfo[256], conformance version.
+                subgroup = ctypes.create_string_buffer(_SUBGROUP_SIZEOF)
                 drv = ctypes.create_string_buffer(8 + 8 + 4 + 256 + 256 + 4 + 4)
                 struct.pack_into("<I", drv, 0, _STYPE_DRIVER_PROPERTIES)
+                chain = ctypes.addressof(drv) if api >= ((1 << 22) | (2 << 12)) else 0
+                struct.pack_into("<IxxxxQ", subgroup, 0, _STYPE_SUBGROUP_PROPERTIES, chain)
                 p2 = ctypes.create_string_buffer(16 + 1024)
-                struct.pack_into("<IxxxxQ", p2, 0, _STYPE_PROPERTIES_2, ctypes.addressof(drv))
+                struct.pack_into("<IxxxxQ", p2, 0, _STYPE_PROPERTIES_2, ctypes.addressof(subgroup))
                 get_props2(ctypes.c_void_p(handle), p2)
-                driver = drv.raw[20:276].split(b"\0", 1)[0].decode(errors="replace") or "unknown"
+                if chain:
+                    driver = drv.raw[20:276].split(b"\0", 1)[0].decode(errors="replace") or "unknown"
+                subgroup_size, stages, operations = struct.unpack_from("<3I", subgroup, _SUBGROUP_SIZE)
+                subgroup_arithmetic = bool(stages & _STAGE_COMPUTE) and bool(operations & _SUBGROUP_ARITHMETIC)
             memory = ctypes.create_string_buffer(_HEAPS + 16 * 16)
             vk.vkGetPhysicalDeviceMemoryProperties(ctypes.c_void_p(handle), memory)
             heaps = [struct.unpack_from("<QI", memory, _HEAPS + 16 * i)
@@ -145,6 +160,9 @@ def _enumerate() -> list[DeviceInfo]:
                 max_shared_memory=u32("max_shared_memory")[0],
                 max_push_constants_size=u32("max_push_constants_size")[0],
                 device_memory=max(local, default=0),
+                timestamp_period_ns=(struct.unpack_from("<f", raw, _OFF["timestamp_period"])[0]
+                                     if u32("timestamp_compute_and_graphics")[0] else 0.0),
+                subgroup_size=subgroup_size, subgroup_arithmetic=subgroup_arithmetic,
             ))
         return found
     finally:

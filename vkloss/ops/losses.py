@@ -17,7 +17,8 @@ CE_SHADER, BCE_SHADER = "cross_entropy.comp", "bce.comp"
 REDUCTIONS = ("mean", "sum", "none")
 
 SMALL_ROW = 64  # classes up to which one invocation handles a whole row
-ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: at most 2 passes x 2^18 / 32 iterations
+ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: 2 passes of at most 2^11 iterations each
+                     # (engine.row_workgroup widens the workgroup to keep them there)
 CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
 BCE_ITEMS = 16  # loop iterations per invocation in bce.comp
 
@@ -120,7 +121,7 @@ def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight
         engine.dispatch(_variant(CE_SHADER, "SMALL", **flags), ins, [row_loss, *writes], push, engine.groups_for(rows))
     elif classes <= ROW_LIMIT:
         vec4 = classes % 4 == 0  # rows start on 16-byte boundaries: load four classes at a time
-        workgroup = engine.reduction_workgroup(classes // 4 if vec4 else classes, classes * 8)
+        workgroup = engine.row_workgroup(classes // 4 if vec4 else classes)
         engine.dispatch(_variant(CE_SHADER, "ROW", vec4=vec4, **flags), ins, [row_loss, *writes], push,
                         engine.grid(rows), workgroup=workgroup)
     else:
@@ -215,7 +216,7 @@ def _bce_forward(name, logits, engine, inputs, out, shapes, want_grad, reduction
     vec4 = all(size % 4 == 0 for size in [n, *sizes])
     width = 4 if vec4 else 1
     per_invocation = BCE_ITEMS * width
-    workgroup = engine.reduction_workgroup(per_invocation * WORKGROUP, per_invocation * WORKGROUP * 12)
+    workgroup = engine.row_workgroup()  # BCE_ITEMS loop iterations per invocation
     per_workgroup = per_invocation * workgroup
     groups = -(-n // per_workgroup)
     per_element = reduction == "none"

@@ -20,7 +20,7 @@ def tree_sum(engine, source, n: int, out, scale: float, first_pass=SUM_PASS) -> 
     Each pass is one dispatch with 16 unrolled loads per invocation (no lavapipe loop limit), its workgroups
     spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes. `first_pass` may count
     instead of sum (COUNT_NONFINITE_PASS)."""
-    workgroup = engine.reduction_workgroup(ITEMS * WORKGROUP, ITEMS * WORKGROUP * 4)
+    workgroup = engine.reduction_workgroup()
     variant = first_pass
     while True:
         groups = -(-n // (ITEMS * workgroup))

@@ -1,14 +1,18 @@
 """`python -m vkloss.tools bench`: cross-entropy and BCE, loss plus gradient, measured in one run on one device.
 
 For each size it prints:
-- fused: the time of loss plus gradient through vkloss's fused kernel (inputs already on the device; the time of
-  the op, the backward and reading the loss), and its effective bandwidth over the minimal traffic: read pred and
-  target once, write the gradient once;
-- roofline: that bandwidth over the device's streaming bandwidth, measured in the same run by a plain copy shader
-  moving the same number of bytes;
+- kernel: the device's time for loss plus gradient through vkloss's fused kernels (the op, the backward and the
+  copy of the loss to the host), from Vulkan timestamps around the submission; wall: the same step as a training
+  loop runs it (recorded, or replayed, submitted, loss read with item()), and host: the difference, the engine's
+  overhead; the effective bandwidth over the minimal traffic (read pred and target once, write the gradient once)
+  from the kernel time;
+- roofline: that bandwidth over the device's streaming bandwidth on the same bytes, measured in the same run as the
+  better of the device's own buffer copy (vkCmdCopyBuffer) and a scalar and a vec4 copy shader, all timed by
+  timestamps. Where the device cannot time compute work, wall times stand in and the table says so;
 - unfused: the same loss and gradient from separate kernels (row max, row sum of exp, row dot with the target, row
-  loss, gradient; for BCE loss terms, their sum, gradient), and the fused speed-up over it;
-- torch: PyTorch's CPU time for the same work, where PyTorch is installed;
+  loss, gradient; for BCE loss terms, their sum, gradient), and the fused speed-up over it (kernel times);
+- torch: PyTorch's CPU time for the same work, where PyTorch is installed; with CUDA, PyTorch CUDA eager for
+  probability and index targets, and Liger-Kernel's fused cross-entropy where it is installed;
 - err: the largest difference of each result from a float64 numpy reference, relative to the reference's largest
   magnitude. A timing is shown only after its result checked out: a kernel cut short looks fast.
 
@@ -67,6 +71,45 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def kernel_seconds(engine, record, repeats: int) -> float | None:
+    """The device's time for what `record()` records, by Vulkan timestamps (median of `repeats`); None where the
+    device cannot time compute work."""
+    record()
+    engine.flush()  # warm
+    times = []
+    for _ in range(repeats):
+        record()
+        times.append(engine.flush(timed=True))
+    return None if None in times else statistics.median(times)
+
+
+def torch_cuda_seconds(pred, target, repeats, liger: bool = False):
+    """Cross-entropy forward and backward through PyTorch CUDA eager (or Liger-Kernel's fused kernel), the loss
+    read with item() as the wall time of a training step: None without CUDA (or Liger)."""
+    try:
+        import torch
+        import torch.nn.functional as F
+        if not torch.cuda.is_available():
+            return None
+        if liger:
+            from liger_kernel.transformers import LigerCrossEntropyLoss
+            function = LigerCrossEntropyLoss()
+        else:
+            function = F.cross_entropy
+    except ImportError:
+        return None
+    p = torch.tensor(pred, device="cuda", requires_grad=True)
+    t = torch.tensor(target, device="cuda")
+
+    def run():
+        p.grad = None
+        loss = function(p, t)
+        loss.backward()
+        loss.item()
+
+    return median_seconds(run, repeats)
+
+
 def relative_error(got_loss, got_grad, ref_loss, ref_grad) -> float:
     return max(abs(got_loss - ref_loss) / max(abs(ref_loss), 1e-30),
                float(np.abs(got_grad.reshape(ref_grad.shape) - ref_grad).max() / max(np.abs(ref_grad).max(), 1e-30)))
@@ -91,6 +134,11 @@ def torch_seconds(function: str, pred, target, repeats):
 
 def shape_text(shape) -> str:
     return " x ".join(map(str, shape))
+
+
+def cell(value, width: int, digits: int = 2) -> str:
+    """A number right-aligned in `width`, or '-' where there is none (no timestamps, no PyTorch)."""
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
 
 def ms_or_dash(seconds, width: int) -> str:
@@ -123,7 +171,15 @@ class Case:
         self.g.backward(loss)
         return loss.item(), self.pred.grad
 
-    def unfused(self):
+    def record_fused(self):
+        """The fused step recorded, its loss's copy to the host included, nothing submitted."""
+        self.pred.grad = None
+        loss = getattr(self.g, self.loss)(self.pred, self.target)
+        self.g.backward(loss)
+        self.g.engine.end_of_step()
+        self.loss_copy = loss.item_async()
+
+    def unfused(self, read: bool = True):
         e, n = self.engine, self.n
         pred, target = self.pred.buffer, self.target.buffer
         loss, grad = e.alloc(1), e.alloc(n)
@@ -131,9 +187,10 @@ class Case:
             rows, classes = self.shape
             push = [rows, classes, 1.0 / rows]
             row_max, row_sum, row_tdot, row_loss = e.alloc(rows), e.alloc(rows), e.alloc(2 * rows), e.alloc(rows)
-            e.dispatch(ROW_MAX, [pred], [row_max], push, e.grid(rows))
-            e.dispatch(ROW_SUMEXP, [pred, row_max], [row_sum], push, e.grid(rows))
-            e.dispatch(ROW_TDOT, [pred, target], [row_tdot], push, e.grid(rows))
+            workgroup = e.row_workgroup(classes)  # the fused kernel's choice, so the comparison is fair
+            e.dispatch(ROW_MAX, [pred], [row_max], push, e.grid(rows), workgroup=workgroup)
+            e.dispatch(ROW_SUMEXP, [pred, row_max], [row_sum], push, e.grid(rows), workgroup=workgroup)
+            e.dispatch(ROW_TDOT, [pred, target], [row_tdot], push, e.grid(rows), workgroup=workgroup)
             e.dispatch(ROW_LOSS, [row_max, row_sum, row_tdot], [row_loss], push, e.groups_for(rows))
             e.dispatch(CE_GRAD, [pred, target, row_max, row_sum, row_tdot], [grad], push, e.groups_for(n))
             tree_sum(e, row_loss, rows, loss, 1.0 / rows)
@@ -142,31 +199,47 @@ class Case:
             e.dispatch(BCE_TERMS, [pred, target], [terms], [n, 0, 1.0 / n], e.groups_for(n))
             tree_sum(e, terms, n, loss, 1.0 / n)
             e.dispatch(BCE_GRAD, [pred, target], [grad], [n, 0, 1.0 / n], e.groups_for(n))
+        if not read:
+            return None
         value, gradient = e.read([loss, grad])
         return float(value[0]), gradient
 
-    def copy_seconds(self, repeats) -> dict:
-        """The device's streaming bandwidth as times: a scalar and a vec4 copy shader that read and write, together,
-        the same number of bytes as the minimal traffic. The roofline uses the faster."""
+    def copy_seconds(self, repeats, bytes_moved=None) -> dict:
+        """The device's streaming bandwidth as times for reading and writing, together, `bytes_moved` (default: the
+        minimal traffic): its own buffer copy, a scalar and a vec4 copy shader. By timestamps where the device
+        has them, else wall-clock. The roofline uses the fastest."""
         e = self.engine
-        floats = -(-self.minimal_bytes // 32) * 4  # read this many floats and write as many (a multiple of 4)
+        floats = -(-(bytes_moved or self.minimal_bytes) // 32) * 4  # read this many floats, write as many (4 | n)
         data = np.arange(floats, dtype=np.float32)
         src, dst = e.upload(data), e.alloc(floats)
-        timings = []
+        timed = e.device.timestamp_period_ns > 0
+        timings = {}
+        ways = {"device_copy": lambda: e.copy(src, dst)}
         for vec4, count in ((False, floats), (True, floats // 4)):
-            def copy():
-                e.dispatch(COPY[vec4], [src], [dst], [count, 0, 0.0], e.groups_for(count))
-                e.flush()
-
-            copy()
+            ways["vec4" if vec4 else "scalar"] = (
+                lambda vec4=vec4, count=count: e.dispatch(COPY[vec4], [src], [dst], [count, 0, 0.0],
+                                                          e.groups_for(count)))
+        for name, record in ways.items():
+            e.upload_into(dst, np.zeros(floats, np.float32))  # each way proves itself from a blank target
+            record()
             if not np.array_equal(e.read([dst])[0], data):  # every element: a copy cut short looks fast
-                raise RuntimeError("the copy shader did not copy every element")
-            timings.append(median_seconds(copy, repeats))
-        return {"scalar": timings[0], "vec4": timings[1]}
+                raise RuntimeError(f"the {name} copy did not copy every element")
+            timings[name] = (kernel_seconds(e, record, repeats) if timed else
+                             median_seconds(lambda: (record(), e.flush()), repeats))
+        return timings
 
     def torch_seconds(self, repeats):
         return torch_seconds("cross_entropy" if self.loss == "cross_entropy_loss" else "binary_cross_entropy",
                              self.p, self.t, repeats)
+
+    def torch_cuda(self, repeats) -> dict:
+        """PyTorch CUDA eager (probability and index targets) and Liger (index targets), cross-entropy only."""
+        if self.loss != "cross_entropy_loss":
+            return {}
+        labels = self.t.argmax(axis=1)
+        return {"torch_cuda_s": torch_cuda_seconds(self.p, self.t, repeats),
+                "torch_cuda_index_s": torch_cuda_seconds(self.p, labels, repeats),
+                "liger_index_s": torch_cuda_seconds(self.p, labels, repeats, liger=True)}
 
 
 def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> list[dict]:
@@ -185,18 +258,27 @@ def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> lis
         bad = [k for k, v in errors.items() if not v <= ERROR_LIMIT]
         if bad:
             raise RuntimeError(f"{loss} {shape}: {', '.join(bad)} result off by {errors} relative: not timing it")
-        fused = median_seconds(case.fused, repeats)
-        unfused = median_seconds(case.unfused, repeats)
+        wall = median_seconds(case.fused, repeats)
+        kernel = kernel_seconds(g.engine, case.record_fused, repeats)
+        timed = kernel is not None
+        fused = kernel if timed else wall
+        unfused = (kernel_seconds(g.engine, lambda: case.unfused(read=False), repeats) if timed else
+                   median_seconds(case.unfused, repeats))
         copies = case.copy_seconds(repeats)
         copy = min(copies.values())
         torch_s = case.torch_seconds(repeats)
         gbps = case.minimal_bytes / fused / 1e9
         copy_gbps = case.minimal_bytes / copy / 1e9
-        rows.append({"loss": loss, "shape": list(shape), "minimal_bytes": case.minimal_bytes,
-                     "fused_s": fused, "fused_GBps": gbps, "copy_s": copy, "copy_GBps": copy_gbps,
-                     "roofline": gbps / copy_gbps, "copy_scalar_s": copies["scalar"], "copy_vec4_s": copies["vec4"],
-                     "roofline_vs_scalar_copy": copies["scalar"] / fused, "unfused_s": unfused, "speedup_over_unfused": unfused / fused,
-                     "torch_cpu_s": torch_s, "rel_error_fused": errors["fused"], "rel_error_unfused": errors["unfused"]})
+        rows.append({"loss": loss, "shape": list(shape), "minimal_bytes": case.minimal_bytes, "timestamps": timed,
+                     "kernel_ms": kernel * 1e3 if timed else None, "wall_ms": wall * 1e3,
+                     "host_ms": (wall - kernel) * 1e3 if timed else None,
+                     "GBs": gbps, "copy_GBs": copy_gbps, "roofline": gbps / copy_gbps,
+                     **{f"copy_{name}_ms": s * 1e3 for name, s in copies.items()},
+                     "unfused_ms": unfused * 1e3, "speedup_over_unfused": unfused / fused,
+                     "torch_cpu_ms": torch_s * 1e3 if torch_s is not None else None,
+                     **{k.replace("_s", "_ms"): (v * 1e3 if v is not None else None)
+                        for k, v in case.torch_cuda(repeats).items()},
+                     "rel_error_fused": errors["fused"], "rel_error_unfused": errors["unfused"]})
         del case
     return rows
 
@@ -215,12 +297,17 @@ class TargetForms:
         self.one_hot, self.index = g.tensor(one_hot), g.tensor(self.labels, dtype=np.int32)
         self.one = g.tensor(1.0)
 
-    def run(self, target, inplace=None):
-        """Loss and gradient; with inplace (True or False), of logits = pred * 1 made by an op."""
+    def run(self, target, inplace=None, read: bool = True):
+        """Loss and gradient; with inplace (True or False), of logits = pred * 1 made by an op. Without `read`,
+        only recorded (the loss's copy to the host included)."""
         self.pred.grad = None
         logits = self.pred if inplace is None else self.g.mul_scalar(self.pred, self.one)
         loss = self.g.cross_entropy_loss(logits, target, inplace_grad=bool(inplace))
         self.g.backward(loss)
+        if not read:
+            self.g.engine.end_of_step()
+            self.loss_copy = loss.item_async()
+            return None
         return loss.item(), self.pred.grad
 
     def torch_index_seconds(self, repeats):
@@ -244,10 +331,13 @@ def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: in
         del ref_grad, grad
         seconds = {name: median_seconds(run, repeats) for name, run in runs.items()}
         n = math.prod(shape)
-        copy = min(Case(g, "cross_entropy_loss", shape, rng).copy_seconds(repeats).values()) * 2 / 3  # 2 n floats
+        index_kernel = kernel_seconds(g.engine, lambda: case.run(case.index, read=False), repeats)
+        copy = min(Case(g, "cross_entropy_loss", shape, rng).copy_seconds(repeats, bytes_moved=2 * n * 4).values())
         rows.append({"shape": list(shape), **{f"{name}_s": t for name, t in seconds.items()},
+                     "index_kernel_ms": index_kernel * 1e3 if index_kernel is not None else None,
                      "index_speedup": seconds["probabilities"] / seconds["index"],
-                     "index_roofline": (2 * n * 4 / seconds["index"]) / (2 * n * 4 / copy),
+                     # read pred + write grad, over a copy of as many bytes; from kernel time where there is one
+                     "index_roofline": copy / (index_kernel if index_kernel is not None else seconds["index"]),
                      "in_place_speedup": seconds["index_copying"] / seconds["index_in_place"],
                      "torch_cpu_index_s": case.torch_index_seconds(repeats)})
         del case
@@ -285,14 +375,17 @@ def peak_memory(device, shape, hidden: int = 64, seed: int = 2) -> dict:
 
 def format_target_forms(rows: list[dict], memory: list[dict]) -> str:
     out = ["", "cross-entropy target forms and in-place gradient (ms):",
-           f"{'shape':>16}{'one-hot':>9}{'index':>9}{'speed-up':>9}{'roofline':>9}{'torch idx':>10}"
+           f"{'shape':>16}{'one-hot':>9}{'index':>9}{'speed-up':>9}{'idx kernel':>11}{'roofline':>9}{'torch idx':>10}"
            f"{'op+CE':>9}{'op+CE in-place':>15}{'speed-up':>9}"]
     for r in rows:
         out.append(f"{shape_text(r['shape']):>16}{r['probabilities_s'] * 1e3:9.1f}{r['index_s'] * 1e3:9.1f}"
-                   f"{r['index_speedup']:9.2f}{r['index_roofline']:9.2f}{ms_or_dash(r['torch_cpu_index_s'], 10)}"
+                   f"{r['index_speedup']:9.2f}"
+                   f"{cell(r['index_kernel_ms'], 11)}"
+                   f"{r['index_roofline']:9.2f}{ms_or_dash(r['torch_cpu_index_s'], 10)}"
                    f"{r['index_copying_s'] * 1e3:9.1f}"
                    f"{r['index_in_place_s'] * 1e3:15.1f}{r['in_place_speedup']:9.2f}")
-    out.append("index: int32 class indices (roofline over read pred + write grad); op+CE: logits = pred * 1, then loss "
+    out.append("wall ms, loss read with item(); index: int32 class indices; idx kernel: its device time (timestamps), "
+               "and roofline: read pred + write grad over a copy of as many bytes; op+CE: logits = pred * 1, then loss "
                "and backward, copying the gradient or writing it over the logits")
     out += ["", "peak device memory, last layer (matmul [rows, 64] x [64, classes]) + cross-entropy + backward:",
             f"{'shape':>16}{'logits MiB':>11}{'copying MiB':>12}{'in-place MiB':>13}{'saved MiB':>10}"]
@@ -308,15 +401,24 @@ def format_target_forms(rows: list[dict], memory: list[dict]) -> str:
 
 
 def format_rows(device: str, rows: list[dict]) -> str:
+    cuda = any(r.get("torch_cuda_ms") is not None for r in rows)
     out = [f"device: {device}",
-           f"{'loss':<19}{'shape':>16}{'fused ms':>10}{'GB/s':>7}{'copy GB/s':>10}{'roofline':>9}"
-           f"{'unfused ms':>11}{'speed-up':>9}{'torch ms':>9}{'err':>9}"]
+           f"{'loss':<19}{'shape':>16}{'kernel ms':>10}{'wall ms':>9}{'host ms':>8}{'GB/s':>8}{'copy GB/s':>10}"
+           f"{'roofline':>9}{'unfused ms':>11}{'speed-up':>9}{'torch ms':>9}"
+           + (f"{'cuda ms':>8}{'cuda idx':>9}{'liger':>7}" if cuda else "") + f"{'err':>9}"]
     for r in rows:
-        out.append(f"{r['loss']:<19}{shape_text(r['shape']):>16}{r['fused_s'] * 1e3:10.1f}"
-                   f"{r['fused_GBps']:7.2f}{r['copy_GBps']:10.2f}{r['roofline']:9.2f}{r['unfused_s'] * 1e3:11.1f}"
-                   f"{r['speedup_over_unfused']:9.2f}{ms_or_dash(r['torch_cpu_s'], 9)}{r['rel_error_fused']:9.1e}")
-    out.append("fused: loss + gradient; GB/s over read pred + read target + write grad; roofline: that over a copy "
-               "shader's GB/s on the same bytes; speed-up: unfused time / fused time; err: vs float64, relative")
+        out.append(f"{r['loss']:<19}{shape_text(r['shape']):>16}{cell(r['kernel_ms'], 10)}{cell(r['wall_ms'], 9)}"
+                   f"{cell(r['host_ms'], 8)}{r['GBs']:8.2f}{r['copy_GBs']:10.2f}{r['roofline']:9.2f}"
+                   f"{r['unfused_ms']:11.2f}{r['speedup_over_unfused']:9.2f}{cell(r['torch_cpu_ms'], 9)}"
+                   + (f"{cell(r.get('torch_cuda_ms'), 8)}{cell(r.get('torch_cuda_index_ms'), 9)}"
+                      f"{cell(r.get('liger_index_ms'), 7)}" if cuda else "") + f"{r['rel_error_fused']:9.1e}")
+    timed = all(r["timestamps"] for r in rows)
+    out.append("kernel: device time of loss + gradient (+ the loss's copy to the host) by Vulkan timestamps; wall: the "
+               "step with item(); host: wall - kernel; GB/s over read pred + read target + write grad, from kernel "
+               "time; roofline: that over the best of the device's buffer copy and two copy shaders on the same "
+               "bytes; speed-up: unfused / fused kernel time; err: vs float64, relative"
+               + ("" if timed else ". This device has no compute timestamps: GB/s, roofline and speed-up are "
+                  "from wall times"))
     return "\n".join(out)
 
 
@@ -364,6 +466,8 @@ def bench_engine(device, quick: bool = False, repeats: int = 5, seed: int = 3) -
             for copy in copies:
                 copy.result()
 
+        kernel = kernel_seconds(g.engine, lambda: step().item_async(), repeats)
+        report["step_kernel_s"] = kernel
         for mode in ("blocking", "deferred"):
             run(mode, 4)  # warm: kernels built, buffers pooled, the mode's steps recorded for replay
             before, start = dict(g.stats), time.perf_counter()
@@ -397,7 +501,8 @@ def format_engine(r: dict) -> str:
         "", "engine (wall-clock, host overhead included):",
         f"Graph make + op + read + close: {r['graph_cycle_s'] * 1e3:.2f} ms per cycle over {r['graph_cycles']} "
         f"cycles; device contexts made by this process: {r['device_contexts']}",
-        f"cross-entropy step {shape_text(r['step_shape'])} (index targets, loss + backward):",
+        f"cross-entropy step {shape_text(r['step_shape'])} (index targets, loss + backward), device time "
+        + (f"{r['step_kernel_s'] * 1e3:.2f} ms:" if r["step_kernel_s"] is not None else "unknown (no timestamps):"),
         f"{'':>4}{'loss read':<30}{'ms/step':>9}{'subm/step':>10}{'replays/step':>13}",
         *(f"{'':>4}{label:<30}{r[f'step_{mode}_s'] * 1e3:9.2f}{r[f'step_{mode}_submissions']:10.2f}"
           f"{r[f'step_{mode}_replays']:13.2f}"
