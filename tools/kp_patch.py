@@ -22,6 +22,8 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
 7. `kp.vkloss_patch`, the level applied, so vkloss can tell a patched build from a stock one.
 8. setup.py asks for `numpy<2.0.0`, but kp built against numpy 2 works with it: the requirement becomes `numpy`
    (kp is built against whatever numpy is installed, so pip must not swap it afterwards).
+9. A timestamped Sequence resets its query pool when it begins recording: kp wrote timestamps into queries never
+   reset (UNASSIGNED-CoreValidation-DrawState-QueryNotReset), which the validation layer reports.
 
 All but 7 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices.
 """
@@ -30,7 +32,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-PATCH_LEVEL = 2
+PATCH_LEVEL = 3
 
 EDITS = {
     "setup.py": [
@@ -58,10 +60,27 @@ EDITS = {
          "        this->mFence = nullptr;\n"
          "    }\n\n"
          "    if (this->mFreeCommandBuffer) {\n        KP_LOG_INFO(\"Freeing CommandBuffer\");"),
+        # 9
+        ("    // latch the first timestamp before any commands are submitted\n"
+         "    if (this->timestampQueryPool)\n",
+         "    // latch the first timestamp before any commands are submitted\n"
+         "    if (this->timestampQueryPool)\n"
+         "        this->mCommandBuffer->resetQueryPool(\n"
+         "          *this->timestampQueryPool, 0, this->mTimestampCount);\n"
+         "    if (this->timestampQueryPool)\n"),
+        ("        queryPoolInfo.setQueryCount(totalTimestamps);\n",
+         "        queryPoolInfo.setQueryCount(totalTimestamps);\n"
+         "        this->mTimestampCount = totalTimestamps;\n"),
         # 2
         ("    vk::CommandPoolCreateInfo commandPoolInfo(vk::CommandPoolCreateFlags(),",
          "    vk::CommandPoolCreateInfo commandPoolInfo(\n"
          "      vk::CommandPoolCreateFlagBits::eResetCommandBuffer,"),
+    ],
+    "src/include/kompute/Sequence.hpp": [
+        # 9: the pool's size, for the reset
+        ("    std::shared_ptr<vk::QueryPool> timestampQueryPool = nullptr;\n",
+         "    std::shared_ptr<vk::QueryPool> timestampQueryPool = nullptr;\n"
+         "    uint32_t mTimestampCount = 0;\n"),
     ],
     "src/Tensor.cpp": [
         # 5

@@ -48,7 +48,7 @@ MAX_LOOP_PER_PASS = 1 << 11
 MAX_PENDING = 1024  # submit on our own after this many recorded items, so a loop that never reads stays bounded
 ALGORITHM_CACHE_SIZE = 1024
 REPLAY_CACHE_SIZE = 16  # recorded flushes kept for replay (a training step alternates between two at most)
-KP_PATCH_LEVEL = 2  # tools/kp_patch.py's PATCH_LEVEL
+KP_PATCH_LEVEL = 3  # tools/kp_patch.py's PATCH_LEVEL
 # Share of the device's largest device-local heap that vkloss may hold (in use and pooled), and of that the share
 # the pool of freed buffers may keep. VKLOSS_MEMORY_BUDGET (bytes) overrides the first.
 MEMORY_SHARE = 0.9
