@@ -120,8 +120,9 @@ def network(g, params, x):
 
 
 # Steps after which a run has every buffer and kernel it needs: with each step's loss read a step later, the
-# first steps' copies are still in flight while the next steps allocate, so the pool fills over three steps.
-WARMUP_STEPS = 3
+# first steps' copies (the loss, and BCE's count of bad labels) hold their one-value buffers while the next steps
+# allocate, so the size-1 buffers rotate through a few more before the pattern repeats (BCE: four steps).
+WARMUP_STEPS = 5
 
 
 @dataclass
@@ -145,6 +146,11 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> R
     start, submissions = time.perf_counter(), g.stats["submissions"]
     x = g.tensor(data.x_train[plan[0][0]])  # refilled every step: the same buffers, the same compiled kernels
     y = g.tensor(data.y_train[plan[0][0]])
+    def finish_epoch(copies):
+        run.losses.append(sum(copy.result() * n for copy, n in copies) / sum(n for _, n in copies))
+        progress(len(run.losses), len(plan), run.losses[-1])
+
+    previous = None  # the last epoch's loss copies, summed once the next epoch has run: no wait between epochs
     for epoch, epoch_batches in enumerate(plan):
         losses = []
         for idx in epoch_batches:
@@ -163,8 +169,10 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> R
             if run.steps == WARMUP_STEPS:
                 run.algorithms_after_warmup = g.stats["algorithms_created"]
                 run.buffers_after_warmup = g.stats["buffers_created"]
-        run.losses.append(sum(copy.result() * n for copy, n in losses) / sum(n for _, n in losses))
-        progress(epoch + 1, len(plan), run.losses[-1])
+        if previous is not None:
+            finish_epoch(previous)
+        previous = losses
+    finish_epoch(previous)
     run.seconds = time.perf_counter() - start
     run.submissions = g.stats["submissions"] - submissions
     run.algorithms_at_end = g.stats["algorithms_created"]
