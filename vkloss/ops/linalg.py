@@ -8,15 +8,18 @@ from ..registry import register_op
 
 SHADER = "matmul.comp"
 MATMUL = shaders.variant(SHADER)
-K_SLICE = 4 * 16384  # k one dispatch sums: 16384 unrolled iterations per invocation, far below lavapipe's limit
+K_SLICE = 16384  # k one dispatch sums: one loop iteration each, far below lavapipe's limit of about 65,535
 
 
-def matmul_into(engine, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=False) -> None:
-    """out[m, n] = op(a) @ op(b) on the device, k split into slices of K_SLICE, each added to the last."""
+def matmul_into(engine, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=False, accumulate=False,
+                offsets=(0, 0, 0)) -> None:
+    """out[m, n] (+)= op(a) @ op(b) on the device, k split into slices of K_SLICE, each added to the last.
+    `offsets`: where a, b and out start in their buffers (in elements), so row blocks are operands."""
     for k_begin in range(0, k, K_SLICE):
-        push = [m, n, k, k_begin, min(k, k_begin + K_SLICE), int(trans_a), int(trans_b), int(k_begin > 0)]
+        push = [m, n, k, k_begin, min(k, k_begin + K_SLICE), int(trans_a), int(trans_b),
+                int(accumulate or k_begin > 0), *offsets]
         # out is read too when accumulating: list it as written, so the engine orders the slices
-        engine.dispatch(MATMUL, [a, b], [out], push, engine.groups_for(m * n))
+        engine.dispatch(MATMUL, [a, b], [out], push, engine.groups_for(-(-m // 4) * -(-n // 4)))  # 4 x 4 blocks
 
 
 def _matmul_shape(a, b):
