@@ -176,6 +176,9 @@ class Graph:
             array = np.asarray(value)
             if array.dtype.kind in "iu":
                 return self.tensor(array, dtype=np.int32)
+            if array.dtype.kind == "f":
+                raise TypeError(f"g.{op.name}: argument {position} takes class indices, an int32 Tensor or an integer "
+                                f"numpy array; got a {array.dtype} array of shape {array.shape}")
         if not isinstance(value, Tensor):
             raise TypeError(f"g.{op.name}: argument {position} is a {type(value).__name__}, not a vkloss Tensor "
                             "(wrap arrays with g.tensor)")
@@ -225,10 +228,11 @@ class Graph:
         shape = tuple(op.shape(*(t.shape for t in tensors),
                                **{**attrs, **{name: t.shape for name, t in attr_tensors.items()}}))
         fused_kernel = op.backward_kind == "fused kernel"
-        for position, t in enumerate(tensors[1:] if fused_kernel else (), 2):
-            if t.requires_grad:
-                raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument 1 "
-                                 f"only; argument {position} (shape {t.shape}) must not require a gradient")
+        for position, t in enumerate(tensors if fused_kernel else (), 1):
+            if t.requires_grad and position not in op.grad_inputs:
+                given = ", ".join(map(str, op.grad_inputs))
+                raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument(s) "
+                                 f"{given} only; argument {position} (shape {t.shape}) must not require a gradient")
         differentiable = self._grad_enabled and op.backward is not None and any(t.requires_grad for t in tensors)
         in_place = differentiable and fused_kernel and bool(op.inplace_attr and attrs.get(op.inplace_attr))
         if in_place:
@@ -242,6 +246,8 @@ class Graph:
             self._checks.extend((count, message, ValueError) for count, message in fused.checks)
             if fused.grad is not None:
                 saved = Tensor(self, tensors[0].shape, fused.grad)
+            elif fused.grads is not None:  # one per input, None where the kernel gives none
+                saved = tuple(None if b is None else Tensor(self, t.shape, b) for t, b in zip(tensors, fused.grads))
             if in_place:
                 tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_attr}=True)"
         else:

@@ -46,6 +46,7 @@ class Op:
     tensor_attrs: tuple = ()  # options whose value is a tensor (a numpy array is uploaded); forward gets its buffer
     integer_inputs: tuple = ()  # 1-based positions that also take int32 tensors (class indices)
     inplace_attr: str | None = None  # the option with which a fused op writes its gradient over its first input
+    grad_inputs: tuple = (1,)  # 1-based positions a fused kernel gives gradients for
 
 
 @dataclass
@@ -56,6 +57,7 @@ class FusedResult:
 
     grad: object = None
     checks: list = field(default_factory=list)
+    grads: list | None = None  # instead of grad, for an op with several grad_inputs: one buffer (or None) per input
 
 
 _OPS: dict[str, Op] = {}
@@ -84,7 +86,8 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
                 invocations: Callable | None = None, defines: dict | None = None, backward=NOT_DIFFERENTIABLE,
                 forward: Callable | None = None, compose: Callable | None = None, fused: bool = False,
                 variants: Callable | None = None, doc: str = "", validate: bool = True, options: dict | None = None,
-                tensor_attrs: tuple = (), integer_inputs: tuple = (), inplace_attr: str | None = None) -> Op:
+                tensor_attrs: tuple = (), integer_inputs: tuple = (), inplace_attr: str | None = None,
+                grad_inputs: tuple = (1,)) -> Op:
     """Declare an op; it then exists as `g.<name>` on every Graph and in `python -m vkloss.tools list`.
 
     name: a Python identifier not taken yet.
@@ -105,6 +108,8 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
         shape rule gets its shape, forward its buffer). integer_inputs: 1-based positions that also take int32
         tensors or integer numpy arrays (class indices). inplace_attr: a fused op's option that, when true, makes it
         write its gradient over its first input (which must be an op's output; it is unreadable afterwards).
+        grad_inputs: the 1-based positions a fused op's forward gives gradients for (FusedResult.grads); default
+        the first only (FusedResult.grad).
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
@@ -131,7 +136,8 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
     op = Op(name=name, arity=inputs, backward_kind=kind, doc=doc or f"{name}: a registered op.",
             shader=variant.path.name if variant else None, shape=shape, forward=forward, backward=backward_fn,
             compose=compose, variants=variants or ((lambda: [variant]) if variant else None), options=options,
-            tensor_attrs=tuple(tensor_attrs), integer_inputs=tuple(integer_inputs), inplace_attr=inplace_attr)
+            tensor_attrs=tuple(tensor_attrs), integer_inputs=tuple(integer_inputs), inplace_attr=inplace_attr,
+            grad_inputs=tuple(grad_inputs))
     _OPS[name] = op
     return op
 

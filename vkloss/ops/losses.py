@@ -100,17 +100,11 @@ def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight
     scale = 1.0 / rows if reduction == "mean" and not index else 1.0
     push = [rows, classes, 1, classes, scale, float(label_smoothing), ignore_index or 0, int(ignore_index is not None)]
     if index:
-        row_weight, bad = engine.alloc(rows), engine.alloc(rows)
-        engine.dispatch(_variant(CE_SHADER, "ROW_WEIGHT", **options), [target, *weights], [row_weight, bad], push,
-                        engine.groups_for(rows))
-        bad_count = engine.alloc(1)
-        tree_sum(engine, bad, rows, bad_count, 1.0)
-        allowed = f"[0, {classes})" + (f" or ignore_index {ignore_index}" if ignore_index is not None else "")
-        checks.append((bad_count, f"cross_entropy_loss: {{count}} class indices of target (shape {shapes[1]}) are "
-                                  f"outside {allowed}, beside pred {shapes[0]}"))
-        if mean_over_counted:
-            norm = [engine.alloc(1)]
-            tree_sum(engine, row_weight, rows, norm[0], 1.0)
+        check, normalizer = index_target_checks(engine, target, weight, push, ignore_index, mean_over_counted,
+                                                f"cross_entropy_loss: {{count}} class indices of target (shape "
+                                                f"{shapes[1]}) are outside {{allowed}}, beside pred {shapes[0]}")
+        checks.append(check)
+        norm = [normalizer] if normalizer is not None else []
     options["norm_buffer"] = bool(norm)
     row_loss = out if reduction == "none" else engine.alloc(rows)
     ins = [target, *weights, *norm] if inplace else [pred, target, *weights, *norm]
@@ -141,6 +135,25 @@ def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight
     if reduction != "none":
         tree_sum(engine, row_loss, rows, out, 1.0 if norm else scale)
     return FusedResult(grad=grad, checks=checks)
+
+
+def index_target_checks(engine, target, weight, push, ignore_index, want_norm: bool, message: str):
+    """For class-index targets [rows] (push: cross_entropy.comp's constants, rows and classes first): the device-side
+    check of indices outside [0, classes) that are not ignore_index, as (count buffer, message with {count}), and,
+    with want_norm, a one-value buffer of PyTorch's mean divisor: the counted rows' summed weight[target]."""
+    rows, classes = push[0], push[1]
+    row_weight, bad = engine.alloc(rows), engine.alloc(rows)
+    engine.dispatch(_variant(CE_SHADER, "ROW_WEIGHT", target_index=True, weighted=weight is not None),
+                    [target, *([weight] if weight is not None else [])], [row_weight, bad], push,
+                    engine.groups_for(rows))
+    bad_count = engine.alloc(1)
+    tree_sum(engine, bad, rows, bad_count, 1.0)
+    allowed = f"[0, {classes})" + (f" or ignore_index {ignore_index}" if ignore_index is not None else "")
+    norm = None
+    if want_norm:
+        norm = engine.alloc(1)
+        tree_sum(engine, row_weight, rows, norm, 1.0)
+    return (bad_count, message.replace("{allowed}", allowed)), norm
 
 
 def _scaled_saved_grad(ctx, grad):
