@@ -95,6 +95,11 @@ BUILTIN_CASES = {
                                                                       weight=np.arange(1.0, 6.0)), [(3, 5), (3, 5)]),
     "mse_loss": (lambda g, p, t: g.mse_loss(p, t), [(2, 3), (2, 3)]),
     "l1_loss": (lambda g, p, t: g.l1_loss(p, t), [(2, 3), (2, 3)]),
+    "linear_cross_entropy": (lambda g, h, w: g.linear_cross_entropy(h, w, np.array([1, 0, 3])), [(3, 4), (5, 4)]),
+    "linear_cross_entropy_with_bias": (
+        lambda g, h, w, b: g.linear_cross_entropy_with_bias(h, w, g.tensor(np.array([1, 4, 3]), dtype=np.int32), b,
+                                                            label_smoothing=0.1, reduction="sum"),
+        [(3, 4), (5, 4), (5,)]),
 }
 
 

@@ -150,6 +150,8 @@ def test_bench_quick_prints_ratios_and_writes_json(tmp_path):
     assert engine["device_contexts"] == 1 and "item_async()" in done.stdout
     assert engine["step_blocking_replays"] > 0 and engine["step_deferred_replays"] > 0
     assert engine["churn_buffers_after_step_2"] == 0 and engine["churn_algorithms_after_step_2"] == 0
+    linear = report["linear_cross_entropy"]
+    assert linear["fused_s"] > 0 and linear["fused_loss"] == pytest.approx(linear["unfused_loss"], rel=1e-4)
 
 
 def test_threads_compiling_one_variant_into_an_empty_cache(shader_tree, monkeypatch):

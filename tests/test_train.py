@@ -66,7 +66,8 @@ def test_example_trains(example):
     done = subprocess.run([sys.executable, str(REPO / "examples" / example)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     expected = {"train_cross_entropy.py": r"accuracy 1\.000", "train_bce.py": r"accuracy 1\.000",
-                "train_mse.py": r"w \[ 1\.5\d?\s+-2\.\s+0\.5\d?\s*\]", "train_l1.py": r"slope 3\.0\d"}[example]
+                "train_mse.py": r"w \[ 1\.5\d?\s+-2\.\s+0\.5\d?\s*\]", "train_l1.py": r"slope 3\.0\d",
+                "lm_head.py": r"loss 7\.754 -> [56]\.\d+(.|\n)*linear_cross_entropy \d"}[example]
     assert re.search(expected, done.stdout), done.stdout
 
 

@@ -1,2 +1,2 @@
 """Op families. Importing this package registers every built-in op."""
-from . import elementwise, reductions, linalg, losses  # noqa: F401
+from . import elementwise, reductions, linalg, losses, linear_cross_entropy  # noqa: F401

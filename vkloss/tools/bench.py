@@ -373,6 +373,87 @@ def peak_memory(device, shape, hidden: int = 64, seed: int = 2) -> dict:
     return result
 
 
+LINEAR_SIZE_CPU, LINEAR_SIZE_GPU, QUICK_LINEAR_SIZE = (2048, 64, 32_000), (8192, 4096, 128_256), (64, 16, 3000)
+
+
+def bench_linear(device, quick: bool = False, seed: int = 4) -> dict:
+    """linear_cross_entropy (loss and the three gradients) at a language model's last layer: time, and peak device
+    memory beyond the inputs and their gradients, beside matmul then cross_entropy_loss (refused where the logits
+    exceed a binding) and PyTorch's F.cross_entropy(hidden @ weight.T, y) (CPU time; with CUDA, time and memory)."""
+    from ..errors import DeviceMemoryError
+
+    with Graph(device) as g:
+        size = QUICK_LINEAR_SIZE if quick else LINEAR_SIZE_CPU if g.device.type == "cpu" else LINEAR_SIZE_GPU
+    rows, features, classes = size
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal((rows, features), dtype=np.float32)
+    weight = (rng.standard_normal((classes, features)) / np.sqrt(features)).astype(np.float32)
+    labels = rng.integers(0, classes, rows)
+    inputs_and_grads = 2 * (rows * features + classes * features) * 4 + rows * 4
+    report = {"shape": list(size), "logits_bytes": rows * classes * 4, "inputs_and_gradients_bytes": inputs_and_grads}
+    for fused in (True, False):
+        name = "fused" if fused else "unfused"
+        with Graph(device) as g:
+            try:
+                h = g.parameter(hidden)
+                w = g.parameter(weight if fused else weight.T.copy())
+                g.flush()
+                start = time.perf_counter()
+                loss = (g.linear_cross_entropy(h, w, labels) if fused else
+                        g.cross_entropy_loss(g.matmul(h, w), labels))
+                g.backward(loss)
+                report[f"{name}_loss"] = loss.item()
+                w.grad.numpy()
+                report[f"{name}_s"] = time.perf_counter() - start
+                report[f"{name}_extra_bytes"] = g.stats["peak_device_bytes"] - inputs_and_grads
+            except DeviceMemoryError as e:
+                report[f"{name}_s"] = report[f"{name}_extra_bytes"] = None
+                report[f"{name}_refused"] = str(e)
+    if not abs(report["fused_loss"] - reference.cross_entropy((hidden.astype(np.float64) @ weight.T.astype(np.float64)),
+                                                                labels)[0]) < 1e-4 * report["fused_loss"]:
+        raise RuntimeError(f"linear_cross_entropy {size}: loss {report['fused_loss']} off float64")
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        for where in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+            h = torch.tensor(hidden, device=where, requires_grad=True)
+            w = torch.tensor(weight, device=where, requires_grad=True)
+            y = torch.tensor(labels, device=where)
+            if where == "cuda":
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            F.cross_entropy(h @ w.T, y).backward()
+            if where == "cuda":
+                torch.cuda.synchronize()
+                report["torch_cuda_extra_bytes"] = torch.cuda.max_memory_allocated() - base - \
+                    (rows * features + classes * features) * 4  # beyond inputs and their gradients
+            report[f"torch_{where}_s"] = time.perf_counter() - start
+    except ImportError:
+        pass
+    return report
+
+
+def format_linear(r: dict) -> str:
+    mib = lambda b: f"{b / 2 ** 20:.1f} MiB" if b is not None else "refused"  # noqa: E731
+    seconds = lambda s: f"{s:.2f} s" if s is not None else "-"  # noqa: E731
+    rows, features, classes = r["shape"]
+    out = ["", f"linear_cross_entropy at {rows} x {features} -> {classes} classes (logits {mib(r['logits_bytes'])}; "
+               f"inputs and gradients {mib(r['inputs_and_gradients_bytes'])}), loss and every gradient, one step:",
+           f"    linear_cross_entropy          {seconds(r['fused_s']):>10}, device memory beyond inputs and gradients "
+           f"{mib(r['fused_extra_bytes'])}",
+           f"    matmul + cross_entropy_loss   {seconds(r['unfused_s']):>10}, {mib(r['unfused_extra_bytes'])}"]
+    if r.get("unfused_refused"):
+        out.append(f"        refused: {r['unfused_refused']}")
+    for where in ("cpu", "cuda"):
+        if f"torch_{where}_s" in r:
+            extra = f", {mib(r['torch_cuda_extra_bytes'])} beyond inputs and gradients" if where == "cuda" else ""
+            out.append(f"    PyTorch {where.upper():<4} F.cross_entropy(h @ w.T) {seconds(r[f'torch_{where}_s']):>7}{extra}")
+    return "\n".join(out)
+
+
 def format_target_forms(rows: list[dict], memory: list[dict]) -> str:
     out = ["", "cross-entropy target forms and in-place gradient (ms):",
            f"{'shape':>16}{'one-hot':>9}{'index':>9}{'speed-up':>9}{'idx kernel':>11}{'roofline':>9}{'torch idx':>10}"
@@ -524,9 +605,11 @@ def main(args) -> int:
     print(format_target_forms(forms, memory))
     engine_report = bench_engine(args.device, quick=args.quick, repeats=args.repeats)
     print(format_engine(engine_report))
+    linear = bench_linear(args.device, quick=args.quick)
+    print(format_linear(linear))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "rows": rows, "target_forms": forms, "memory": memory,
-                       "engine": engine_report}, f, indent=2)
+                       "engine": engine_report, "linear_cross_entropy": linear}, f, indent=2)
         print(f"wrote {args.json}")
     return 0

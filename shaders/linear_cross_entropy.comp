@@ -1,0 +1,143 @@
+#version 450
+// Linear cross-entropy, PyTorch's F.cross_entropy(hidden @ weight.T + bias, target), over the vocabulary in chunks:
+// the [rows, classes] logits never exist at once, only one chunk [rows, chunk] of them (vkloss/ops/linear.py makes
+// each chunk with matmul.comp and chains these modes). Same coefficient form as cross_entropy.comp:
+//   loss_r = A_r lse_r - sum_c a_rc z_rc,   a_rc = w_c (t_rc (1 - smoothing) + smoothing / classes),  A_r = sum_c a_rc
+//   d/dz   = (softmax(z) A_r - a) * scale
+// with t the one-hot row of target index r (an ignored or out-of-range index makes every a_rc 0).
+// Modes:
+//   MODE_STATS: one workgroup per row: this chunk's max m, sum exp(z - m), sum a (z - m) and sum a, merged into the
+//               row's running stats (FIRST: the first chunk starts them), re-based on the larger max. Sums stay
+//               relative to the row's maximum, so large logits lose no precision.
+//   MODE_LOSS:  one invocation per row: row loss A log(sum exp) - sum a (z - m) (times 1 / norm with NORM_BUFFER; 0
+//               for an ignored row); stats.y becomes log(sum exp) = lse - m for the gradient pass.
+//   MODE_GRAD:  one invocation per element of the chunk: the chunk's logits become their gradient, in place.
+// Masked logits (-inf) and huge ones follow cross_entropy.comp's rules (weighted_shift, shift_from).
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+#include "losses.glsl"
+
+#ifndef WEIGHTED
+#define WEIGHTED 0
+#endif
+#ifndef NORM_BUFFER
+#define NORM_BUFFER 0
+#endif
+#ifndef FIRST
+#define FIRST 0
+#endif
+
+layout(push_constant) uniform Push {
+    uint rows; uint classes; uint chunk_begin; uint chunk;  // this chunk: classes [chunk_begin, chunk_begin + chunk)
+    float scale; float smoothing; int ignore_index; uint ignore;
+} p;
+
+// Bindings: target, [class weights,] [norm,] then the mode's own.
+layout(set = 0, binding = 0) readonly buffer Target { int target_index[]; };
+#if WEIGHTED
+layout(set = 0, binding = 1) readonly buffer Weight { float weight[]; };
+#endif
+#define B_NORM (1 + WEIGHTED)
+#if NORM_BUFFER
+layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // the counted rows' summed w_target
+#endif
+#define B_OWN (B_NORM + NORM_BUFFER)
+
+struct RowTarget { int index; bool counted; float keep; float spread; };
+
+RowTarget row_target(uint row) {
+    RowTarget r;
+    r.index = target_index[row];
+    bool ignored = p.ignore != 0u && r.index == p.ignore_index;
+    r.counted = !ignored && r.index >= 0 && uint(r.index) < p.classes;
+    r.keep = r.counted ? 1.0 - p.smoothing : 0.0;
+    r.spread = r.counted ? p.smoothing / float(p.classes) : 0.0;
+    return r;
+}
+
+float coefficient(RowTarget r, uint c) {  // c: a class of the whole vocabulary
+    float a = (int(c) == r.index ? r.keep : 0.0) + r.spread;
+#if WEIGHTED
+    a *= weight[c];
+#endif
+    return a;
+}
+
+#if MODE_STATS
+#include "reduce.glsl"
+layout(set = 0, binding = B_OWN) readonly buffer Logits { float logits[]; };  // [rows, chunk], bias not yet added
+layout(set = 0, binding = B_OWN + 1) readonly buffer Bias { float bias[]; };
+layout(set = 0, binding = B_OWN + 2) buffer Stats { vec4 stats[]; };  // per row: m, sum exp(z - m), sum a (z - m), A
+void main() {
+    uint row = workgroup_index();
+    if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
+    RowTarget r = row_target(row);
+    uint base = row * p.chunk;
+    float m = NEG_INF;
+    for (uint c = gl_LocalInvocationID.x; c < p.chunk; c += WG)
+        m = nan_max(m, logits[base + c] + bias[p.chunk_begin + c]);
+    m = workgroup_max(m);
+    vec4 sums = vec4(0.0);  // sum exp(z - m), sum a (z - m), sum a
+    for (uint c = gl_LocalInvocationID.x; c < p.chunk; c += WG) {
+        float shifted = shift_from(logits[base + c] + bias[p.chunk_begin + c], m);
+        float a = coefficient(r, p.chunk_begin + c);
+        sums += vec4(exp(shifted), weighted_shift(a, shifted), a, 0.0);
+    }
+    sums = workgroup_sum4(sums);
+    if (gl_LocalInvocationID.x == 0) {
+        vec4 chunk = vec4(m, sums.x, sums.y, sums.z);
+#if FIRST
+        stats[row] = chunk;
+#else
+        // re-base both on the larger max: sum a (z - top) = sum a (z - m) + A (m - top); 0 where A is 0
+        vec4 running = stats[row];
+        float top = nan_max(running.x, chunk.x);
+        float down_running = shift_from(running.x, top), down_chunk = shift_from(chunk.x, top);
+        stats[row] = vec4(top, running.y * exp(down_running) + chunk.y * exp(down_chunk),
+                          running.z + weighted_shift(running.w, down_running) + chunk.z +
+                          weighted_shift(chunk.w, down_chunk), running.w + chunk.w);
+#endif
+    }
+}
+
+#elif MODE_LOSS
+layout(set = 0, binding = B_OWN) buffer Stats { vec4 stats[]; };
+layout(set = 0, binding = B_OWN + 1) writeonly buffer RowLoss { float row_loss[]; };
+void main() {
+    uint row = global_index();
+    if (row >= p.rows) return;
+    RowTarget r = row_target(row);
+    vec4 s = stats[row];
+    float log_sum = log_accurate(s.y);  // lse - m
+    float scale = 1.0;
+#if NORM_BUFFER
+    scale = norm[0] != 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7fc00000u);  // every row ignored: NaN, as PyTorch
+#endif
+    // A (lse - m) - sum a (z - m): where A is 0 nothing counts
+    row_loss[row] = (r.counted ? weighted_shift(s.w, log_sum) - s.z : 0.0) * scale;
+    stats[row] = vec4(s.x, log_sum, s.z, s.w);
+}
+
+#elif MODE_GRAD
+layout(set = 0, binding = B_OWN) readonly buffer Bias { float bias[]; };
+layout(set = 0, binding = B_OWN + 1) readonly buffer Stats { vec4 stats[]; };  // .x: m, .y: lse - m, .w: A
+layout(set = 0, binding = B_OWN + 2) buffer Logits { float logits[]; };  // in: the chunk's logits; out: d/dz
+void main() {
+    uint i = global_index();
+    if (i >= p.rows * p.chunk) return;
+    uint row = i / p.chunk, c = i - row * p.chunk;
+    RowTarget r = row_target(row);
+    vec4 s = stats[row];
+    float scale = p.scale;
+#if NORM_BUFFER
+    scale = norm[0] != 0.0 ? 1.0 / norm[0] : 0.0;
+#endif
+    float z = logits[i] + bias[p.chunk_begin + c];
+    float a = coefficient(r, p.chunk_begin + c);
+    // softmax = exp((z - m) - (lse - m)): never z - lse, which rounds lse's small part away where |m| is large
+    float softmax = exp(shift_from(z, s.x) - s.y);
+    logits[i] = r.counted ? (softmax * s.w - a) * scale : 0.0;
+}
+#else
+#error "linear_cross_entropy.comp: define one MODE_*"
+#endif
