@@ -7,7 +7,8 @@ from .. import shaders
 from ..registry import register_op
 
 SHADER = "matmul.comp"
-MATMUL = shaders.variant(SHADER)
+BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
+MATMUL = shaders.variant(SHADER, BLOCK=BLOCK)
 K_SLICE = 16384  # k one dispatch sums: one loop iteration each, far below lavapipe's limit of about 65,535
 
 
@@ -19,7 +20,7 @@ def matmul_into(engine, a, b, out, m: int, n: int, k: int, trans_a=False, trans_
         push = [m, n, k, k_begin, min(k, k_begin + K_SLICE), int(trans_a), int(trans_b),
                 int(accumulate or k_begin > 0), *offsets]
         # out is read too when accumulating: list it as written, so the engine orders the slices
-        engine.dispatch(MATMUL, [a, b], [out], push, engine.groups_for(-(-m // 4) * -(-n // 4)))  # 4 x 4 blocks
+        engine.dispatch(MATMUL, [a, b], [out], push, engine.groups_for(-(-m // BLOCK) * -(-n // BLOCK)))
 
 
 def _matmul_shape(a, b):
