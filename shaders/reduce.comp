@@ -15,7 +15,9 @@ layout(set = 0, binding = 1) writeonly buffer Out { float dst[]; };
 
 #if MODE_SUM
 #include "reduce.glsl"
-#define ITEMS 16
+#ifndef ITEMS
+#error "reduce.comp: MODE_SUM needs ITEMS, the values one invocation sums (vkloss/ops/reductions.py passes it)"
+#endif
 void main() {
     uint w = workgroup_index();
     uint first = w * ITEMS * WG + gl_LocalInvocationID.x;

@@ -8,10 +8,10 @@ from ..engine import WORKGROUP
 from ..registry import register_op
 
 SHADER = "reduce.comp"
-SUM_PASS = shaders.variant(SHADER, MODE_SUM=1)
-COUNT_NONFINITE_PASS = shaders.variant(SHADER, MODE_SUM=1, COUNT_NONFINITE=1)
+ITEMS = 16  # values each invocation sums before the workgroup's tree: the shader's ITEMS define comes from here
+SUM_PASS = shaders.variant(SHADER, MODE_SUM=1, ITEMS=ITEMS)
+COUNT_NONFINITE_PASS = shaders.variant(SHADER, MODE_SUM=1, COUNT_NONFINITE=1, ITEMS=ITEMS)
 FILL = shaders.variant(SHADER, MODE_FILL=1)
-ITEMS = 16  # values each invocation sums before the workgroup's tree (ITEMS in reduce.comp)
 
 
 def tree_sum(engine, source, n: int, out, scale: float, first_pass=SUM_PASS) -> None:
