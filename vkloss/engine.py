@@ -261,6 +261,11 @@ class _Barrier:
         return kp.OpMemoryBarrier(self.tensors, _ANY_WRITE, _ANY_ACCESS, _DEVICE_STAGES, _DEVICE_STAGES)
 
 
+def ceil_div(a: int, b: int) -> int:
+    """How many groups of b hold a things."""
+    return -(-int(a) // int(b))
+
+
 def push_constants(values) -> np.ndarray:
     """Push constants as one uint32 array: ints as they are (negatives two's complement), floats bit-cast.
 
@@ -485,7 +490,7 @@ class Engine:
         """Workgroup counts for `groups` workgroups: at most 65535 (or the device's limit) along x, the rest on y."""
         groups = max(1, int(groups))
         x = min(groups, self.max_groups_x)
-        y = -(-groups // x)
+        y = ceil_div(groups, x)
         if y > self.max_groups_y:
             raise DeviceMemoryError(f"{groups:,} workgroups exceed the device's dispatch limit "
                                     f"{self.max_groups_x} x {self.max_groups_y}")
@@ -515,7 +520,7 @@ class Engine:
         return WORKGROUP if self.device.type != "cpu" else 32
 
     def groups_for(self, invocations: int, workgroup: int = WORKGROUP) -> tuple[int, int, int]:
-        return self.grid(-(-int(invocations) // workgroup))
+        return self.grid(ceil_div(invocations, workgroup))
 
     def _algorithm(self, variant: shaders.Variant, buffers: list[Buffer], grid, push: np.ndarray, workgroup: int):
         key = (variant, tuple(b.serial for b in buffers), grid, len(push), workgroup)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import shaders
+from ..engine import ceil_div
 from ..registry import register_op
 
 SHADER = "matmul.comp"
@@ -20,7 +21,7 @@ def matmul_into(engine, a, b, out, m: int, n: int, k: int, trans_a=False, trans_
         push = [m, n, k, k_begin, min(k, k_begin + K_SLICE), int(trans_a), int(trans_b),
                 int(accumulate or k_begin > 0), *offsets]
         # out is read too when accumulating: list it as written, so the engine orders the slices
-        engine.dispatch(MATMUL, [a, b], [out], push, engine.groups_for(-(-m // BLOCK) * -(-n // BLOCK)))
+        engine.dispatch(MATMUL, [a, b], [out], push, engine.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK)))
 
 
 def _matmul_shape(a, b):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .. import shaders
-from ..engine import WORKGROUP
+from ..engine import WORKGROUP, ceil_div
 from ..registry import FusedResult, register_op
 from .reductions import tree_sum
 
@@ -119,8 +119,8 @@ def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight
         engine.dispatch(_variant(CE_SHADER, "ROW", vec4=vec4, **flags), ins, [row_loss, *writes], push,
                         engine.grid(rows), workgroup=workgroup)
     else:
-        chunks = -(-classes // CHUNK)
-        chunk = -(-classes // (chunks * WORKGROUP)) * WORKGROUP  # even chunks, whole workgroups each
+        chunks = ceil_div(classes, CHUNK)
+        chunk = ceil_div(classes, chunks * WORKGROUP) * WORKGROUP  # even chunks, whole workgroups each
         push[2:4] = [chunks, chunk]
         partials = engine.alloc(rows * chunks * 4)
         row_stats = engine.alloc(rows * 4)
@@ -231,7 +231,7 @@ def _bce_forward(name, logits, engine, inputs, out, shapes, want_grad, reduction
     per_invocation = BCE_ITEMS * width
     workgroup = engine.row_workgroup()  # BCE_ITEMS loop iterations per invocation
     per_workgroup = per_invocation * workgroup
-    groups = -(-n // per_workgroup)
+    groups = ceil_div(n, per_workgroup)
     per_element = reduction == "none"
     loss_out = out if per_element else engine.alloc(groups)
     bad_partials = engine.alloc(groups)

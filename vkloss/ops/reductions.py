@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from .. import shaders
-from ..engine import WORKGROUP
+from ..engine import WORKGROUP, ceil_div
 from ..registry import register_op
 
 SHADER = "reduce.comp"
@@ -23,7 +23,7 @@ def tree_sum(engine, source, n: int, out, scale: float, first_pass=SUM_PASS) -> 
     workgroup = engine.reduction_workgroup()
     variant = first_pass
     while True:
-        groups = -(-n // (ITEMS * workgroup))
+        groups = ceil_div(n, ITEMS * workgroup)
         last = groups == 1
         target = out if last else engine.alloc(groups)
         engine.dispatch(variant, [source], [target], [n, scale if last else 1.0], engine.grid(groups),

@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 from .. import reference, shaders
+from ..engine import ceil_div
 from ..graph import Graph
 from ..ops.reductions import tree_sum
 
@@ -209,7 +210,7 @@ class Case:
         minimal traffic): its own buffer copy, a scalar and a vec4 copy shader. By timestamps where the device
         has them, else wall-clock. The roofline uses the fastest."""
         e = self.engine
-        floats = -(-(bytes_moved or self.minimal_bytes) // 32) * 4  # read this many floats, write as many (4 | n)
+        floats = ceil_div(bytes_moved or self.minimal_bytes, 32) * 4  # read this many floats, write as many (4 | n)
         data = np.arange(floats, dtype=np.float32)
         src, dst = e.upload(data), e.alloc(floats)
         timed = e.device.timestamp_period_ns > 0
