@@ -128,6 +128,18 @@ def test_a_request_beyond_the_devices_memory_is_a_memory_error_and_the_graph_sta
         assert g.add(g.tensor([1.0]), g.tensor([2.0])).item() == 3.0
 
 
+def test_another_graphs_pooled_leftovers_make_room_too(monkeypatch):
+    with vkloss.Graph() as first, vkloss.Graph() as second:
+        context = first.engine.context
+        assert second.engine.context is context
+        leftover = first.tensor(np.ones(500_000))  # 2 MB, then pooled by the first graph
+        first.flush()
+        del leftover
+        monkeypatch.setattr(context, "budget", context.used + (1 << 20))  # 1 MiB left beside the 2 MB pooled
+        assert second.sum_all(second.tensor(np.ones(600_000))).item() == 600_000.0  # 2.4 MB: fits once freed
+        assert first.engine.live_counts()["pooled_buffers"] == 0
+
+
 def test_the_validation_layer_is_absent_from_a_plain_process(tmp_path):
     script = tmp_path / "layers.py"
     script.write_text(textwrap.dedent("""

@@ -384,6 +384,8 @@ class Engine:
         while self._pool and self.context.used + nbytes > self.context.budget:
             if not self._evict_one():  # leftovers make room before the device is declared full
                 self.flush()  # the pooled blocks are still used by recorded or running work
+        if self.context.used + nbytes > self.context.budget:
+            self._evict_from_other_graphs(nbytes)
         self.context.reserve(nbytes, what)
         try:
             # np.empty: nothing is filled on the host, and kp copies nothing into a storage (device-only) tensor
@@ -469,6 +471,22 @@ class Engine:
         self._pool_bytes -= block.nbytes
         self._destroy(block)
         return True
+
+    def _evict_from_other_graphs(self, nbytes: int) -> None:
+        """Idle pooled blocks of the other Graphs on this device go before the device is declared full. An engine
+        busy in its own thread (its lock taken) is skipped rather than waited for, so two never wait on each other."""
+        for other in list(_engines):
+            if other is self or other.context is not self.context or other.closed:
+                continue
+            if not other._lock.acquire(blocking=False):
+                continue
+            try:
+                while self.context.used + nbytes > self.context.budget and other._evict_one():
+                    pass
+            finally:
+                other._lock.release()
+            if self.context.used + nbytes <= self.context.budget:
+                return
 
     def _destroy(self, block: _Block) -> None:
         # Algorithms and recorded sequences hold their tensors alive: drop those bound to this block, then the block.
