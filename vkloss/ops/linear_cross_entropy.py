@@ -18,7 +18,7 @@ import numpy as np
 from .. import shaders
 from ..registry import FusedResult, register_op
 from .linalg import matmul_into
-from .losses import index_target_checks
+from .losses import check_index_options, index_target_checks
 from .reductions import tree_sum
 
 SHADER = "linear_cross_entropy.comp"
@@ -66,11 +66,9 @@ def _shape(hidden, weight, target, bias, reduction="mean", ignore_index=-100, la
         raise ValueError(f"{name}: reduction must be 'mean' or 'sum', got {reduction!r} ('none' would need each "
                          "row's upstream gradient inside the fused weight gradient: use matmul and "
                          "cross_entropy_loss)")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)) or \
-            not np.iinfo(np.int32).min <= ignore_index <= np.iinfo(np.int32).max:
-        raise ValueError(f"{name}: ignore_index must be an int32, got {ignore_index!r}")
-    if not (isinstance(label_smoothing, (int, float, np.floating)) and 0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"{name}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    if ignore_index is None:
+        raise ValueError(f"{name}: ignore_index must be an int (PyTorch's default is -100), got None")
+    check_index_options(name, ignore_index, label_smoothing)
     return (1,)
 
 

@@ -70,17 +70,22 @@ def _ce_shape(pred, target, reduction="mean", weight=None, ignore_index=None, la
     if weight is not None and weight != pred[1:]:
         raise ValueError(f"cross_entropy_loss: weight must have shape ({pred[1]},), one per class; got {weight} "
                          f"beside pred {pred}")
+    check_index_options("cross_entropy_loss", ignore_index, label_smoothing)
+    if ignore_index is not None and target == pred:
+        raise ValueError(f"cross_entropy_loss: ignore_index applies to class-index targets [batch]; the target "
+                         f"{target} holds probabilities (as in PyTorch)")
+    return (pred[0],) if reduction == "none" else (1,)
+
+
+def check_index_options(name, ignore_index, label_smoothing):
+    """ignore_index (None or an int32) and label_smoothing (in [0, 1]), as every cross-entropy op takes them."""
     if ignore_index is not None:
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise ValueError(f"cross_entropy_loss: ignore_index must be an int or None, got {ignore_index!r}")
+            raise ValueError(f"{name}: ignore_index must be an int or None, got {ignore_index!r}")
         if not np.iinfo(np.int32).min <= ignore_index <= np.iinfo(np.int32).max:
-            raise ValueError(f"cross_entropy_loss: ignore_index {ignore_index} does not fit int32")
-        if target == pred:
-            raise ValueError(f"cross_entropy_loss: ignore_index applies to class-index targets [batch]; the target "
-                             f"{target} holds probabilities (as in PyTorch)")
+            raise ValueError(f"{name}: ignore_index {ignore_index} does not fit int32")
     if not (isinstance(label_smoothing, (int, float, np.floating)) and 0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"cross_entropy_loss: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
-    return (pred[0],) if reduction == "none" else (1,)
+        raise ValueError(f"{name}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
 
 
 def _ce_forward(engine, inputs, out, shapes, want_grad, reduction="mean", weight=None, ignore_index=None,
