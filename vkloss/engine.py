@@ -327,9 +327,8 @@ class Engine:
         self._spare_sequences: list = []
         self._items: list = []
         self._access: dict[tuple, tuple[bool, bool]] = {}  # tensor name -> (written, read) since its last barrier
-        self._pending_reads: list[tuple[PendingRead, list[_Read]]] = []
-        self._pending_touched: set[int] = set()  # block serials that recorded, unsubmitted items use
-        # (sequence, block serials and tensor names it uses, [(PendingRead, _Read items)], its _Read items)
+        self._pending_reads: list[PendingRead] = []
+        # (sequence, the tensor names it uses, its PendingReads, its _Read items)
         self._in_flight = None
         self._step_ended = False  # submit before the next allocation or upload (see end_of_step)
         self._timed = None  # the timestamped sequence in flight, if any
@@ -440,7 +439,7 @@ class Engine:
     def _free_upload_slot(self, block: _Block) -> int | None:
         busy = {s for s in (0, 1) if ("u", block.serial, s) in self._access}
         if self._in_flight is not None:
-            busy |= {s for s in (0, 1) if ("u", block.serial, s) in self._in_flight[2]}
+            busy |= {s for s in (0, 1) if ("u", block.serial, s) in self._in_flight[1]}
         free = [s for s in (0, 1) if s not in busy]
         return free[0] if free else None
 
@@ -460,7 +459,9 @@ class Engine:
 
         Leftovers of earlier work go first, and a training step's buffers, released and reused every step, stay
         (evicting the largest instead recreated a step's gradient buffer every step)."""
-        busy = self._pending_touched | (self._in_flight[1] if self._in_flight is not None else set())
+        busy = {name[1] for name in self._access}  # every tensor a recorded item uses is there until submitted
+        if self._in_flight is not None:
+            busy |= {name[1] for name in self._in_flight[1]}
         idle = [(k, b) for k, free in self._pool.items() for b in free if b.serial not in busy]
         if not idle:
             return False
@@ -606,7 +607,6 @@ class Engine:
         for name in item.writes:
             self._access[name] = (True, self._access.get(name, (False, False))[1])
         self._items.append(item)
-        self._pending_touched.update(name[1] for name in (*item.reads, *item.writes))
         if len(self._items) >= MAX_PENDING:
             self.submit()
 
@@ -632,7 +632,7 @@ class Engine:
                 self._record(reads[-1])
                 b.host_copy_recorded = True
             if reads or any(not b.host_valid for b in buffers):
-                self._pending_reads.append((pending, reads))
+                self._pending_reads.append(pending)
             else:
                 pending._take()
             return pending
@@ -649,12 +649,12 @@ class Engine:
             if not self._items:
                 if self._pending_reads:  # their copies are in the submission in flight
                     self.wait()
-                    for pending, _ in self._pending_reads:
+                    for pending in self._pending_reads:
                         pending._take()
                     self._pending_reads = []
                 return
-            items, touched, names, reads = self._items, self._pending_touched, set(self._access), self._pending_reads
-            self._items, self._access, self._pending_touched, self._pending_reads = [], {}, set(), []
+            items, names, reads = self._items, set(self._access), self._pending_reads
+            self._items, self._access, self._pending_reads = [], {}, []
             staged = [(f"r{item.buffer.serial}", item.buffer.block.read_staging) for item in items
                       if isinstance(item, _Read)]
             if staged:  # the copies' writes made visible to the host's reads after the fence
@@ -671,14 +671,14 @@ class Engine:
                     sequence.record(item.op())
                 self._timed = sequence
             else:
-                sequence = self._record_sequence(key, items)
+                sequence = self._record_sequence(key, items, {name[1] for name in names})
             self.stats["dispatches"] += sum(isinstance(item, _Dispatch) for item in items)
             self.stats["submissions"] += 1
             # In flight before the call: a KeyboardInterrupt arrives between bytecodes, so after the submission, and
             # the engine still waits for it; one that arrives before it is submitted in `finally`. Every recorded
             # item of a flush runs: a flush is one submission.
-            self._in_flight = (sequence, touched, names, reads, [item for item in items if isinstance(item, _Read)])
-            for pending, _ in reads:
+            self._in_flight = (sequence, names, reads, [item for item in items if isinstance(item, _Read)])
+            for pending in reads:
                 pending.submitted = True
             try:
                 sequence.eval_async()  # the patched binding: submit what is recorded, no re-recording, no wait
@@ -686,13 +686,12 @@ class Engine:
                 if not sequence.is_running():
                     sequence.eval_async()
 
-    def _record_sequence(self, key: tuple, items: list):
+    def _record_sequence(self, key: tuple, items: list, serials: set):
         sequence = self._spare_sequences.pop() if self._spare_sequences else self.manager.sequence()
         for item in items:
             sequence.record(item.op())
         self._replays[key] = sequence
-        touched = {name[1] for item in items for name in (*getattr(item, "reads", ()), *getattr(item, "writes", ()))}
-        for serial in touched:
+        for serial in serials:  # the blocks its items use
             self._replays_by_block.setdefault(serial, set()).add(key)
         while len(self._replays) > REPLAY_CACHE_SIZE:
             old_key, old = self._replays.popitem(last=False)
@@ -705,7 +704,7 @@ class Engine:
         with self._lock:
             if self._in_flight is None:
                 return
-            sequence, _, _, reads, read_items = self._in_flight
+            sequence, _, reads, read_items = self._in_flight
             self._in_flight = None
             sequence.eval_await()
             if sequence is self._timed:
@@ -716,7 +715,7 @@ class Engine:
             for item in read_items:
                 if item.buffer.host_copy_recorded:  # not written again after this copy
                     item.buffer.host_valid, item.buffer.host_copy_recorded = True, False
-            for pending, _ in reads:
+            for pending in reads:
                 pending._take()
 
     def flush(self, timed: bool = False) -> float | None:
