@@ -18,18 +18,9 @@
 #include "losses.glsl"
 #include "reduce.glsl"
 
-#ifndef LOGITS
-#define LOGITS 0
-#endif
-#ifndef WEIGHTED
-#define WEIGHTED 0
-#endif
-#ifndef POS_WEIGHT
-#define POS_WEIGHT 0
-#endif
-#ifndef PER_ELEMENT
-#define PER_ELEMENT 0
-#endif
+// Switches (LOGITS, WEIGHTED, POS_WEIGHT, PER_ELEMENT, WRITE_GRAD, VEC4), bindings (B_*) and the push block (sizes in
+// ELEMENTs: vec4s with VEC4) come from the kernel's declaration in vkloss/ops/bce.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 #if VEC4
 #define ELEMENT vec4
@@ -42,25 +33,22 @@
 #define COUNT_OUTSIDE(v) ((v) >= 0.0 && (v) <= 1.0 ? 0.0 : 1.0)
 #endif
 
-// sizes in ELEMENTs (vec4s with VEC4)
-layout(push_constant) uniform Push { uint n; float scale; uint per_workgroup; uint weight_size; uint pos_weight_size; } p;
-layout(set = 0, binding = 0) readonly buffer Pred { ELEMENT pred[]; };
-layout(set = 0, binding = 1) readonly buffer Labels { ELEMENT labels[]; };
-#if WEIGHTED
-layout(set = 0, binding = 2) readonly buffer Weight { ELEMENT weight[]; };
+layout(set = 0, binding = B_PRED) readonly buffer Pred { ELEMENT pred[]; };
+layout(set = 0, binding = B_LABELS) readonly buffer Labels { ELEMENT labels[]; };
+#ifdef B_WEIGHT
+layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ELEMENT weight[]; };
 #endif
-#if POS_WEIGHT
-layout(set = 0, binding = 2 + WEIGHTED) readonly buffer PosWeight { ELEMENT pos_weight[]; };
+#ifdef B_POS_WEIGHT
+layout(set = 0, binding = B_POS_WEIGHT) readonly buffer PosWeight { ELEMENT pos_weight[]; };
 #endif
-#define B_OUT (2 + WEIGHTED + POS_WEIGHT)
-#if PER_ELEMENT
-layout(set = 0, binding = B_OUT) writeonly buffer ElementLoss { ELEMENT element_loss[]; };
+#ifdef B_ELEMENT_LOSS
+layout(set = 0, binding = B_ELEMENT_LOSS) writeonly buffer ElementLoss { ELEMENT element_loss[]; };
 #else
-layout(set = 0, binding = B_OUT) writeonly buffer LossPartials { float loss_partials[]; };
+layout(set = 0, binding = B_LOSS_PARTIALS) writeonly buffer LossPartials { float loss_partials[]; };
 #endif
-layout(set = 0, binding = B_OUT + 1) writeonly buffer BadPartials { float bad_partials[]; };
-#if WRITE_GRAD
-layout(set = 0, binding = B_OUT + 2) writeonly buffer Grad { ELEMENT grad[]; };
+layout(set = 0, binding = B_BAD_PARTIALS) writeonly buffer BadPartials { float bad_partials[]; };
+#ifdef B_GRAD
+layout(set = 0, binding = B_GRAD) writeonly buffer Grad { ELEMENT grad[]; };
 #endif
 
 void main() {

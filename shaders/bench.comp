@@ -7,7 +7,8 @@
 #include "common.glsl"
 #include "losses.glsl"
 
-layout(push_constant) uniform Push { uint rows; uint classes; float inv_rows; } p;
+// Switches, bindings (B_*) and the push block come from the kernel's declaration in vkloss/tools/bench.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 #if MODE_COPY
 // VEC4: four floats per invocation (p.rows counts vec4s then). The bench takes the faster of the two.
@@ -16,8 +17,8 @@ layout(push_constant) uniform Push { uint rows; uint classes; float inv_rows; } 
 #else
 #define ELEMENT float
 #endif
-layout(set = 0, binding = 0) readonly buffer Src { ELEMENT src[]; };
-layout(set = 0, binding = 1) writeonly buffer Dst { ELEMENT dst[]; };
+layout(set = 0, binding = B_SRC) readonly buffer Src { ELEMENT src[]; };
+layout(set = 0, binding = B_DST) writeonly buffer Dst { ELEMENT dst[]; };
 void main() {
     uint i = global_index();
     if (i < p.rows) dst[i] = src[i];
@@ -26,15 +27,15 @@ void main() {
 #elif MODE_ROW_MAX || MODE_ROW_SUMEXP || MODE_ROW_TDOT
 // one workgroup per row
 #include "reduce.glsl"
-layout(set = 0, binding = 0) readonly buffer Pred { float pred[]; };
+layout(set = 0, binding = B_PRED) readonly buffer Pred { float pred[]; };
 #if MODE_ROW_MAX
-layout(set = 0, binding = 1) writeonly buffer Out { float row_max[]; };
+layout(set = 0, binding = B_ROW_MAX) writeonly buffer Out { float row_max[]; };
 #elif MODE_ROW_SUMEXP
-layout(set = 0, binding = 1) readonly buffer RowMax { float row_max[]; };
-layout(set = 0, binding = 2) writeonly buffer Out { float row_sum[]; };
+layout(set = 0, binding = B_ROW_MAX) readonly buffer RowMax { float row_max[]; };
+layout(set = 0, binding = B_ROW_SUM) writeonly buffer Out { float row_sum[]; };
 #else
-layout(set = 0, binding = 1) readonly buffer Target { float target[]; };
-layout(set = 0, binding = 2) writeonly buffer Out { vec2 row_tdot[]; };  // (sum t p, sum t)
+layout(set = 0, binding = B_TARGET) readonly buffer Target { float target[]; };
+layout(set = 0, binding = B_ROW_TDOT) writeonly buffer Out { vec2 row_tdot[]; };  // (sum t p, sum t)
 #endif
 void main() {
     uint row = workgroup_index();
@@ -59,22 +60,22 @@ void main() {
 }
 
 #elif MODE_ROW_LOSS
-layout(set = 0, binding = 0) readonly buffer RowMax { float row_max[]; };
-layout(set = 0, binding = 1) readonly buffer RowSum { float row_sum[]; };
-layout(set = 0, binding = 2) readonly buffer RowTdot { vec2 row_tdot[]; };
-layout(set = 0, binding = 3) writeonly buffer RowLoss { float row_loss[]; };
+layout(set = 0, binding = B_ROW_MAX) readonly buffer RowMax { float row_max[]; };
+layout(set = 0, binding = B_ROW_SUM) readonly buffer RowSum { float row_sum[]; };
+layout(set = 0, binding = B_ROW_TDOT) readonly buffer RowTdot { vec2 row_tdot[]; };
+layout(set = 0, binding = B_ROW_LOSS) writeonly buffer RowLoss { float row_loss[]; };
 void main() {
     uint row = global_index();
     if (row < p.rows) row_loss[row] = row_tdot[row].y * (row_max[row] + log(row_sum[row])) - row_tdot[row].x;
 }
 
 #elif MODE_CE_GRAD
-layout(set = 0, binding = 0) readonly buffer Pred { float pred[]; };
-layout(set = 0, binding = 1) readonly buffer Target { float target[]; };
-layout(set = 0, binding = 2) readonly buffer RowMax { float row_max[]; };
-layout(set = 0, binding = 3) readonly buffer RowSum { float row_sum[]; };
-layout(set = 0, binding = 4) readonly buffer RowTdot { vec2 row_tdot[]; };
-layout(set = 0, binding = 5) writeonly buffer Grad { float grad[]; };
+layout(set = 0, binding = B_PRED) readonly buffer Pred { float pred[]; };
+layout(set = 0, binding = B_TARGET) readonly buffer Target { float target[]; };
+layout(set = 0, binding = B_ROW_MAX) readonly buffer RowMax { float row_max[]; };
+layout(set = 0, binding = B_ROW_SUM) readonly buffer RowSum { float row_sum[]; };
+layout(set = 0, binding = B_ROW_TDOT) readonly buffer RowTdot { vec2 row_tdot[]; };
+layout(set = 0, binding = B_GRAD) writeonly buffer Grad { float grad[]; };
 void main() {
     uint i = global_index();
     if (i >= p.rows * p.classes) return;
@@ -83,9 +84,9 @@ void main() {
 }
 
 #elif MODE_BCE_TERMS || MODE_BCE_GRAD
-layout(set = 0, binding = 0) readonly buffer Pred { float pred[]; };
-layout(set = 0, binding = 1) readonly buffer Labels { float labels[]; };
-layout(set = 0, binding = 2) writeonly buffer Out { float result[]; };
+layout(set = 0, binding = B_PRED) readonly buffer Pred { float pred[]; };
+layout(set = 0, binding = B_LABELS) readonly buffer Labels { float labels[]; };
+layout(set = 0, binding = B_RESULT) writeonly buffer Out { float result[]; };
 void main() {
     uint i = global_index();
     if (i >= p.rows) return;

@@ -31,25 +31,9 @@
 #include "common.glsl"
 #include "losses.glsl"
 
-#ifndef TARGET_INDEX
-#define TARGET_INDEX 0
-#endif
-#ifndef WEIGHTED
-#define WEIGHTED 0
-#endif
-#ifndef NORM_BUFFER
-#define NORM_BUFFER 0
-#endif
-#ifndef INPLACE
-#define INPLACE 0
-#endif
-#ifndef MODE_ROW_WEIGHT
-#define MODE_ROW_WEIGHT 0
-#endif
-
-layout(push_constant) uniform Push {
-    uint rows; uint classes; uint chunks; uint chunk; float scale; float smoothing; int ignore_index; uint ignore;
-} p;
+// Switches (TARGET_INDEX, WEIGHTED, NORM_BUFFER, WRITE_GRAD, INPLACE, VEC4, one MODE_*), bindings (B_*) and the push
+// block come from the kernel's declaration in vkloss/ops/cross_entropy.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 #if VEC4
 #define ELEMENT vec4
@@ -63,28 +47,15 @@ layout(push_constant) uniform Push {
 #define ONE_HOT(k, y) ((k) == uint(y) ? 1.0 : 0.0)
 #endif
 
-// Bindings, inputs then outputs: [pred,] target, [weight,] [norm,] outputs... (with INPLACE, pred is an output;
-// MODE_ROW_WEIGHT reads no pred).
-// MODE_COMBINE: partials, [target index,] [norm,] outputs.
-#if MODE_COMBINE
-#define B_TARGET 1
-#define B_NORM (1 + TARGET_INDEX)
-#else
-#define B_TARGET (MODE_ROW_WEIGHT != 0 || INPLACE != 0 ? 0 : 1)
-#define B_WEIGHT (B_TARGET + 1)
-#define B_NORM (B_TARGET + 1 + WEIGHTED)
-#endif
-#define B_OUT (B_NORM + NORM_BUFFER)
-
 #if TARGET_INDEX
 layout(set = 0, binding = B_TARGET) readonly buffer Target { int target_index[]; };
-#elif !MODE_COMBINE
+#elif defined(B_TARGET)
 layout(set = 0, binding = B_TARGET) readonly buffer Target { ELEMENT target[]; };
 #endif
-#if WEIGHTED && !MODE_COMBINE
+#ifdef B_WEIGHT
 layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ELEMENT weight[]; };
 #endif
-#if NORM_BUFFER
+#ifdef B_NORM
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
 #endif
 
@@ -138,16 +109,22 @@ ELEMENT coefficient(RowTarget r, uint i, uint k) {
 #endif
 
 #if INPLACE
-layout(set = 0, binding = B_OUT + 1) buffer Pred { ELEMENT pred[]; };  // logits in, gradient out
+layout(set = 0, binding = B_PRED) buffer Pred { ELEMENT pred[]; };  // logits in, gradient out
 #define GRAD_OUT pred
-#elif !MODE_COMBINE && !MODE_ROW_WEIGHT
-layout(set = 0, binding = 0) readonly buffer Pred { ELEMENT pred[]; };
+#elif defined(B_PRED)
+layout(set = 0, binding = B_PRED) readonly buffer Pred { ELEMENT pred[]; };
 #define GRAD_OUT grad
+#endif
+#ifdef B_GRAD
+layout(set = 0, binding = B_GRAD) writeonly buffer Grad { ELEMENT grad[]; };
+#endif
+#ifdef B_ROW_LOSS
+layout(set = 0, binding = B_ROW_LOSS) writeonly buffer RowLoss { float row_loss[]; };
 #endif
 
 #if MODE_ROW_WEIGHT
-layout(set = 0, binding = B_OUT) writeonly buffer RowWeight { float row_weight[]; };
-layout(set = 0, binding = B_OUT + 1) writeonly buffer Bad { float bad[]; };
+layout(set = 0, binding = B_ROW_WEIGHT) writeonly buffer RowWeight { float row_weight[]; };
+layout(set = 0, binding = B_BAD) writeonly buffer Bad { float bad[]; };
 void main() {
     uint row = global_index();
     if (row >= p.rows) return;
@@ -162,10 +139,6 @@ void main() {
 }
 
 #elif MODE_SMALL
-layout(set = 0, binding = B_OUT) writeonly buffer RowLoss { float row_loss[]; };
-#if WRITE_GRAD && !INPLACE
-layout(set = 0, binding = B_OUT + 1) writeonly buffer Grad { float grad[]; };
-#endif
 void main() {
     uint row = global_index();
     if (row >= p.rows) return;
@@ -200,10 +173,6 @@ void main() {
 // VEC4 (classes % 4 == 0): each invocation moves four contiguous classes at a time.
 // A NaN logit needs no NaN-aware max: exp(NaN - m) makes the row's sum NaN, hence its loss and gradient, as in PyTorch.
 #include "reduce.glsl"
-layout(set = 0, binding = B_OUT) writeonly buffer RowLoss { float row_loss[]; };
-#if WRITE_GRAD && !INPLACE
-layout(set = 0, binding = B_OUT + 1) writeonly buffer Grad { ELEMENT grad[]; };
-#endif
 void main() {
     uint row = workgroup_index();
     if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
@@ -244,7 +213,7 @@ void main() {
 
 #elif MODE_STATS
 #include "reduce.glsl"
-layout(set = 0, binding = B_OUT) writeonly buffer Partials { vec4 partials[]; };
+layout(set = 0, binding = B_PARTIALS) writeonly buffer Partials { vec4 partials[]; };
 void main() {
     uint w = workgroup_index();
     if (w >= p.rows * p.chunks) return;  // uniform across the workgroup, so barriers stay valid
@@ -266,9 +235,8 @@ void main() {
 }
 
 #elif MODE_COMBINE
-layout(set = 0, binding = 0) readonly buffer Partials { vec4 partials[]; };
-layout(set = 0, binding = B_OUT) writeonly buffer RowLoss { float row_loss[]; };
-layout(set = 0, binding = B_OUT + 1) writeonly buffer RowStats { vec4 row_stats[]; };  // (max, log sum, A, -)
+layout(set = 0, binding = B_PARTIALS) readonly buffer Partials { vec4 partials[]; };
+layout(set = 0, binding = B_ROW_STATS) writeonly buffer RowStats { vec4 row_stats[]; };  // (max, log sum, A, -)
 void main() {
     uint row = global_index();
     if (row >= p.rows) return;
@@ -289,10 +257,7 @@ void main() {
 }
 
 #elif MODE_GRAD
-layout(set = 0, binding = B_OUT) readonly buffer RowStats { vec4 row_stats[]; };
-#if !INPLACE
-layout(set = 0, binding = B_OUT + 1) writeonly buffer Grad { float grad[]; };
-#endif
+layout(set = 0, binding = B_ROW_STATS) readonly buffer RowStats { vec4 row_stats[]; };
 void main() {
     uint i = global_index();
     if (i >= p.rows * p.classes) return;

@@ -1,19 +1,19 @@
 #version 450
 // Elementwise ops, one variant per OP (vkloss/ops/elementwise.py declares them).
-// ARITY 1: out = f(x).  ARITY 2: out = f(a, b).  No loops: one invocation per element.
+// One operand: y = f(x).  Two: y = f(a, b).  No loops: one invocation per element.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(push_constant) uniform Push { uint n; uint cols; } p;  // cols: the row length b is broadcast over
-
-#if ARITY == 1
-layout(set = 0, binding = 0) readonly buffer X { float x[]; };
-layout(set = 0, binding = 1) writeonly buffer Out { float y[]; };
+// Bindings (B_*) and the push block (n; cols, the row length b is broadcast over) come from the kernel's declaration
+// in vkloss/ops/elementwise.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
+#ifdef B_X
+layout(set = 0, binding = B_X) readonly buffer X { float x[]; };
 #else
-layout(set = 0, binding = 0) readonly buffer A { float a[]; };
-layout(set = 0, binding = 1) readonly buffer B { float b[]; };
-layout(set = 0, binding = 2) writeonly buffer Out { float y[]; };
+layout(set = 0, binding = B_A) readonly buffer A { float a[]; };
+layout(set = 0, binding = B_B) readonly buffer B { float b[]; };
 #endif
+layout(set = 0, binding = B_Y) writeonly buffer Out { float y[]; };
 
 void main() {
     uint i = global_index();

@@ -1,6 +1,6 @@
 #version 450
 // Linear cross-entropy, PyTorch's F.cross_entropy(hidden @ weight.T + bias, target), over the vocabulary in chunks:
-// the [rows, classes] logits never exist at once, only one chunk [rows, chunk] of them (vkloss/ops/linear.py makes
+// the [rows, classes] logits never exist at once, only one chunk [rows, chunk] of them (vkloss/ops/linear_cross_entropy.py makes
 // each chunk with matmul.comp and chains these modes). Same coefficient form as cross_entropy.comp:
 //   loss_r = A_r lse_r - sum_c a_rc z_rc,   a_rc = w_c (t_rc (1 - smoothing) + smoothing / classes),  A_r = sum_c a_rc
 //   d/dz   = (softmax(z) A_r - a) * scale
@@ -17,31 +17,17 @@
 #include "common.glsl"
 #include "losses.glsl"
 
-#ifndef WEIGHTED
-#define WEIGHTED 0
-#endif
-#ifndef NORM_BUFFER
-#define NORM_BUFFER 0
-#endif
-#ifndef FIRST
-#define FIRST 0
-#endif
+// Switches (WEIGHTED, NORM_BUFFER, FIRST, one MODE_*), bindings (B_*) and the push block (this chunk: classes
+// [chunk_begin, chunk_begin + chunk)) come from the kernel's declaration in vkloss/ops/linear_cross_entropy.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
-layout(push_constant) uniform Push {
-    uint rows; uint classes; uint chunk_begin; uint chunk;  // this chunk: classes [chunk_begin, chunk_begin + chunk)
-    float scale; float smoothing; int ignore_index; uint ignore;
-} p;
-
-// Bindings: target, [class weights,] [norm,] then the mode's own.
-layout(set = 0, binding = 0) readonly buffer Target { int target_index[]; };
-#if WEIGHTED
-layout(set = 0, binding = 1) readonly buffer Weight { float weight[]; };
+layout(set = 0, binding = B_TARGET) readonly buffer Target { int target_index[]; };
+#ifdef B_WEIGHT
+layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { float weight[]; };
 #endif
-#define B_NORM (1 + WEIGHTED)
-#if NORM_BUFFER
+#ifdef B_NORM
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // the counted rows' summed w_target
 #endif
-#define B_OWN (B_NORM + NORM_BUFFER)
 
 struct RowTarget { int index; bool counted; float keep; float spread; };
 
@@ -65,9 +51,9 @@ float coefficient(RowTarget r, uint c) {  // c: a class of the whole vocabulary
 
 #if MODE_STATS
 #include "reduce.glsl"
-layout(set = 0, binding = B_OWN) readonly buffer Logits { float logits[]; };  // [rows, chunk], bias not yet added
-layout(set = 0, binding = B_OWN + 1) readonly buffer Bias { float bias[]; };
-layout(set = 0, binding = B_OWN + 2) buffer Stats { vec4 stats[]; };  // per row: m, sum exp(z - m), sum a (z - m), A
+layout(set = 0, binding = B_LOGITS) readonly buffer Logits { float logits[]; };  // [rows, chunk], bias not yet added
+layout(set = 0, binding = B_BIAS) readonly buffer Bias { float bias[]; };
+layout(set = 0, binding = B_STATS) buffer Stats { vec4 stats[]; };  // per row: m, sum exp(z - m), sum a (z - m), A
 void main() {
     uint row = workgroup_index();
     if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
@@ -101,8 +87,8 @@ void main() {
 }
 
 #elif MODE_LOSS
-layout(set = 0, binding = B_OWN) buffer Stats { vec4 stats[]; };
-layout(set = 0, binding = B_OWN + 1) writeonly buffer RowLoss { float row_loss[]; };
+layout(set = 0, binding = B_STATS) buffer Stats { vec4 stats[]; };
+layout(set = 0, binding = B_ROW_LOSS) writeonly buffer RowLoss { float row_loss[]; };
 void main() {
     uint row = global_index();
     if (row >= p.rows) return;
@@ -119,9 +105,9 @@ void main() {
 }
 
 #elif MODE_GRAD
-layout(set = 0, binding = B_OWN) readonly buffer Bias { float bias[]; };
-layout(set = 0, binding = B_OWN + 1) readonly buffer Stats { vec4 stats[]; };  // .x: m, .y: lse - m, .w: A
-layout(set = 0, binding = B_OWN + 2) buffer Logits { float logits[]; };  // in: the chunk's logits; out: d/dz
+layout(set = 0, binding = B_BIAS) readonly buffer Bias { float bias[]; };
+layout(set = 0, binding = B_STATS) readonly buffer Stats { vec4 stats[]; };  // .x: m, .y: lse - m, .w: A
+layout(set = 0, binding = B_LOGITS) buffer Logits { float logits[]; };  // in: the chunk's logits; out: d/dz
 void main() {
     uint i = global_index();
     if (i >= p.rows * p.chunk) return;

@@ -1,21 +1,16 @@
 #version 450
 // Matrix products: out[m, n] = op(a)[m, k] @ op(b)[k, n] (+ out when accumulating), op = transpose where the flag
-// says. One invocation per BLOCK x BLOCK block of out (BLOCK comes from vkloss/ops/linalg.py); it runs one loop
+// says. One invocation per BLOCK x BLOCK block of out (BLOCK comes from vkloss/ops/matmul.py); it runs one loop
 // iteration per k, so the caller splits a longer k into several dispatches (lavapipe's loop limit). Each operand starts
 // at an element offset into its buffer, so a block of rows (a vocabulary chunk of a weight matrix) is an operand.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(push_constant) uniform Push {
-    uint m; uint n; uint k;
-    uint k_begin; uint k_end;  // the slice of k this dispatch sums
-    uint trans_a; uint trans_b;  // a is stored [k, m] / b is stored [n, k]
-    uint accumulate;  // add to what out holds (a later slice of k)
-    uint a_offset; uint b_offset; uint out_offset;  // where each operand starts in its buffer
-} p;
-layout(set = 0, binding = 0) readonly buffer A { float a[]; };
-layout(set = 0, binding = 1) readonly buffer B { float b[]; };
-layout(set = 0, binding = 2) buffer Out { float y[]; };
+// Bindings (B_*) and the push block come from the kernel's declaration in vkloss/ops/matmul.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
+layout(set = 0, binding = B_A) readonly buffer A { float a[]; };
+layout(set = 0, binding = B_B) readonly buffer B { float b[]; };
+layout(set = 0, binding = B_OUT) buffer Out { float y[]; };
 
 float a_at(uint row, uint kk) { return p.trans_a != 0 ? a[p.a_offset + kk * p.m + row] : a[p.a_offset + row * p.k + kk]; }
 float b_at(uint kk, uint col) { return p.trans_b != 0 ? b[p.b_offset + col * p.k + kk] : b[p.b_offset + kk * p.n + col]; }

@@ -8,18 +8,16 @@
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(push_constant) uniform Push {
-    uint n; float lr; float momentum; float beta1; float beta2; float eps; uint index;
-} p;
-layout(set = 0, binding = 0) readonly buffer Grad { float grad[]; };
-#if MODE_ADAM
-layout(set = 0, binding = 1) readonly buffer Corrections { float corrections[]; };  // [parameters][2]
-layout(set = 0, binding = 2) buffer Param { float param[]; };
-layout(set = 0, binding = 3) buffer State1 { float state1[]; };  // m
-layout(set = 0, binding = 4) buffer State2 { float state2[]; };  // v
-#else
-layout(set = 0, binding = 1) buffer Param { float param[]; };
-layout(set = 0, binding = 2) buffer State1 { float state1[]; };  // velocity
+// Bindings (B_*) and the push block come from the kernel's declaration in vkloss/optim.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
+layout(set = 0, binding = B_GRAD) readonly buffer Grad { float grad[]; };
+#ifdef B_CORRECTIONS
+layout(set = 0, binding = B_CORRECTIONS) readonly buffer Corrections { float corrections[]; };  // [parameters][2]
+#endif
+layout(set = 0, binding = B_PARAM) buffer Param { float param[]; };
+layout(set = 0, binding = B_STATE1) buffer State1 { float state1[]; };  // velocity (SGD), m (Adam)
+#ifdef B_STATE2
+layout(set = 0, binding = B_STATE2) buffer State2 { float state2[]; };  // v (Adam)
 #endif
 
 void main() {

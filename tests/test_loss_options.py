@@ -223,9 +223,9 @@ def test_a_target_of_the_wrong_kind_or_shape(g, target, error, message):
     ({"weight": np.ones((5, 1))}, ValueError, "weight must have shape"),
     ({"weight": np.array(["a"] * 5)}, TypeError, "weight must be a non-empty array of real numbers"),
     ({"label_smoothing": 1.5}, ValueError, "label_smoothing must be a number in"),
-    ({"ignore_index": 1.0}, ValueError, "ignore_index must be an int"),
+    ({"ignore_index": 1.0}, TypeError, "ignore_index must be an int"),
     ({"ignore_index": 2 ** 40}, ValueError, "does not fit int32"),
-    ({"smoothing": 0.1}, TypeError, "unexpected option"),
+    ({"smoothing": 0.1}, TypeError, "unexpected keyword argument 'smoothing'"),
 ])
 def test_bad_cross_entropy_options(g, options, error, message):
     with pytest.raises(error, match=message):
@@ -400,7 +400,7 @@ def test_bce_weight_that_does_not_broadcast_from_the_trailing_dimensions(g, name
 
 
 def test_pos_weight_is_only_for_logits(g):
-    with pytest.raises(TypeError, match="unexpected option"):
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
         g.bce_loss(g.tensor(np.full(3, 0.5)), g.tensor(np.zeros(3)), pos_weight=np.ones(3))
 
 

@@ -98,7 +98,7 @@ def test_expand_rejects_a_non_scalar_source(g):
 def test_ops_reject_arrays_and_wrong_arity(g):
     with pytest.raises(TypeError, match="not a vkloss Tensor"):
         g.add(g.tensor(np.ones(2)), np.ones(2))
-    with pytest.raises(TypeError, match="takes 2 tensor"):
+    with pytest.raises(TypeError, match=r"Graph\.add\(\) missing 1 required positional argument: 'b'"):
         g.add(g.tensor(np.ones(2)))
 
 

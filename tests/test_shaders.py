@@ -8,6 +8,8 @@ import pytest
 
 from vkloss import shaders
 from vkloss.errors import ShaderCheckError, ShaderCompileError
+from vkloss.ops.bce import BCE
+from vkloss.ops.elementwise import ELEMENTWISE
 
 GOOD = """#version 450
 #extension GL_GOOGLE_include_directive : require
@@ -82,7 +84,7 @@ def test_tools_compile_then_check_pass(tmp_path):
     env = dict(os.environ, VKLOSS_CACHE_DIR=str(tmp_path))
     compiled = run_tools("compile", env=env)
     assert compiled.returncode == 0, compiled.stderr
-    assert "elementwise[ARITY=2,OP_ADD=1]" in compiled.stdout
+    assert ELEMENTWISE.variant(op="add").name in compiled.stdout
     checked = run_tools("check", env=env)
     assert checked.returncode == 0, checked.stderr
     assert "valid and current" in checked.stdout
@@ -108,24 +110,25 @@ def test_tools_list_shows_the_options_of_each_loss():
     listed = run_tools("list").stdout
     table = listed.split("\n\n")[0].splitlines()[2:]
     options = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in table}
-    assert options["cross_entropy_loss"] == "reduction, weight, ignore_index, label_smoothing, inplace_grad"
-    assert options["bce_with_logits_loss"] == "reduction, weight, pos_weight"
-    assert options["bce_loss"] == "reduction, weight"
+    # in the schema's order, PyTorch's: weight before reduction
+    assert options["cross_entropy_loss"] == "weight, reduction, ignore_index, label_smoothing, inplace_grad"
+    assert options["bce_with_logits_loss"] == "weight, reduction, pos_weight"
+    assert options["bce_loss"] == "weight, reduction"
     assert options["mse_loss"] == options["l1_loss"] == "reduction"
     assert options["add"] == "-"
-    assert "label_smoothing  float in [0, 1]" in listed
+    assert "float label_smoothing=0.0" in listed  # the signatures, from the schemas
 
 
 def test_binding_count_is_read_from_spirv():
-    assert shaders.binding_count(shaders.load(shaders.variant("elementwise.comp", ARITY=2, OP_ADD=1))) == 3
-    assert shaders.binding_count(shaders.load(shaders.variant("bce.comp", WRITE_GRAD=1))) == 5
+    assert shaders.binding_count(shaders.load(ELEMENTWISE.variant(op="add").shader)) == 3
+    assert shaders.binding_count(shaders.load(BCE.variant(write_grad=True).shader)) == 5
 
 
 def test_dispatch_with_the_wrong_number_of_buffers_is_refused(g):
     engine = g.engine  # the guard below any op
     a = engine.alloc(4)
     with pytest.raises(ValueError, match=r"declares 3 buffer bindings but was given 2"):
-        engine.dispatch(shaders.variant("elementwise.comp", ARITY=2, OP_ADD=1), [a], [a], [4], (1, 1, 1))
+        engine.dispatch(ELEMENTWISE.variant(op="add").shader, [a], [a], [4], (1, 1, 1))
 
 
 def test_bench_quick_prints_ratios_and_writes_json(tmp_path):

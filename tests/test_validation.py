@@ -12,11 +12,12 @@ from conftest import layer_settings
 RACE = textwrap.dedent("""
     import sys
     import numpy as np, kp
-    from vkloss import shaders
+    from vkloss.ops.elementwise import ELEMENTWISE
     m = kp.Manager()
-    code = shaders.load(shaders.variant("elementwise.comp", ARITY=1, OP_NEG=1))
+    from vkloss import shaders
+    code = shaders.load(ELEMENTWISE.variant(op="neg").shader)
     a, b, c = (m.tensor(np.ones(256, np.float32)) for _ in range(3))
-    push, spec = np.array([256], np.uint32), np.array([256], np.uint32)
+    push, spec = np.array([256, 0], np.uint32), np.array([256], np.uint32)  # push: n, cols
     first = m.algorithm([a, b], code, (1, 1, 1), spec, push)    # b = -a
     second = m.algorithm([b, c], code, (1, 1, 1), spec, push)   # c = -b: reads what first wrote
     m.sequence().record(kp.OpTensorSyncDevice([a])).eval()

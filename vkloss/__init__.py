@@ -4,9 +4,11 @@ from .errors import DeviceMemoryError, NoVulkanDeviceError, ShaderCheckError, Sh
 from . import optim
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Graph
-from .registry import FusedResult, register_op
+from .registry import Backward, ForwardContext, register_op, unregister_op
 from .tensor import Tensor
+from . import ops  # noqa: E402,F401  (registers the built-in ops, after Graph exists to take their methods)
 
-__all__ = ["Graph", "Tensor", "devices", "optim", "register_op", "gradcheck", "GradcheckError", "FusedResult", "DeviceInfo", "VkLossError", "NoVulkanDeviceError", "ShaderCompileError",
+__all__ = ["Graph", "Tensor", "devices", "optim", "register_op", "unregister_op", "Backward", "ForwardContext",
+           "gradcheck", "GradcheckError", "DeviceInfo", "VkLossError", "NoVulkanDeviceError", "ShaderCompileError",
            "ShaderCheckError", "DeviceMemoryError"]
 __version__ = "0.1.0"

@@ -2,18 +2,20 @@
 
 kp 0.9.0 can neither list devices nor report limits such as maxStorageBufferRange, so this module asks the
 Vulkan loader directly through ctypes: one short-lived VkInstance, the physical devices' properties, done.
-Nothing here imports kp.
+The structs are ctypes Structures generated from vulkan_core.h (vkloss/_vk_structs.py, by `python -m vkloss.tools
+generate`), read by field name; no offset is written by hand. (The `vulkan` package's cffi bindings would do as well,
+but pull in cffi and a compiled module for six structs.) Nothing here imports kp.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
-import struct
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from . import _vk_structs as vks
 from .errors import NoVulkanDeviceError
 
 __all__ = ["DeviceInfo", "devices", "choose_device"]
@@ -66,25 +68,12 @@ def _load_loader():
     raise NoVulkanDeviceError("no Vulkan loader (libvulkan) could be loaded. " + INSTALL_HINT)
 
 
-# Offsets into VkPhysicalDeviceProperties (Vulkan 1.0 layout; VkPhysicalDeviceLimits starts 8-byte aligned at 296).
-_LIMITS = 296
-_OFF = {
-    "max_storage_buffer_range": _LIMITS + 28,
-    "max_push_constants_size": _LIMITS + 32,
-    "max_shared_memory": _LIMITS + 216,
-    "max_workgroup_count": _LIMITS + 220,
-    "max_workgroup_invocations": _LIMITS + 232,
-    "timestamp_compute_and_graphics": _LIMITS + 420,
-    "timestamp_period": _LIMITS + 424,  # a float
-}
-# VkPhysicalDeviceMemoryProperties: memoryTypeCount, 32 VkMemoryType (8 bytes each), memoryHeapCount, then 16
-# VkMemoryHeap (VkDeviceSize size, VkMemoryHeapFlags flags; 16 bytes each, 8-byte aligned at 264).
-_HEAP_COUNT, _HEAPS, _HEAP_DEVICE_LOCAL = 260, 264, 1
+_STYPE_APPLICATION_INFO, _STYPE_INSTANCE_CREATE_INFO = 0, 1
 _STYPE_PROPERTIES_2 = 1000059001
-# VkPhysicalDeviceSubgroupProperties: sType, pNext, subgroupSize, supportedStages, supportedOperations, quad flag.
-_STYPE_SUBGROUP_PROPERTIES, _SUBGROUP_SIZEOF, _SUBGROUP_SIZE = 1000094000, 32, 16
-_STAGE_COMPUTE, _SUBGROUP_ARITHMETIC = 0x20, 0x4
+_STYPE_SUBGROUP_PROPERTIES = 1000094000
 _STYPE_DRIVER_PROPERTIES = 1000196000
+_STAGE_COMPUTE, _SUBGROUP_ARITHMETIC, _HEAP_DEVICE_LOCAL = 0x20, 0x4, 0x1
+_VULKAN_1_1, _VULKAN_1_2 = (1 << 22) | (1 << 12), (1 << 22) | (2 << 12)
 
 
 def _version(v: int) -> str:
@@ -96,20 +85,9 @@ def _enumerate() -> list[DeviceInfo]:
     vk.vkGetInstanceProcAddr.restype = ctypes.c_void_p
     vk.vkGetInstanceProcAddr.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 
-    # VkApplicationInfo and VkInstanceCreateInfo, laid out by hand.
-    class AppInfo(ctypes.Structure):
-        _fields_ = [("sType", ctypes.c_int), ("pNext", ctypes.c_void_p), ("pApplicationName", ctypes.c_char_p),
-                    ("applicationVersion", ctypes.c_uint32), ("pEngineName", ctypes.c_char_p),
-                    ("engineVersion", ctypes.c_uint32), ("apiVersion", ctypes.c_uint32)]
-
-    class InstanceInfo(ctypes.Structure):
-        _fields_ = [("sType", ctypes.c_int), ("pNext", ctypes.c_void_p), ("flags", ctypes.c_uint32),
-                    ("pApplicationInfo", ctypes.POINTER(AppInfo)), ("enabledLayerCount", ctypes.c_uint32),
-                    ("ppEnabledLayerNames", ctypes.c_void_p), ("enabledExtensionCount", ctypes.c_uint32),
-                    ("ppEnabledExtensionNames", ctypes.c_void_p)]
-
-    app = AppInfo(0, None, b"vkloss-probe", 1, b"vkloss", 1, (1 << 22) | (1 << 12))  # Vulkan 1.1
-    info = InstanceInfo(1, None, 0, ctypes.pointer(app), 0, None, 0, None)
+    app = vks.VkApplicationInfo(sType=_STYPE_APPLICATION_INFO, pApplicationName=ctypes.cast(b"vkloss-probe",
+                                ctypes.c_void_p), applicationVersion=1, apiVersion=_VULKAN_1_1)
+    info = vks.VkInstanceCreateInfo(sType=_STYPE_INSTANCE_CREATE_INFO, pApplicationInfo=ctypes.addressof(app))
     instance = ctypes.c_void_p()
     vk.vkCreateInstance.restype = ctypes.c_int
     result = vk.vkCreateInstance(ctypes.byref(info), None, ctypes.byref(instance))
@@ -123,50 +101,45 @@ def _enumerate() -> list[DeviceInfo]:
             vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), handles)
         props2_addr = vk.vkGetInstanceProcAddr(instance, b"vkGetPhysicalDeviceProperties2")
         get_props2 = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(props2_addr) if props2_addr else None
-        found = []
-        for index, handle in enumerate(handles[: count.value]):
-            raw = ctypes.create_string_buffer(1024)  # VkPhysicalDeviceProperties is 824 bytes
-            vk.vkGetPhysicalDeviceProperties(ctypes.c_void_p(handle), raw)
-            api, _driver_version, _vendor, _device, dtype = struct.unpack_from("<5I", raw, 0)
-            name = raw.raw[20:276].split(b"\0", 1)[0].decode(errors="replace")
-            driver, subgroup_size, subgroup_arithmetic = "unknown", 1, False
-            if get_props2 is not None and api >= ((1 << 22) | (1 << 12)):
-                # VkPhysicalDeviceSubgroupProperties (Vulkan 1.1), chained to VkPhysicalDeviceDriverProperties (1.2):
-                # sType, pNext, driverID, driverName[256], driverInfo[256], conformance version.
-                subgroup = ctypes.create_string_buffer(_SUBGROUP_SIZEOF)
-                drv = ctypes.create_string_buffer(8 + 8 + 4 + 256 + 256 + 4 + 4)
-                struct.pack_into("<I", drv, 0, _STYPE_DRIVER_PROPERTIES)
-                chain = ctypes.addressof(drv) if api >= ((1 << 22) | (2 << 12)) else 0
-                struct.pack_into("<IxxxxQ", subgroup, 0, _STYPE_SUBGROUP_PROPERTIES, chain)
-                p2 = ctypes.create_string_buffer(16 + 1024)
-                struct.pack_into("<IxxxxQ", p2, 0, _STYPE_PROPERTIES_2, ctypes.addressof(subgroup))
-                get_props2(ctypes.c_void_p(handle), p2)
-                if chain:
-                    driver = drv.raw[20:276].split(b"\0", 1)[0].decode(errors="replace") or "unknown"
-                subgroup_size, stages, operations = struct.unpack_from("<3I", subgroup, _SUBGROUP_SIZE)
-                subgroup_arithmetic = bool(stages & _STAGE_COMPUTE) and bool(operations & _SUBGROUP_ARITHMETIC)
-            memory = ctypes.create_string_buffer(_HEAPS + 16 * 16)
-            vk.vkGetPhysicalDeviceMemoryProperties(ctypes.c_void_p(handle), memory)
-            heaps = [struct.unpack_from("<QI", memory, _HEAPS + 16 * i)
-                     for i in range(struct.unpack_from("<I", memory, _HEAP_COUNT)[0])]
-            local = [size for size, flags in heaps if flags & _HEAP_DEVICE_LOCAL] or [size for size, _ in heaps]
-            u32 = lambda key, n=1: struct.unpack_from(f"<{n}I", raw, _OFF[key])  # noqa: E731
-            found.append(DeviceInfo(
-                index=index, name=name, type=_TYPE_NAMES.get(dtype, "other"), driver=driver,
-                api_version=_version(api),
-                max_storage_buffer_range=u32("max_storage_buffer_range")[0],
-                max_workgroup_count=tuple(u32("max_workgroup_count", 3)),
-                max_workgroup_invocations=u32("max_workgroup_invocations")[0],
-                max_shared_memory=u32("max_shared_memory")[0],
-                max_push_constants_size=u32("max_push_constants_size")[0],
-                device_memory=max(local, default=0),
-                timestamp_period_ns=(struct.unpack_from("<f", raw, _OFF["timestamp_period"])[0]
-                                     if u32("timestamp_compute_and_graphics")[0] else 0.0),
-                subgroup_size=subgroup_size, subgroup_arithmetic=subgroup_arithmetic,
-            ))
-        return found
+        return [_describe(vk, get_props2, index, ctypes.c_void_p(handle))
+                for index, handle in enumerate(handles[: count.value])]
     finally:
         vk.vkDestroyInstance(instance, None)
+
+
+def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
+    props = vks.VkPhysicalDeviceProperties()
+    vk.vkGetPhysicalDeviceProperties(handle, ctypes.byref(props))
+    limits = props.limits
+    driver, subgroup_size, subgroup_arithmetic = "unknown", 1, False
+    if get_props2 is not None and props.apiVersion >= _VULKAN_1_1:
+        # subgroup properties (Vulkan 1.1), chained to the driver's name (1.2)
+        drv = vks.VkPhysicalDeviceDriverProperties(sType=_STYPE_DRIVER_PROPERTIES)
+        subgroup = vks.VkPhysicalDeviceSubgroupProperties(
+            sType=_STYPE_SUBGROUP_PROPERTIES, pNext=ctypes.addressof(drv) if props.apiVersion >= _VULKAN_1_2 else None)
+        props2 = vks.VkPhysicalDeviceProperties2(sType=_STYPE_PROPERTIES_2, pNext=ctypes.addressof(subgroup))
+        get_props2(handle, ctypes.byref(props2))
+        if subgroup.pNext:
+            driver = drv.driverName.decode(errors="replace") or "unknown"
+        subgroup_size = subgroup.subgroupSize
+        subgroup_arithmetic = bool(subgroup.supportedStages & _STAGE_COMPUTE) and bool(
+            subgroup.supportedOperations & _SUBGROUP_ARITHMETIC)
+    memory = vks.VkPhysicalDeviceMemoryProperties()
+    vk.vkGetPhysicalDeviceMemoryProperties(handle, ctypes.byref(memory))
+    heaps = memory.memoryHeaps[: memory.memoryHeapCount]
+    local = [h.size for h in heaps if h.flags & _HEAP_DEVICE_LOCAL] or [h.size for h in heaps]
+    return DeviceInfo(
+        index=index, name=props.deviceName.decode(errors="replace"), type=_TYPE_NAMES.get(props.deviceType, "other"),
+        driver=driver, api_version=_version(props.apiVersion),
+        max_storage_buffer_range=limits.maxStorageBufferRange,
+        max_workgroup_count=tuple(limits.maxComputeWorkGroupCount),
+        max_workgroup_invocations=limits.maxComputeWorkGroupInvocations,
+        max_shared_memory=limits.maxComputeSharedMemorySize,
+        max_push_constants_size=limits.maxPushConstantsSize,
+        device_memory=max(local, default=0),
+        timestamp_period_ns=limits.timestampPeriod if limits.timestampComputeAndGraphics else 0.0,
+        subgroup_size=subgroup_size, subgroup_arithmetic=subgroup_arithmetic,
+    )
 
 
 @lru_cache(maxsize=1)

@@ -269,7 +269,10 @@ def ceil_div(a: int, b: int) -> int:
 def push_constants(values) -> np.ndarray:
     """Push constants as one uint32 array: ints as they are (negatives two's complement), floats bit-cast.
 
-    kp takes push constants only as a numpy array of one 4-byte dtype; a list turns integers into floats."""
+    kp takes push constants only as a numpy array of one 4-byte dtype; a list turns integers into floats. An array
+    already packed (kernels.Kernel.push_words, by the block's declared types) is taken as it is."""
+    if isinstance(values, np.ndarray) and values.dtype == np.uint32:
+        return values
     words = np.empty(len(values), np.uint32)
     for i, v in enumerate(values):
         if isinstance(v, (float, np.floating)):

@@ -13,8 +13,8 @@ import numpy as np
 
 from . import autodiff, registry
 from .device import DeviceInfo, choose_device
+from . import _graph_ops
 from .engine import Engine
-from .ops.reductions import count_nonfinite
 from .tensor import Tensor
 
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
@@ -81,7 +81,7 @@ class HostCopy:
         return f"HostCopy(shape={self._shape}, done={self.done()})"
 
 
-class Graph:
+class Graph(_graph_ops.Graph):
     """A device and the tensors and ops on it.
 
     `Graph(device=None)`: `device` is an index into `vkloss.devices()`; None reads `VKLOSS_DEVICE`, else prefers
@@ -155,35 +155,54 @@ class Graph:
 
     # ---- ops -----------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
+        """An op a plugin package declares (entry points load on first use); every other op is a method already."""
         if name.startswith("_"):
             raise AttributeError(name)
+        registry.get(name)  # loads the plugins, or raises AttributeError
+        return getattr(self, name)
+
+    def _call_op(self, name: str, args: tuple, kwargs: dict) -> Tensor:
+        """g.<op>(...): bind and check the arguments by the op's schema, then compose, or run its forward and record
+        it on the tape."""
         op = registry.get(name)
+        return self._run_op(op, op.schema.bind(args, kwargs))
 
-        def apply(*tensors, **attrs):
-            return self._apply(op, tensors, attrs)
+    def _call_bound(self, name: str, arguments: dict) -> Tensor:
+        """What a generated method calls: its arguments, which Python bound to the signature, by name."""
+        op = registry.get(name)
+        return self._run_op(op, op.schema.checked(arguments))
 
-        apply.__name__, apply.__qualname__, apply.__doc__ = name, f"Graph.{name}", op.doc
-        return apply
+    def _run_op(self, op, bound: dict) -> Tensor:
+        self._usable(f"g.{op.name}")
+        operands = [self._operand(op, position, p, bound.pop(p.name)) for position, p in
+                    enumerate(op.schema.operands, 1)]
+        for p in op.schema.constant_tensors:
+            if bound.get(p.name) is not None:
+                bound[p.name] = self._constant_tensor(op, p.name, bound[p.name])
+        if op.compose is not None:
+            return op.compose(self, *operands, **bound)
+        return self._apply(op, operands, bound)
 
-    def __dir__(self):
-        return sorted(set(super().__dir__()) | {op.name for op in registry.all_ops()})
-
-    def _operand(self, op, position: int, value) -> Tensor:
-        """Argument `position` (1-based) of g.<op>: a Tensor of this graph, float32 unless the op reads class
+    def _operand(self, op, position: int, param, value) -> Tensor | None:
+        """Operand `position` (1-based) of g.<op>: a Tensor of this graph, float32 unless the schema takes class
         indices there (where an integer numpy array is also taken, and uploaded as int32)."""
-        integer = position in op.integer_inputs
-        if integer and not isinstance(value, Tensor):
-            array = np.asarray(value)
-            if array.dtype.kind in "iu":
-                return self.tensor(array, dtype=np.int32)
-            if array.dtype.kind == "f":
-                raise TypeError(f"g.{op.name}: argument {position} takes class indices, an int32 Tensor or an integer "
-                                f"numpy array; got a {array.dtype} array of shape {array.shape}")
+        where = f"g.{op.name}: argument {position}"
+        if value is None and param.optional:
+            return None
+        integer = param.type in ("Index", "Tensor|Index")
         if not isinstance(value, Tensor):
-            raise TypeError(f"g.{op.name}: argument {position} is a {type(value).__name__}, not a vkloss Tensor "
-                            "(wrap arrays with g.tensor)")
+            array = np.asarray(value)
+            if integer and array.dtype.kind in "iu":
+                return self.tensor(array, dtype=np.int32)
+            if param.type == "Index" and array.dtype.kind == "f":
+                raise TypeError(f"{where} ({param.name}) takes class indices, an int32 Tensor or an integer numpy "
+                                f"array; got a {array.dtype} array of shape {array.shape}")
+            if param.optional and array.dtype.kind in _FLOAT_LIKE and array.size:
+                return self.tensor(array)
+            raise TypeError(f"{where} ({param.name}) is a {type(value).__name__}, not a vkloss Tensor (wrap arrays "
+                            "with g.tensor)")
         if value.graph is not self:
-            raise ValueError(f"g.{op.name}: argument {position} belongs to another Graph")
+            raise ValueError(f"{where} ({param.name}) belongs to another Graph")
         if id(value) in self._modified:
             tensor, version = self._modified[id(value)]
             raise RuntimeError(
@@ -191,11 +210,14 @@ class Graph:
                 f"since the op ran (by copy_ or an optimizer step: version {tensor.version}, expected {version}), as "
                 "PyTorch's 'modified by an inplace operation'. Refill inputs and step optimizers after backward")
         if value.dtype != np.float32 and not integer:
-            raise TypeError(f"g.{op.name}: argument {position} is an {value.dtype} tensor of shape {value.shape}; "
-                            "this op takes float32 tensors there")
+            raise TypeError(f"{where} is an {value.dtype} tensor of shape {value.shape}; this op takes float32 "
+                            f"tensors there ({param.name})")
+        if param.type == "Index" and value.dtype != np.int32:
+            raise TypeError(f"{where} ({param.name}) takes class indices: an int32 Tensor or an integer numpy "
+                            f"array, not a {value.dtype} tensor of shape {value.shape}")
         return value
 
-    def _tensor_attr(self, op, name: str, value) -> Tensor:
+    def _constant_tensor(self, op, name: str, value) -> Tensor:
         """A tensor-valued option such as a loss's `weight`: a numpy array (uploaded) or a float32 Tensor that
         needs no gradient."""
         if not isinstance(value, Tensor):
@@ -211,63 +233,52 @@ class Graph:
                              f"{value!r}")
         return value
 
-    def _apply(self, op, tensors: tuple, attrs: dict) -> Tensor:
-        self._usable(f"g.{op.name}")
-        if len(tensors) != op.arity:
-            raise TypeError(f"g.{op.name} takes {op.arity} tensor(s), got {len(tensors)}")
-        tensors = tuple(self._operand(op, position, t) for position, t in enumerate(tensors, 1))
-        unknown = sorted(set(attrs) - set(op.options)) if op.options is not None else []
-        if unknown:  # before a composed op's function sees them: the error names g.<op>, not a private function
-            raise TypeError(f"g.{op.name} got unexpected option(s) {', '.join(unknown)}; it takes "
-                            f"{', '.join(op.options) or 'none'}")
-        if op.compose is not None:
-            return op.compose(self, *tensors, **attrs)
-        attrs = {name: (self._tensor_attr(op, name, value) if name in op.tensor_attrs and value is not None
-                        else value) for name, value in attrs.items()}
-        attr_tensors = {name: value for name, value in attrs.items() if isinstance(value, Tensor)}
-        shape = tuple(op.shape(*(t.shape for t in tensors),
-                               **{**attrs, **{name: t.shape for name, t in attr_tensors.items()}}))
-        fused_kernel = op.backward_kind == "fused kernel"
-        for position, t in enumerate(tensors if fused_kernel else (), 1):
-            if t.requires_grad and position not in op.grad_inputs:
-                given = ", ".join(map(str, op.grad_inputs))
-                raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to argument(s) "
-                                 f"{given} only; argument {position} (shape {t.shape}) must not require a gradient")
+    def _apply(self, op, tensors: list, options: dict) -> Tensor:
+        """Run a kernel op's forward on checked operands and record it on the tape."""
+        constants = {name: value for name, value in options.items() if isinstance(value, Tensor)}
+        shape = op.shape(*(t.shape for t in tensors), **{**options, **{n: t.shape for n, t in constants.items()}})
+        names = [p.name for p in op.schema.operands]
+        fused = op.backward_kind is registry.Backward.FUSED
+        for position, (name, t) in enumerate(zip(names, tensors), 1):
+            if fused and t.requires_grad and name not in op.grad_inputs:
+                raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to "
+                                 f"{', '.join(op.grad_inputs)} only; argument {position} (shape {t.shape}) must not "
+                                 f"require a gradient ({name})")
         differentiable = self._grad_enabled and op.backward is not None and any(t.requires_grad for t in tensors)
-        in_place = differentiable and fused_kernel and bool(op.inplace_attr and attrs.get(op.inplace_attr))
+        in_place = differentiable and bool(op.inplace_option and options.get(op.inplace_option))
         if in_place:
-            self._check_in_place(op, tensors, attr_tensors)
-        out = self._engine.alloc(math.prod(shape))
-        buffers, shapes = [t.buffer for t in tensors], [t.shape for t in tensors]
-        forward_attrs = {**attrs, **{name: t.buffer for name, t in attr_tensors.items()}}
+            self._check_in_place(op, tensors, constants)
+        needs = tuple(differentiable and t.requires_grad for t in tensors) if fused else (False,) * len(tensors)
+        ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors),
+                                      self._engine.alloc(math.prod(shape)), needs)
+        op.forward(ctx, *(t.buffer for t in tensors), **{**options, **{n: t.buffer for n, t in constants.items()}})
+        self._checks.extend((count, message, ValueError) for count, message in ctx.checks)
         saved = None
-        if fused_kernel:
-            fused = op.forward(self._engine, buffers, out, shapes, want_grad=differentiable, **forward_attrs)
-            self._checks.extend((count, message, ValueError) for count, message in fused.checks)
-            if fused.grad is not None:
-                saved = Tensor(self, tensors[0].shape, fused.grad)
-            elif fused.grads is not None:  # one per input, None where the kernel gives none
-                saved = tuple(None if b is None else Tensor(self, t.shape, b) for t, b in zip(tensors, fused.grads))
+        if fused and differentiable:
+            saved = tuple(None if ctx.saved.get(name) is None else Tensor(self, t.shape, ctx.saved[name])
+                          for name, t in zip(names, tensors))
             if in_place:
-                tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_attr}=True)"
-        else:
-            op.forward(self._engine, buffers, out, shapes, **forward_attrs)
-        if self.check_finite:
-            self._checks.append((count_nonfinite(self._engine, out, out.size),
-                                 f"{op.name} produced {{count}} NaN or infinite values (output shape {shape}, input "
-                                 f"shapes {', '.join(str(t.shape) for t in tensors)})", FloatingPointError))
-        node = autodiff.Node(op, tensors, attrs, saved, tuple(t.version for t in tensors)) if differentiable else None
-        return Tensor(self, shape, out, requires_grad=differentiable, node=node)
+                tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_option}=True)"
+        node = autodiff.Node(op, tuple(tensors), options, saved, tuple(t.version for t in tensors)) \
+            if differentiable else None
+        out = Tensor(self, shape, ctx.out, requires_grad=differentiable, node=node)
+        if self.check_finite and op.name != "count_nonfinite":
+            with self.no_grad():
+                count = self.count_nonfinite(out)
+            self._checks.append((count.buffer, f"{op.name} produced {{count}} NaN or infinite values (output shape "
+                                 f"{shape}, input shapes {', '.join(str(t.shape) for t in tensors)})",
+                                 FloatingPointError))
+        return out
 
     @staticmethod
     def _check_in_place(op, tensors, attr_tensors) -> None:
         first = tensors[0]
         if first.is_leaf:
-            raise ValueError(f"g.{op.name}({op.inplace_attr}=True) would write its gradient over argument 1, a "
+            raise ValueError(f"g.{op.name}({op.inplace_option}=True) would write its gradient over argument 1, a "
                              f"leaf tensor of shape {first.shape} (a parameter or an input); pass the output of an "
                              f"op, such as the last layer's logits")
         if any(t is first for t in (*tensors[1:], *attr_tensors.values())):
-            raise ValueError(f"g.{op.name}({op.inplace_attr}=True): argument 1 is also passed as another argument")
+            raise ValueError(f"g.{op.name}({op.inplace_option}=True): argument 1 is also passed as another argument")
 
     # ---- autodiff ------------------------------------------------------------------------------------------
     def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
@@ -343,3 +354,29 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph(device={self.device})"
+
+
+def reserved_names() -> set[str]:
+    """Names Graph uses for itself, which no op may take: all but the generated op methods."""
+    return set(dir(Graph)) - set(_graph_ops.SCHEMAS)
+
+
+def _install(op, removed: bool = False) -> None:
+    """Make `op` a method of Graph: the generated one in _graph_ops.py where it is current (the built-in ops, which
+    an IDE and a type checker can follow), else one made here with the schema's signature (a user's op)."""
+    if removed:
+        if op.name in Graph.__dict__:
+            delattr(Graph, op.name)
+        return
+    if _graph_ops.SCHEMAS.get(op.name) == op.schema.text():
+        return
+
+    def method(self, *args, **kwargs):
+        return self._call_op(op.name, args, kwargs)
+
+    method.__name__, method.__qualname__, method.__doc__ = op.name, f"Graph.{op.name}", op.doc
+    method.__signature__ = op.schema.signature(with_self=True)
+    setattr(Graph, op.name, method)
+
+
+registry.on_register(_install)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import shaders
+from . import kernels
 from .tensor import Tensor
 
-SHADER = "optim.comp"
-SGD_STEP = shaders.variant(SHADER, MODE_SGD=1)
-ADAM_STEP = shaders.variant(SHADER, MODE_ADAM=1)
-VARIANTS = [SGD_STEP, ADAM_STEP]
+OPTIM = kernels.Kernel(
+    "optim.comp", switches={"mode": ("SGD", "ADAM")},
+    push="uint n, float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
+         "uint index = 0",
+    bindings=lambda mode: ((["grad", "corrections"], ["param", "state1", "state2"]) if mode == "ADAM" else
+                           (["grad"], ["param", "state1"])),
+)
 
 
 class Optimizer:
@@ -81,9 +84,9 @@ class SGD(Optimizer):
         self.velocity = [self._state(p) for p in self.params]
 
     def _update(self, index, param):
-        push = [param.size, self.lr, self.momentum, 0.0, 0.0, 0.0, 0]
-        self.engine.dispatch(SGD_STEP, [param.grad.buffer], [param.buffer, self.velocity[index]], push,
-                             self.engine.groups_for(param.size))
+        kernels.dispatch(self.engine, OPTIM.variant(mode="SGD"), self.engine.groups_for(param.size),
+                         push=dict(n=param.size, lr=self.lr, momentum=self.momentum), grad=param.grad.buffer,
+                         param=param.buffer, state1=self.velocity[index])
 
 
 class Adam(Optimizer):
@@ -107,6 +110,7 @@ class Adam(Optimizer):
         self.engine.upload_into(self.corrections, corrections.astype(np.float32))
 
     def _update(self, index, param):
-        push = [param.size, self.lr, 0.0, self.beta1, self.beta2, self.eps, index]
-        self.engine.dispatch(ADAM_STEP, [param.grad.buffer, self.corrections],
-                             [param.buffer, self.m[index], self.v[index]], push, self.engine.groups_for(param.size))
+        kernels.dispatch(self.engine, OPTIM.variant(mode="ADAM"), self.engine.groups_for(param.size),
+                         push=dict(n=param.size, lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                                   index=index), grad=param.grad.buffer, corrections=self.corrections,
+                         param=param.buffer, state1=self.m[index], state2=self.v[index])

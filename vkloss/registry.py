@@ -1,72 +1,156 @@
 """The op table: every op, built-in or a user's, is declared once, by `register_op`.
 
-An entry holds the op's name, its shader, how many tensors it takes, the rule that gives the output shape from the
-input shapes, how it runs forward, and how it differentiates:
+An entry holds the op's schema (its typed signature: see vkloss/schema.py), the rule that gives the output shape,
+how it runs forward, how it differentiates (a `Backward` kind), and its docstring:
 
-- "primitive autodiff": composed from other ops in Python (`compose`); the tape records those ops, and the
-  gradient comes from their rules. No shader of its own.
-- "own rule": a kernel forward and a `backward(ctx, grad)` written with other ops, one gradient per input.
-- "fused kernel": one kernel computes the value and the gradient in the same pass; backward scales that.
-- "not differentiable": helpers that backward rules use (the tape never records them).
+- Backward.COMPOSED: built from other ops in Python (`compose(g, *operands, **options)`); the tape records those ops,
+  and the gradient comes from their rules. No kernel of its own.
+- Backward.RULE: a kernel forward and a `backward(ctx, grad)` written with other ops, one gradient per operand.
+- Backward.FUSED: the kernel computes the value and the gradients in the same pass (`ctx.save_for_backward`);
+  backward scales them by the upstream gradient.
+- Backward.NONE: helpers that backward rules use (the tape never records them).
 
-The simplest op is a shader with one invocation per output element: bindings are the inputs in order, then the
-output; push constants come from `push(*input_shapes, **attrs)` (default: the output's size). An op that needs
-several dispatches passes its own `forward(engine, input_buffers, output_buffer, input_shapes, **attrs)`.
-Other packages register ops by importing vkloss and calling `register_op`; `python -m vkloss.tools --import MODULE`
-and the entry-point group "vkloss.ops" bring their ops to the tools.
+Forward, one convention for every op: `forward(ctx, *operand_buffers, **options)`, where ctx (a ForwardContext)
+allocates buffers, dispatches kernels, registers device-side checks and saves what backward needs, and `ctx.out` is
+the output buffer. The simplest op is a shader with one invocation per output element: its bindings are the operands
+in order, then the output; push constants come from `push(*operand_shapes, **options)` (default: the output's size).
+
+Registering an op also makes it a method of `Graph` (with the schema's signature). Other packages register ops by
+importing vkloss and calling `register_op`; `python -m vkloss.tools --import MODULE` and the entry-point group
+"vkloss.ops" bring their ops to the tools.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import shaders
+import numpy as np
 
-BACKWARD_KINDS = ("fused kernel", "primitive autodiff", "own rule", "not differentiable")
-NOT_DIFFERENTIABLE = "not differentiable"
+from . import kernels, schema as schemas, shaders
+from .engine import WORKGROUP
+
+
+class Backward(str, enum.Enum):
+    """How an op differentiates. A str, so `tools list` prints the words."""
+
+    FUSED = "fused kernel"
+    COMPOSED = "primitive autodiff"
+    RULE = "own rule"
+    NONE = "not differentiable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+NOT_DIFFERENTIABLE = Backward.NONE
+BACKWARD_KINDS = tuple(kind.value for kind in Backward)
 
 
 @dataclass(frozen=True)
 class Op:
     name: str
-    arity: int
-    backward_kind: str
+    schema: schemas.Schema
+    backward_kind: Backward
     doc: str
-    shader: str | None = None  # the .comp file, for `tools list`
-    shape: Callable | None = None  # (*input_shapes, **attrs) -> output shape; raises ValueError
-    # (engine, input buffers, output buffer, input shapes, **attrs) -> None, or for a fused kernel
-    # (..., want_grad=bool, **attrs) -> FusedResult
-    forward: Callable | None = None
-    backward: Callable | None = None  # (ctx, grad) -> one gradient Tensor (or None) per input
-    compose: Callable | None = None  # (graph, *tensors, **attrs) -> Tensor, for composed ops
-    variants: Callable | None = None  # () -> the shader variants this op may use, for `tools compile/check`
-    options: dict | None = None  # keyword options the op takes -> what each accepts, for `tools list`
-    tensor_attrs: tuple = ()  # options whose value is a tensor (a numpy array is uploaded); forward gets its buffer
-    integer_inputs: tuple = ()  # 1-based positions that also take int32 tensors (class indices)
-    inplace_attr: str | None = None  # the option with which a fused op writes its gradient over its first input
-    grad_inputs: tuple = (1,)  # 1-based positions a fused kernel gives gradients for
+    shape: Callable | None = None  # (*operand_shapes, **options) -> output shape; raises ValueError
+    forward: Callable | None = None  # (ctx, *operand_buffers, **options) -> None
+    backward: Callable | None = None  # (ctx, grad) -> one gradient Tensor (or None) per operand
+    compose: Callable | None = None  # (g, *operands, **options) -> Tensor
+    kernels: tuple = ()  # the kernels.Kernel families its forward dispatches (tools list)
+    shader_variants: tuple = ()  # a user op's own shader variants, outside the kernel catalog (tools compile)
+    inplace_option: str | None = None  # a fused op's option that writes its gradient over its first operand
+    grad_inputs: tuple = ()  # the operands a fused kernel gives gradients for (default: the first)
+    module: str = ""  # where it was declared
+
+    @property
+    def arity(self) -> int:
+        return len(self.schema.operands)
+
+    @property
+    def shader(self) -> str | None:
+        """The shader file(s) behind the op, for `tools list`."""
+        names = [k.source for k in self.kernels] + [v.path.name for v in self.shader_variants]
+        return ", ".join(dict.fromkeys(names)) or None
+
+    @property
+    def options(self) -> dict:
+        return {p.name: p for p in self.schema.options}
 
 
-@dataclass
-class FusedResult:
-    """What a fused kernel's forward leaves beside its value: the gradient with respect to its first input (None
-    when that input needs none), and device-side checks, each a (count buffer, message) pair: a non-zero count
-    raises ValueError(message.format(count=...)) at the next host read, read back in the same flush."""
+class ForwardContext:
+    """What an op's forward gets besides its operands' buffers: the output buffer `out`, the operands' shapes,
+    which operands need a gradient, and the device work it may do. It keeps the engine to itself."""
 
-    grad: object = None
-    checks: list = field(default_factory=list)
-    grads: list | None = None  # instead of grad, for an op with several grad_inputs: one buffer (or None) per input
+    def __init__(self, engine, op: Op, shapes: tuple, out, needs: tuple):
+        self._engine, self.op, self.shapes, self.out, self.needs = engine, op, shapes, out, needs
+        self.want_grad = any(needs)
+        self.saved: dict = {}
+        self.checks: list = []  # (count buffer, message): a non-zero count raises ValueError at the next read
+
+    @property
+    def device(self):
+        return self._engine.device
+
+    def alloc(self, size: int, dtype=np.float32):
+        return self._engine.alloc(size, dtype)
+
+    def upload(self, array: np.ndarray):
+        return self._engine.upload(array)
+
+    def dispatch(self, variant: kernels.KernelVariant, grid, *, workgroup: int = WORKGROUP, push: dict | None = None,
+                 **buffers) -> None:
+        """One kernel: buffers by the names of the variant's binding table, push constants by its block's names."""
+        kernels.dispatch(self._engine, variant, grid, workgroup=workgroup, push=push, **buffers)
+
+    def dispatch_shader(self, variant: shaders.Variant, reads: list, writes: list, push: list, grid) -> None:
+        """A user op's own shader, bound positionally (reads, then writes)."""
+        self._engine.dispatch(variant, reads, writes, push, grid)
+
+    def grid(self, groups: int):
+        return self._engine.grid(groups)
+
+    def groups_for(self, invocations: int, workgroup: int = WORKGROUP):
+        return self._engine.groups_for(invocations, workgroup)
+
+    def row_workgroup(self, items: int = 0) -> int:
+        return self._engine.row_workgroup(items)
+
+    def reduction_workgroup(self) -> int:
+        return self._engine.reduction_workgroup()
+
+    def check(self, count, message: str) -> None:
+        """A device-side check: a non-zero count in `count` raises ValueError(message.format(count=...)) at the
+        next host read."""
+        self.checks.append((count, message))
+
+    def save_for_backward(self, *grads, **named) -> None:
+        """A fused kernel's gradient buffers, one per operand in order, or by operand name (None where none)."""
+        names = [p.name for p in self.op.schema.operands]
+        unknown = sorted(set(named) - set(names))
+        if unknown or len(grads) > len(names):
+            raise ValueError(f"{self.op.name}: save_for_backward got {len(grads)} gradients and {unknown or 'no'} "
+                             f"unknown names for the operands {names}")
+        self.saved.update(zip(names, grads), **named)
 
 
 _OPS: dict[str, Op] = {}
+_listeners: list[Callable] = []
 
 
-def _shader_variant(name: str, shader, defines: dict) -> shaders.Variant:
-    """A variant for a .comp path, or for GLSL source text (written once into the cache, named by its hash)."""
-    if isinstance(shader, shaders.Variant):
-        return shader
+def on_register(listener: Callable) -> None:
+    """`listener(op)` for every op registered so far and every later one; `listener(op, removed=True)` when one is
+    unregistered. Graph installs its methods this way."""
+    _listeners.append(listener)
+    for op in list(_OPS.values()):
+        listener(op)
+
+
+def _user_shader(name: str, shader) -> Path:
+    """A `.comp` path, or GLSL source text written once into the cache, named by its hash."""
     text = str(shader)
     if "\n" in text or "void main" in text:
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -74,42 +158,38 @@ def _shader_variant(name: str, shader, defines: dict) -> shaders.Variant:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-        shader = path
-    elif not Path(text).is_file():
+        return path
+    if not Path(text).is_file():
         raise ValueError(f"register_op {name}: shader file {text} not found (give a .comp path or GLSL source)")
-    else:
-        shader = Path(text).resolve()
-    return shaders.variant(shader, **defines)
+    return Path(text).resolve()
 
 
-def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None = None, push: Callable | None = None,
-                invocations: Callable | None = None, defines: dict | None = None, backward=NOT_DIFFERENTIABLE,
-                forward: Callable | None = None, compose: Callable | None = None, fused: bool = False,
-                variants: Callable | None = None, doc: str = "", validate: bool = True, options: dict | None = None,
-                tensor_attrs: tuple = (), integer_inputs: tuple = (), inplace_attr: str | None = None,
-                grad_inputs: tuple = (1,)) -> Op:
-    """Declare an op; it then exists as `g.<name>` on every Graph and in `python -m vkloss.tools list`.
+def register_op(name: str, shader=None, *, schema: str | None = None, inputs: int | None = None,
+                shape: Callable | None = None, push: Callable | None = None, invocations: Callable | None = None,
+                defines: dict | None = None, backward=Backward.NONE, forward: Callable | None = None,
+                compose: Callable | None = None, kernels: tuple = (), doc: str = "", validate: bool = True,
+                inplace_option: str | None = None, grad_inputs: tuple = ()) -> Op:
+    """Declare an op; it then exists as the method `Graph.<name>` and in `python -m vkloss.tools list`.
 
-    name: a Python identifier not taken yet.
-    shader: a `.comp` path or GLSL source text (it may `#include "common.glsl"`: the workgroup size WG,
-        `global_index()`). Bindings: the inputs in order, then the output.
-    inputs: how many tensors the op takes.
-    shape(*input_shapes, **attrs): the output shape; raise ValueError for shapes the op does not take.
-    push(*input_shapes, **attrs): the push constants, ints and floats (default: [output size]).
-    invocations(*input_shapes, **attrs): how many invocations to dispatch (default: the output size).
+    name: a Python identifier that neither an op nor Graph uses yet.
+    schema: the typed signature, e.g. "huber(Tensor pred, Tensor target, *, float delta=1.0) -> Tensor" (see
+        vkloss/schema.py). Without one, `inputs` says how many tensor operands the op takes, and their names and the
+        options' defaults are read from the shape rule or compose function (options then go unchecked).
+    shader: a user op's `.comp` path or GLSL source text (it may `#include "common.glsl"`: the workgroup size WG,
+        `global_index()`), one invocation per output element. Bindings: the operands in order, then the output.
+    shape(*operand_shapes, **options): the output shape; raise ValueError for shapes the op does not take.
+    push(*operand_shapes, **options): the shader's push constants, ints and floats (default: [output size]).
+    invocations(*operand_shapes, **options): how many invocations to dispatch (default: the output size).
     defines: preprocessor defines for the shader.
-    backward(ctx, grad): one gradient per input (None where ctx.needs says none is wanted), written with other
-        ops; or "not differentiable".
-    forward / compose / fused: an op that runs several dispatches itself, one built from other ops, one whose
-        forward also returns its gradient (see FusedResult). The built-in ops use these.
-    validate: compile the shader now and check its bindings, so a mistake shows at registration.
-    options: the keyword options the op takes, each with a short description of its values (shown by
-        `tools list`); others then raise TypeError. tensor_attrs: those whose value is a tensor or numpy array (the
-        shape rule gets its shape, forward its buffer). integer_inputs: 1-based positions that also take int32
-        tensors or integer numpy arrays (class indices). inplace_attr: a fused op's option that, when true, makes it
-        write its gradient over its first input (which must be an op's output; it is unreadable afterwards).
-        grad_inputs: the 1-based positions a fused op's forward gives gradients for (FusedResult.grads); default
-        the first only (FusedResult.grad).
+    backward: `backward(ctx, grad)`, one gradient per operand (None where ctx.needs says none is wanted), written
+        with other ops; Backward.NONE ("not differentiable"); or Backward.FUSED for an op whose forward saves its
+        gradients (ctx.save_for_backward), which backward then scales by the upstream gradient.
+    forward(ctx, *operand_buffers, **options): an op that runs its own dispatches (the built-in ops), with
+        `kernels` the kernels.Kernel families it uses. compose(g, *operands, **options): an op built from others.
+    validate: compile the user's shader now and check its bindings, so a mistake shows at registration.
+    inplace_option: a fused op's option that, when true, makes it write its gradient over its first operand (which
+        must be an op's output; it is unreadable afterwards). grad_inputs: the operands a fused op gives gradients
+        for (default: the first).
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
@@ -118,44 +198,72 @@ def register_op(name: str, shader=None, *, inputs: int, shape: Callable | None =
     if name in _graph_names():
         raise ValueError(f"register_op: {name!r} is already a Graph attribute (g.{name}), so an op of that name "
                          "could never be called; choose another name")
-    if compose is None and shader is None:
-        raise ValueError(f"register_op {name}: give a shader (or compose=, for an op built from other ops)")
-    if backward != NOT_DIFFERENTIABLE and not callable(backward):
+    if compose is None and shader is None and forward is None:
+        raise ValueError(f"register_op {name}: give a shader, a forward (with its kernels), or compose=")
+    if isinstance(backward, str) and backward in BACKWARD_KINDS:
+        backward = Backward(backward)
+    if not (callable(backward) or backward in (Backward.NONE, Backward.FUSED)):
         raise ValueError(f"register_op {name}: backward must be a function (ctx, grad) -> gradients, "
-                         f"or {NOT_DIFFERENTIABLE!r}")
-    backward_fn = backward if callable(backward) else None
-    kind = ("primitive autodiff" if compose else "fused kernel" if fused else
-            "own rule" if backward_fn else NOT_DIFFERENTIABLE)
-    variant = _shader_variant(name, shader, defines or {}) if shader is not None else None
-    if shape is not None:
-        shape = _explained(name, shape)
-    if compose is None and forward is None:
-        forward = _one_dispatch(variant, push, invocations)
+                         f"Backward.FUSED or {Backward.NONE.value!r}")
+    if schema is not None:
+        signature = schemas.parse(schema)
+        if signature.name != name:
+            raise ValueError(f"register_op {name}: its schema names {signature.name!r}")
+    elif inputs is not None:
+        signature = schemas.derived(name, inputs, compose, shape, push)
+    else:
+        raise ValueError(f"register_op {name}: give schema= (or inputs=, the number of tensor operands)")
+    kind = (Backward.COMPOSED if compose else Backward.FUSED if backward is Backward.FUSED else
+            Backward.RULE if callable(backward) else Backward.NONE)
+    variants = ()
+    if shader is not None and compose is None and forward is None:
+        variant = shaders.variant(_user_shader(name, shader), **(defines or {}))
+        forward, variants = _one_dispatch(variant, push, invocations), (variant,)
         if validate:
-            _check_bindings(name, variant, inputs + 1)
-    op = Op(name=name, arity=inputs, backward_kind=kind, doc=doc or f"{name}: a registered op.",
-            shader=variant.path.name if variant else None, shape=shape, forward=forward, backward=backward_fn,
-            compose=compose, variants=variants or ((lambda: [variant]) if variant else None), options=options,
-            tensor_attrs=tuple(tensor_attrs), integer_inputs=tuple(integer_inputs), inplace_attr=inplace_attr,
-            grad_inputs=tuple(grad_inputs))
+            _check_bindings(name, variant, len(signature.operands) + 1)
+    operand_names = [p.name for p in signature.operands]
+    grad_inputs = tuple(grad_inputs) or tuple(operand_names[:1])
+    unknown = [n for n in (*grad_inputs, *([inplace_option] if inplace_option else []))
+               if n not in {p.name for p in signature.params}]
+    if unknown:
+        raise ValueError(f"register_op {name}: {', '.join(unknown)} not in its schema {signature.text()}")
+    op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc), shape=_explained(name, shape),
+            forward=forward, backward=_scaled_saved_grads if kind is Backward.FUSED else backward if callable(backward)
+            else None, compose=compose, kernels=tuple(kernels), shader_variants=variants, inplace_option=inplace_option,
+            grad_inputs=grad_inputs, module=sys._getframe(1).f_globals.get("__name__", ""))
     _OPS[name] = op
+    for listener in _listeners:
+        listener(op)
     return op
 
 
-def _graph_names() -> set[str]:
-    """Names Graph defines itself. The built-in ops register while vkloss.graph is still being imported, before the
-    class exists; their names are known not to clash."""
-    import sys
+def unregister_op(name: str) -> None:
+    """Remove a user's op from the table and from Graph."""
+    op = _OPS.pop(name)
+    for listener in _listeners:
+        listener(op, removed=True)
 
-    graph = getattr(sys.modules.get(__package__ + ".graph"), "Graph", None)
-    return set(dir(graph)) if graph is not None else set()
+
+def _doc(signature, doc: str) -> str:
+    text = doc or "A registered op."
+    return f"{signature.text()}\n\n{text}"
+
+
+def _graph_names() -> set[str]:
+    """Names Graph uses for itself (not op methods). The registry does not import graph (graph imports it); before
+    graph is imported no Graph exists to clash with."""
+    graph = sys.modules.get(__package__ + ".graph")
+    return graph.reserved_names() - set(_OPS) if graph is not None else set()
 
 
 def _explained(name, rule):
     """A shape rule whose failures name the op and the shapes it was given."""
-    def shape(*shapes, **attrs):
+    if rule is None:
+        return None
+
+    def shape(*shapes, **options):
         try:
-            out = rule(*shapes, **attrs)
+            out = rule(*shapes, **options)
         except ValueError:
             raise
         except Exception as e:
@@ -169,10 +277,10 @@ def _explained(name, rule):
 
 
 def _one_dispatch(variant, push, invocations):
-    def forward(engine, inputs, out, shapes, **attrs):
-        constants = push(*shapes, **attrs) if push else [out.size]
-        count = invocations(*shapes, **attrs) if invocations else out.size
-        engine.dispatch(variant, inputs, [out], list(constants), engine.groups_for(count))
+    def forward(ctx, *operands, **options):
+        constants = push(*ctx.shapes, **options) if push else [ctx.out.size]
+        count = invocations(*ctx.shapes, **options) if invocations else ctx.out.size
+        ctx.dispatch_shader(variant, list(operands), [ctx.out], list(constants), ctx.groups_for(count))
 
     return forward
 
@@ -184,8 +292,21 @@ def _check_bindings(name, variant, expected):
                          f"with {expected - 1} input(s) and one output binds {expected} (inputs first, then output)")
 
 
+def _scaled_saved_grads(ctx, grad):
+    """A fused op's backward: the gradients its kernel saved, times the upstream gradient unless that is the seed 1.
+    Upstream is one value for a reduced loss, or one per row or element of the saved gradient (reduction='none')."""
+    def scaled(saved):
+        if ctx.upstream_is_one:
+            return saved
+        if grad.shape == (1,):
+            return ctx.g.mul_scalar(saved, grad)
+        return ctx.g.mul(saved, grad) if grad.shape == saved.shape else ctx.g.mul_rows(saved, grad)
+
+    return tuple(None if saved is None or not need else scaled(saved) for saved, need in zip(ctx.saved, ctx.needs))
+
+
 def get(name: str) -> Op:
-    _load_ops()
+    _load_plugins()
     try:
         return _OPS[name]
     except KeyError:
@@ -193,18 +314,17 @@ def get(name: str) -> Op:
 
 
 def all_ops() -> list[Op]:
-    _load_ops()
+    _load_plugins()
     return list(_OPS.values())
 
 
 _plugins_loaded = False
 
 
-def _load_ops() -> None:
-    """The built-in families, then every entry point in the group "vkloss.ops" (other packages' ops)."""
+def _load_plugins() -> None:
+    """Every entry point in the group "vkloss.ops" (other packages' ops), once. The built-in families are imported
+    by vkloss itself."""
     global _plugins_loaded
-    from . import ops  # noqa: F401  (importing the families registers them)
-
     if not _plugins_loaded:
         _plugins_loaded = True
         from importlib.metadata import entry_points
@@ -212,3 +332,6 @@ def _load_ops() -> None:
         for entry in entry_points(group="vkloss.ops"):
             entry.load()
 
+
+__all__ = ["Backward", "ForwardContext", "Op", "register_op", "unregister_op", "get", "all_ops", "on_register",
+           "NOT_DIFFERENTIABLE"]

@@ -71,7 +71,8 @@ class Variant:
 
     @property
     def name(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in self.defines)
+        """The file and its switches; the interface defines (bindings B_*, PUSH_CONSTANTS) are left out."""
+        extra = ",".join(f"{k}={v}" for k, v in self.defines if not (k.startswith("B_") or k == "PUSH_CONSTANTS"))
         return f"{self.path.stem}[{extra}]" if extra else self.path.stem
 
     def sources(self) -> list[tuple[str, bytes]]:

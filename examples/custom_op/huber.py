@@ -32,13 +32,14 @@ def huber_backward(ctx, grad):
     return grad_pred, (ctx.g.neg(grad_pred) if ctx.needs[1] else None)
 
 
-vkloss.register_op("huber", SHADER, inputs=2, defines={"MODE_FORWARD": 1}, shape=same_shape, push=push,
-                   backward=huber_backward,
-                   doc="huber(pred, target, delta=1.0) -> per-element Huber terms, the shape of pred.")
-vkloss.register_op("huber_backward", SHADER, inputs=3, defines={"MODE_BACKWARD": 1},
-                   shape=lambda grad, pred, target, delta=1.0: same_shape(pred, target, grad, delta=delta),
-                   push=lambda grad, pred, target, delta=1.0: push(pred, delta=delta),
-                   doc="huber_backward(grad, pred, target, delta=1.0) -> grad * d huber / d pred.")
-vkloss.register_op("huber_loss", inputs=2,
-                   compose=lambda g, pred, target, delta=1.0: g.mean_all(g.huber(pred, target, delta=delta)),
-                   doc="huber_loss(pred, target, delta=1.0) -> (1,): the mean Huber term, PyTorch's F.huber_loss.")
+vkloss.register_op("huber", SHADER, schema="huber(Tensor pred, Tensor target, *, float delta=1.0) -> Tensor",
+                   defines={"MODE_FORWARD": 1}, shape=same_shape, push=push, backward=huber_backward,
+                   doc="Per-element Huber terms, the shape of pred.")
+vkloss.register_op("huber_backward", SHADER, defines={"MODE_BACKWARD": 1},
+                   schema="huber_backward(Tensor grad, Tensor pred, Tensor target, *, float delta=1.0) -> Tensor",
+                   shape=lambda grad, pred, target, delta: same_shape(pred, target, grad, delta=delta),
+                   push=lambda grad, pred, target, delta: push(pred, delta=delta),
+                   doc="grad * d huber / d pred.")
+vkloss.register_op("huber_loss", schema="huber_loss(Tensor pred, Tensor target, *, float delta=1.0) -> Tensor",
+                   compose=lambda g, pred, target, delta: g.mean_all(g.huber(pred, target, delta=delta)),
+                   doc="(1,): the mean Huber term, PyTorch's F.huber_loss.")

@@ -1,88 +1,79 @@
-"""Reductions to one value and their broadcast back: shaders/reduce.comp."""
+"""Reductions to one value and their broadcast back: shaders/reductions.comp."""
 from __future__ import annotations
 
 import math
 
-from .. import shaders
-from ..engine import WORKGROUP, ceil_div
+from ..engine import ceil_div
+from ..kernels import Kernel
 from ..registry import register_op
 
-SHADER = "reduce.comp"
 ITEMS = 16  # values each invocation sums before the workgroup's tree: the shader's ITEMS define comes from here
-SUM_PASS = shaders.variant(SHADER, MODE_SUM=1, ITEMS=ITEMS)
-COUNT_NONFINITE_PASS = shaders.variant(SHADER, MODE_SUM=1, COUNT_NONFINITE=1, ITEMS=ITEMS)
-FILL = shaders.variant(SHADER, MODE_FILL=1)
+REDUCTIONS = Kernel(
+    "reductions.comp", push="uint n, float scale", defines={"ITEMS": ITEMS},
+    switches={"mode": ("SUM", "FILL"), "count_nonfinite": (False, True)},
+    allowed=lambda mode, count_nonfinite: mode == "SUM" or not count_nonfinite,
+    bindings=lambda **_: (["src"], ["dst"]),
+)
+SUM_PASS = REDUCTIONS.variant(mode="SUM")
 
 
-def tree_sum(engine, source, n: int, out, scale: float, first_pass=SUM_PASS) -> None:
+def tree_sum(ctx, source, n: int, out, scale: float, first_pass=SUM_PASS) -> None:
     """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/(16 WG) -> ... -> 1.
 
     Each pass is one dispatch with 16 unrolled loads per invocation (no lavapipe loop limit), its workgroups
     spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes. `first_pass` may count
-    instead of sum (COUNT_NONFINITE_PASS)."""
-    workgroup = engine.reduction_workgroup()
+    instead of sum (REDUCTIONS.variant(count_nonfinite=True)). ctx: an op's ForwardContext."""
+    workgroup = ctx.reduction_workgroup()
     variant = first_pass
     while True:
         groups = ceil_div(n, ITEMS * workgroup)
         last = groups == 1
-        target = out if last else engine.alloc(groups)
-        engine.dispatch(variant, [source], [target], [n, scale if last else 1.0], engine.grid(groups),
-                        workgroup=workgroup)
+        target = out if last else ctx.alloc(groups)
+        ctx.dispatch(variant, ctx.grid(groups), workgroup=workgroup, push={"n": n, "scale": scale if last else 1.0},
+                     src=source, dst=target)
         variant = SUM_PASS
         if last:
             return
         source, n = target, groups
 
 
-def count_nonfinite(engine, source, n: int):
-    """A one-element buffer that will hold how many of source[:n] are NaN or infinite."""
-    count = engine.alloc(1)
-    tree_sum(engine, source, n, count, 1.0, first_pass=COUNT_NONFINITE_PASS)
-    return count
-
-
-def _sum_forward(engine, inputs, out, shapes, scale=1.0):
-    tree_sum(engine, inputs[0], math.prod(shapes[0]), out, float(scale))
-
-
-def _mean_all_forward(engine, inputs, out, shapes):
-    tree_sum(engine, inputs[0], math.prod(shapes[0]), out, 1.0 / math.prod(shapes[0]))
-
-
-def _expand_forward(engine, inputs, out, shapes, shape, scale=1.0):
-    engine.dispatch(FILL, inputs, [out], [out.size, float(scale)], engine.groups_for(out.size))
-
-
 def _expand_shape(s, shape, scale=1.0):
     if s != (1,):
         raise ValueError(f"expand: needs a tensor of shape (1,), got {s}")
-    shape = tuple(int(d) for d in shape)
     if not shape or min(shape) <= 0:
         raise ValueError(f"expand: target shape {shape} must have positive dimensions")
     return shape
 
 
+def _expand_forward(ctx, s, shape, scale=1.0):
+    n = ctx.out.size
+    ctx.dispatch(REDUCTIONS.variant(mode="FILL"), ctx.groups_for(n), push={"n": n, "scale": scale}, src=s, dst=ctx.out)
+
+
 register_op(
-    "mean_all", SUM_PASS, inputs=1,
-    doc="mean_all(x) -> (1,): the mean of every element, summed as a pairwise tree (deterministic; error grows "
-        "with log2 n). d/dx = 1/n everywhere.",
-    shape=lambda s: (1,), forward=_mean_all_forward,
+    "mean_all", schema="mean_all(Tensor x) -> Tensor", kernels=(REDUCTIONS,),
+    doc="(1,): the mean of every element, summed as a pairwise tree (deterministic; error grows with log2 n). "
+        "d/dx = 1/n everywhere.",
+    shape=lambda s: (1,), forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0 / x.size),
     backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape,
                                              scale=1.0 / math.prod(ctx.inputs[0].shape)),),
-    variants=lambda: [SUM_PASS, COUNT_NONFINITE_PASS],
 )
 register_op(
-    "sum_all", SUM_PASS, inputs=1,
-    doc="sum_all(x, scale=1.0) -> (1,): scale * the sum of every element (pairwise tree). d/dx = scale.",
-    shape=lambda s, scale=1.0: (1,), forward=_sum_forward, options={"scale": "float (default 1.0)"},
-    backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape, scale=ctx.attrs.get("scale", 1.0)),),
-    variants=lambda: [SUM_PASS],
+    "sum_all", schema="sum_all(Tensor x, *, float scale=1.0) -> Tensor", kernels=(REDUCTIONS,),
+    doc="(1,): scale * the sum of every element (pairwise tree). d/dx = scale.",
+    shape=lambda s, scale: (1,), forward=lambda ctx, x, scale: tree_sum(ctx, x, x.size, ctx.out, scale),
+    backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape, scale=ctx.attrs["scale"]),),
 )
 register_op(
-    "expand", FILL, inputs=1,
-    doc="expand(s, shape=, scale=1.0) -> shape: s of shape (1,) repeated, times scale. d/ds = scale * sum(grad).",
+    "expand", schema="expand(Tensor s, *, int[] shape, float scale=1.0) -> Tensor", kernels=(REDUCTIONS,),
+    doc="shape: s of shape (1,) repeated, times scale. d/ds = scale * sum(grad).",
     shape=_expand_shape, forward=_expand_forward,
-    options={"shape": "the output shape", "scale": "float (default 1.0)"},
-    backward=lambda ctx, grad: (ctx.g.sum_all(grad, scale=ctx.attrs.get("scale", 1.0)),),
-    variants=lambda: [FILL],
+    backward=lambda ctx, grad: (ctx.g.sum_all(grad, scale=ctx.attrs["scale"]),),
+)
+register_op(
+    "count_nonfinite", schema="count_nonfinite(Tensor x) -> Tensor", kernels=(REDUCTIONS,),
+    doc="(1,): how many elements of x are NaN or infinite (Graph(check_finite=True) runs it after every op). Not "
+        "differentiable.",
+    shape=lambda s: (1,),
+    forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0, REDUCTIONS.variant(count_nonfinite=True)),
 )

@@ -7,21 +7,33 @@ import importlib
 import os
 import sys
 
-from .. import optim, registry, shaders
-from . import bench
+from .. import kernels, registry, shaders
+from . import bench, generate
 from ..device import choose_device, devices
 from ..errors import ShaderCheckError, ShaderCompileError
 
 
 def all_variants() -> list[shaders.Variant]:
-    """Every shader variant a registered op may dispatch, each once, in registry order."""
+    """Every shader variant: each declared kernel's (ops, optimizers, bench baselines alike), then users' op shaders."""
     seen: dict[shaders.Variant, None] = {}
+    for kernel in kernels.catalog():
+        for v in kernel.variants():
+            seen.setdefault(v.shader)
     for op in registry.all_ops():
-        for v in op.variants() if op.variants else ():
+        for v in op.shader_variants:
             seen.setdefault(v)
-    for v in optim.VARIANTS + bench.VARIANTS:  # optimizer updates and bench baselines, checked like the ops'
-        seen.setdefault(v)
     return list(seen)
+
+
+def binding_mismatches() -> list[str]:
+    """Kernel variants whose compiled shader declares another number of bindings than their table lists."""
+    found = []
+    for kernel in kernels.catalog():
+        for v in kernel.variants():
+            declared = shaders.binding_count(shaders.load(v.shader))
+            if declared != len(v.reads + v.writes):
+                found.append(f"{v.name}: the shader declares {declared} bindings, its table {v.reads + v.writes}")
+    return found
 
 
 def cmd_compile(args) -> int:
@@ -45,6 +57,9 @@ def cmd_check(args) -> int:
         except (ShaderCheckError, ShaderCompileError) as e:
             failures += 1
             print(f"FAILED  {e}", file=sys.stderr)
+    for problem in binding_mismatches() if not failures else ():
+        failures += 1
+        print(f"FAILED  {problem}", file=sys.stderr)
     used = {v.path for v in variants}
     for path in sorted(shaders.shader_dir().glob("*.comp")):
         if path.resolve() not in used:
@@ -54,7 +69,7 @@ def cmd_check(args) -> int:
 
 
 def op_table() -> list[tuple[str, str, str, str]]:
-    return [(op.name, op.shader or "(composed)", op.backward_kind, ", ".join(op.options or ()) or "-")
+    return [(op.name, op.shader or "(composed)", str(op.backward_kind), ", ".join(op.options) or "-")
             for op in registry.all_ops()]
 
 
@@ -66,14 +81,9 @@ def cmd_list(args) -> int:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows[1:]:
         print(line(r))
-    described = [op for op in registry.all_ops() if op.options]
-    if described:
-        print("\noptions (keyword arguments):")
-        for op in described:
-            print(f"  {op.name}")
-            width = max(map(len, op.options))
-            for name, values in op.options.items():
-                print(f"    {name.ljust(width)}  {values}")
+    print("\nsignatures (vkloss/schema.py):")
+    for op in registry.all_ops():
+        print(f"  {op.schema.text()}")
     return 0
 
 
@@ -124,6 +134,8 @@ def run(argv=None) -> int:
     sub.add_parser("check", help="run spirv-val on every cached variant; fail on an invalid, missing or stale one")
     sub.add_parser("list", help="print the op registry: op, shader, how it differentiates, options")
     sub.add_parser("devices", help="list the Vulkan devices and which one is the default")
+    gen = sub.add_parser("generate", help="write vkloss/_graph_ops.py, the ops as Graph methods, from their schemas")
+    gen.add_argument("--check", action="store_true", help="only say whether the file is current (exit 1 if not)")
     b = sub.add_parser("bench", help="time CE and BCE loss + gradient: roofline ratio, fused vs unfused, PyTorch")
     b.add_argument("--json", metavar="PATH", type=writable_path, help="also write the figures as JSON")
     b.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
@@ -133,7 +145,7 @@ def run(argv=None) -> int:
     for module in args.imports:
         importlib.import_module(module)
     commands = {"compile": cmd_compile, "check": cmd_check, "list": cmd_list, "devices": cmd_devices,
-                "bench": bench.main}
+                "bench": bench.main, "generate": generate.main}
     return commands[args.command](args)
 
 

@@ -41,20 +41,24 @@ import time
 
 import numpy as np
 
-from .. import reference, shaders
+from .. import reference
 from ..engine import ceil_div
 from ..graph import Graph
+from ..kernels import Kernel, dispatch
 from ..ops.reductions import tree_sum
+from ..registry import ForwardContext
 
-COPY = {vec4: shaders.variant("bench.comp", MODE_COPY=1, VEC4=int(vec4)) for vec4 in (False, True)}
-ROW_MAX = shaders.variant("bench.comp", MODE_ROW_MAX=1)
-ROW_SUMEXP = shaders.variant("bench.comp", MODE_ROW_SUMEXP=1)
-ROW_TDOT = shaders.variant("bench.comp", MODE_ROW_TDOT=1)
-ROW_LOSS = shaders.variant("bench.comp", MODE_ROW_LOSS=1)
-CE_GRAD = shaders.variant("bench.comp", MODE_CE_GRAD=1)
-BCE_TERMS = shaders.variant("bench.comp", MODE_BCE_TERMS=1)
-BCE_GRAD = shaders.variant("bench.comp", MODE_BCE_GRAD=1)
-VARIANTS = [*COPY.values(), ROW_MAX, ROW_SUMEXP, ROW_TDOT, ROW_LOSS, CE_GRAD, BCE_TERMS, BCE_GRAD]
+_BENCH_BINDINGS = {
+    "COPY": (["src"], ["dst"]), "ROW_MAX": (["pred"], ["row_max"]), "ROW_SUMEXP": (["pred", "row_max"], ["row_sum"]),
+    "ROW_TDOT": (["pred", "target"], ["row_tdot"]), "ROW_LOSS": (["row_max", "row_sum", "row_tdot"], ["row_loss"]),
+    "CE_GRAD": (["pred", "target", "row_max", "row_sum", "row_tdot"], ["grad"]),
+    "BCE_TERMS": (["pred", "labels"], ["result"]), "BCE_GRAD": (["pred", "labels"], ["result"]),
+}
+BENCH = Kernel(  # baselines, not ops: a copy shader, and CE and BCE as one kernel per step
+    "bench.comp", push="uint rows, uint classes = 0, float inv_rows = 0.0",
+    switches={"mode": tuple(_BENCH_BINDINGS), "vec4": (False, True)},
+    allowed=lambda mode, vec4: mode == "COPY" or not vec4, bindings=lambda mode, vec4: _BENCH_BINDINGS[mode],
+)
 
 CE_SIZES = [(4096, 1000), (512, 32_000), (64, 128_256)]
 BCE_SIZES = [(1 << 20,), (1 << 24,)]
@@ -186,20 +190,27 @@ class Case:
         loss, grad = e.alloc(1), e.alloc(n)
         if self.loss == "cross_entropy_loss":
             rows, classes = self.shape
-            push = [rows, classes, 1.0 / rows]
+            push = dict(rows=rows, classes=classes, inv_rows=1.0 / rows)
             row_max, row_sum, row_tdot, row_loss = e.alloc(rows), e.alloc(rows), e.alloc(2 * rows), e.alloc(rows)
-            workgroup = e.row_workgroup(classes)  # the fused kernel's choice, so the comparison is fair
-            e.dispatch(ROW_MAX, [pred], [row_max], push, e.grid(rows), workgroup=workgroup)
-            e.dispatch(ROW_SUMEXP, [pred, row_max], [row_sum], push, e.grid(rows), workgroup=workgroup)
-            e.dispatch(ROW_TDOT, [pred, target], [row_tdot], push, e.grid(rows), workgroup=workgroup)
-            e.dispatch(ROW_LOSS, [row_max, row_sum, row_tdot], [row_loss], push, e.groups_for(rows))
-            e.dispatch(CE_GRAD, [pred, target, row_max, row_sum, row_tdot], [grad], push, e.groups_for(n))
-            tree_sum(e, row_loss, rows, loss, 1.0 / rows)
+            rowwise = dict(grid=e.grid(rows), workgroup=e.row_workgroup(classes))  # the fused kernel's choice: fair
+            dispatch(e, BENCH.variant(mode="ROW_MAX"), **rowwise, push=push, pred=pred, row_max=row_max)
+            dispatch(e, BENCH.variant(mode="ROW_SUMEXP"), **rowwise, push=push, pred=pred, row_max=row_max,
+                     row_sum=row_sum)
+            dispatch(e, BENCH.variant(mode="ROW_TDOT"), **rowwise, push=push, pred=pred, target=target,
+                     row_tdot=row_tdot)
+            dispatch(e, BENCH.variant(mode="ROW_LOSS"), e.groups_for(rows), push=push, row_max=row_max,
+                     row_sum=row_sum, row_tdot=row_tdot, row_loss=row_loss)
+            dispatch(e, BENCH.variant(mode="CE_GRAD"), e.groups_for(n), push=push, pred=pred, target=target,
+                     row_max=row_max, row_sum=row_sum, row_tdot=row_tdot, grad=grad)
+            tree_sum(ForwardContext(e, None, (), None, ()), row_loss, rows, loss, 1.0 / rows)
         else:
             terms = e.alloc(n)
-            e.dispatch(BCE_TERMS, [pred, target], [terms], [n, 0, 1.0 / n], e.groups_for(n))
-            tree_sum(e, terms, n, loss, 1.0 / n)
-            e.dispatch(BCE_GRAD, [pred, target], [grad], [n, 0, 1.0 / n], e.groups_for(n))
+            push = dict(rows=n, inv_rows=1.0 / n)
+            dispatch(e, BENCH.variant(mode="BCE_TERMS"), e.groups_for(n), push=push, pred=pred, labels=target,
+                     result=terms)
+            tree_sum(ForwardContext(e, None, (), None, ()), terms, n, loss, 1.0 / n)
+            dispatch(e, BENCH.variant(mode="BCE_GRAD"), e.groups_for(n), push=push, pred=pred, labels=target,
+                     result=grad)
         if not read:
             return None
         value, gradient = e.read([loss, grad])
@@ -218,8 +229,8 @@ class Case:
         ways = {"device_copy": lambda: e.copy(src, dst)}
         for vec4, count in ((False, floats), (True, floats // 4)):
             ways["vec4" if vec4 else "scalar"] = (
-                lambda vec4=vec4, count=count: e.dispatch(COPY[vec4], [src], [dst], [count, 0, 0.0],
-                                                          e.groups_for(count)))
+                lambda vec4=vec4, count=count: dispatch(e, BENCH.variant(mode="COPY", vec4=vec4),
+                                                        e.groups_for(count), push=dict(rows=count), src=src, dst=dst))
         for name, record in ways.items():
             e.upload_into(dst, np.zeros(floats, np.float32))  # each way proves itself from a blank target
             record()

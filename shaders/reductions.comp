@@ -9,14 +9,15 @@
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(push_constant) uniform Push { uint n; float scale; } p;
-layout(set = 0, binding = 0) readonly buffer In { float src[]; };
-layout(set = 0, binding = 1) writeonly buffer Out { float dst[]; };
+// Bindings (B_*) and the push block come from the kernel's declaration in vkloss/ops/reductions.py.
+layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
+layout(set = 0, binding = B_SRC) readonly buffer In { float src[]; };
+layout(set = 0, binding = B_DST) writeonly buffer Out { float dst[]; };
 
 #if MODE_SUM
 #include "reduce.glsl"
 #ifndef ITEMS
-#error "reduce.comp: MODE_SUM needs ITEMS, the values one invocation sums (vkloss/ops/reductions.py passes it)"
+#error "reductions.comp: MODE_SUM needs ITEMS, the values one invocation sums (vkloss/ops/reductions.py passes it)"
 #endif
 void main() {
     uint w = workgroup_index();
@@ -42,5 +43,5 @@ void main() {
     if (i < p.n) dst[i] = src[0] * p.scale;
 }
 #else
-#error "reduce.comp: define MODE_SUM or MODE_FILL"
+#error "reductions.comp: define MODE_SUM or MODE_FILL"
 #endif

@@ -1,0 +1,106 @@
+"""Binary cross-entropy, on probabilities and on logits: one fused kernel family (shaders/bce.comp) that computes the
+loss and its gradient in one pass, PyTorch's F.binary_cross_entropy and F.binary_cross_entropy_with_logits."""
+from __future__ import annotations
+
+import functools
+import math
+
+from ..engine import ceil_div
+from ..kernels import Kernel
+from ..registry import Backward, register_op
+from .reductions import tree_sum
+
+ITEMS = 16  # loop iterations per invocation in bce.comp
+
+BCE = Kernel(
+    "bce.comp", push="uint n, float scale, uint per_workgroup, uint weight_size = 1, uint pos_weight_size = 1",
+    switches={flag: (False, True) for flag in ("logits", "weighted", "pos_weight", "per_element", "write_grad",
+                                                "vec4")},
+    allowed=lambda logits, pos_weight, **_: logits or not pos_weight,
+    bindings=lambda weighted, pos_weight, per_element, write_grad, **_: (
+        ["pred", "labels", *(["weight"] if weighted else []), *(["pos_weight"] if pos_weight else [])],
+        ["element_loss" if per_element else "loss_partials", "bad_partials", *(["grad"] if write_grad else [])]),
+)
+
+
+def _broadcast_size(name, option, shape, pred):
+    """Elements of a weight that broadcasts over pred's leading dimensions (its shape, less leading 1s, ends pred's
+    shape): the kernel reads weight[i % size]."""
+    trailing = tuple(shape)
+    while len(trailing) > 0 and trailing[0] == 1:
+        trailing = trailing[1:]
+    if len(trailing) > len(pred) or tuple(pred[len(pred) - len(trailing):]) != trailing:
+        raise ValueError(f"{name}: {option} of shape {shape} must match pred {pred} or its trailing dimensions "
+                         f"(broadcast over the leading ones); expand other shapes first, e.g. "
+                         f"np.broadcast_to({option}, {pred})")
+    return math.prod(trailing)
+
+
+def _shape(name, pred, labels, weight=None, reduction="mean", pos_weight=None):
+    if pred != labels:
+        raise ValueError(f"{name}: pred has shape {pred} and labels {labels}; they must match")
+    for option, shape in (("weight", weight), ("pos_weight", pos_weight)):
+        if shape is not None:
+            _broadcast_size(name, option, shape, pred)
+    return pred if reduction == "none" else (1,)
+
+
+def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos_weight=None):
+    n = math.prod(ctx.shapes[0])
+    sizes = [w.size for w in (weight, pos_weight) if w is not None]  # broadcast: the shape rule checked them
+    vec4 = all(size % 4 == 0 for size in [n, *sizes])
+    width = 4 if vec4 else 1
+    workgroup = ctx.row_workgroup()  # ITEMS loop iterations per invocation
+    per_workgroup = ITEMS * width * workgroup
+    groups = ceil_div(n, per_workgroup)
+    per_element = reduction == "none"
+    loss = ctx.out if per_element else ctx.alloc(groups)
+    bad_partials = ctx.alloc(groups)
+    grad = ctx.alloc(n) if ctx.want_grad else None
+    scale = 1.0 / n if reduction == "mean" else 1.0
+    variant = BCE.variant(logits=logits, weighted=weight is not None, pos_weight=pos_weight is not None,
+                          per_element=per_element, write_grad=ctx.want_grad, vec4=vec4)
+    push = dict(n=n, scale=scale, per_workgroup=per_workgroup,
+                weight_size=(weight.size if weight is not None else 1) // width,
+                pos_weight_size=(pos_weight.size if pos_weight is not None else 1) // width)
+    ctx.dispatch(variant, ctx.grid(groups), workgroup=workgroup, push=push, pred=pred, labels=labels, weight=weight,
+                 pos_weight=pos_weight, bad_partials=bad_partials, grad=grad,
+                 **{"element_loss" if per_element else "loss_partials": loss})
+    if not per_element:
+        tree_sum(ctx, loss, groups, ctx.out, scale)
+    bad = ctx.alloc(1)
+    tree_sum(ctx, bad_partials, groups, bad, 1.0)
+    ctx.check(bad, f"{name}: {{count}} values of labels (shape {ctx.shapes[0]}) lie outside [0, 1] or are NaN" if logits
+              else f"bce_loss: {{count}} values of pred or labels (shape {ctx.shapes[0]}) lie outside [0, 1] or are "
+                   "NaN; pred must be probabilities (apply g.sigmoid to logits, or use g.bce_with_logits_loss) and "
+                   "labels in [0, 1]")
+    ctx.save_for_backward(grad)
+
+
+register_op(
+    "bce_loss", kernels=(BCE,), backward=Backward.FUSED,
+    schema="bce_loss(Tensor pred, Tensor labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean') "
+           "-> Tensor",
+    doc="(1,), or pred's shape for reduction='none'. pred in (0, 1) (apply g.sigmoid to logits first, or use "
+        "bce_with_logits_loss), labels in [0, 1], one shape of any rank. Per element -weight (y log p + (1 - y) "
+        "log(1 - p)) with each log clamped at -100, PyTorch's F.binary_cross_entropy; 'mean' divides by the number "
+        "of elements. weight has pred's shape or its trailing dimensions. One fused kernel computes the loss and "
+        "d/dpred = weight (p - y) / max(p (1 - p), 1e-12) (/ n for a mean) in the same pass; backward scales that. "
+        "Values outside [0, 1] (or NaN), counted on the device, raise ValueError at the next host read. No gradient "
+        "with respect to labels or weight.",
+    shape=functools.partial(_shape, "bce_loss"), forward=functools.partial(_forward, "bce_loss", False),
+)
+register_op(
+    "bce_with_logits_loss", kernels=(BCE,), backward=Backward.FUSED,
+    schema="bce_with_logits_loss(Tensor logits, Tensor labels, *, Tensor? weight=None, "
+           "str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
+    doc="(1,), or the logits' shape for reduction='none'. PyTorch's F.binary_cross_entropy_with_logits: sigmoid "
+        "and BCE in one kernel, stable for logits of any magnitude; pred are logits. Per element, with l = 1 + "
+        "(pos_weight - 1) y: weight ((1 - y) x - l log_sigmoid(x)), log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)); "
+        "'mean' divides by the number of elements. weight and pos_weight have the logits' shape or its trailing "
+        "dimensions (pos_weight usually [classes]). d/dlogits = weight (l sigmoid(x) - pos_weight y) (/ n for a "
+        "mean), computed in the same pass; backward scales that. Labels outside [0, 1] (or NaN) raise ValueError at "
+        "the next host read. No gradient with respect to labels, weight or pos_weight.",
+    shape=functools.partial(_shape, "bce_with_logits_loss"),
+    forward=functools.partial(_forward, "bce_with_logits_loss", True),
+)

@@ -1,0 +1,155 @@
+"""Cross-entropy: a fused kernel family (shaders/cross_entropy.comp) that computes the loss and its gradient in one
+pass, PyTorch's F.cross_entropy with every option."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import WORKGROUP, ceil_div
+from ..kernels import Kernel
+from ..registry import Backward, register_op
+from .reductions import tree_sum
+
+SMALL_ROW = 64  # classes up to which one invocation handles a whole row
+ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: 2 passes of at most 2^11 iterations each
+                     # (engine.row_workgroup widens the workgroup to keep them there)
+CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
+MODES = ("SMALL", "ROW", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
+
+
+def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4):
+    if (norm_buffer and not target_index) or (inplace and not write_grad) or (vec4 and mode != "ROW"):
+        return False
+    return {"ROW_WEIGHT": target_index and not (norm_buffer or write_grad),
+            "STATS": not (norm_buffer or write_grad),
+            "COMBINE": not (weighted or write_grad),
+            "GRAD": write_grad}.get(mode, True)
+
+
+def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4):
+    norm = ["norm"] if norm_buffer else []
+    if mode == "COMBINE":
+        return ["partials", *(["target"] if target_index else []), *norm], ["row_loss", "row_stats"]
+    logits = [] if inplace or mode == "ROW_WEIGHT" else ["pred"]
+    reads = logits + ["target"] + (["weight"] if weighted else []) + norm + (["row_stats"] if mode == "GRAD" else [])
+    writes = {"ROW_WEIGHT": ["row_weight", "bad"], "STATS": ["partials"], "GRAD": []}.get(mode, ["row_loss"])
+    return reads, writes + ([("pred" if inplace else "grad")] if write_grad else [])
+
+
+CROSS_ENTROPY = Kernel(
+    "cross_entropy.comp", allowed=_allowed, bindings=_bindings,
+    switches={"mode": MODES, **{flag: (False, True) for flag in ("target_index", "weighted", "norm_buffer",
+                                                                 "write_grad", "inplace", "vec4")}},
+    push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, float smoothing = 0.0, "
+         "int ignore_index = 0, uint ignore = 0",
+)
+
+
+def _shape(pred, target, weight=None, reduction="mean", ignore_index=None, label_smoothing=0.0, inplace_grad=False):
+    if len(pred) != 2 or (target != pred and target != pred[:1]):
+        raise ValueError(f"cross_entropy_loss: needs logits [batch, classes] and a target of the same shape "
+                         f"(probabilities) or of shape [batch] (class indices); got pred {pred} and target {target}")
+    if weight is not None and weight != pred[1:]:
+        raise ValueError(f"cross_entropy_loss: weight must have shape ({pred[1]},), one per class; got {weight} "
+                         f"beside pred {pred}")
+    check_index_options("cross_entropy_loss", ignore_index, label_smoothing)
+    if ignore_index is not None and target == pred:
+        raise ValueError(f"cross_entropy_loss: ignore_index applies to class-index targets [batch]; the target "
+                         f"{target} holds probabilities (as in PyTorch)")
+    return (pred[0],) if reduction == "none" else (1,)
+
+
+def check_index_options(name, ignore_index, label_smoothing):
+    """ignore_index (None or within int32) and label_smoothing (in [0, 1]), as every cross-entropy op takes them
+    (their types the schema checked)."""
+    if ignore_index is not None and not np.iinfo(np.int32).min <= ignore_index <= np.iinfo(np.int32).max:
+        raise ValueError(f"{name}: ignore_index {ignore_index} does not fit int32")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+
+
+def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None, label_smoothing=0.0,
+             inplace_grad=False):
+    (rows, classes), target_shape = ctx.shapes
+    index = len(target_shape) == 1
+    if index != (target.dtype == np.int32):
+        raise TypeError(f"cross_entropy_loss: a target of shape {target_shape} beside pred {ctx.shapes[0]} must be "
+                        + ("integer class indices: an int32 tensor (g.tensor(labels, dtype=np.int32)) or an "
+                           "integer numpy array" if index else "float32 probabilities, not int32"))
+    want_grad = ctx.want_grad
+    inplace = want_grad and inplace_grad
+    scale = 1.0 / rows if reduction == "mean" and not index else 1.0
+    push = dict(rows=rows, classes=classes, chunk=classes, scale=scale, smoothing=label_smoothing,
+                ignore_index=ignore_index or 0, ignore=ignore_index is not None)
+    norm = None
+    if index:  # PyTorch's mean divides by the counted rows' summed class weights
+        norm = index_target_checks(ctx, target, weight, rows, classes, ignore_index, reduction == "mean",
+                                   f"cross_entropy_loss: {{count}} class indices of target (shape {target_shape}) "
+                                   f"are outside {{allowed}}, beside pred {ctx.shapes[0]}")
+    row_loss = ctx.out if reduction == "none" else ctx.alloc(rows)
+    grad = None if not want_grad or inplace else ctx.alloc(rows * classes)
+    switches = dict(target_index=index, weighted=weight is not None, norm_buffer=norm is not None)
+    buffers = dict(pred=pred, target=target, weight=weight, norm=norm, grad=grad)
+    if classes <= SMALL_ROW:
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="SMALL", write_grad=want_grad, inplace=inplace, **switches),
+                     ctx.groups_for(rows), push=push, row_loss=row_loss, **buffers)
+    elif classes <= ROW_LIMIT:
+        vec4 = classes % 4 == 0  # rows start on 16-byte boundaries: load four classes at a time
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW", write_grad=want_grad, inplace=inplace, vec4=vec4, **switches),
+                     ctx.grid(rows), workgroup=ctx.row_workgroup(classes // 4 if vec4 else classes), push=push,
+                     row_loss=row_loss, **buffers)
+    else:
+        chunks = ceil_div(classes, CHUNK)
+        push.update(chunks=chunks, chunk=ceil_div(classes, chunks * WORKGROUP) * WORKGROUP)  # even, whole workgroups
+        partials, row_stats = ctx.alloc(rows * chunks * 4), ctx.alloc(rows * 4)
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="STATS", target_index=index, weighted=weight is not None),
+                     ctx.grid(rows * chunks), push=push, pred=pred, target=target, weight=weight, partials=partials)
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="COMBINE", target_index=index, norm_buffer=norm is not None),
+                     ctx.groups_for(rows), push=push, partials=partials, target=target if index else None, norm=norm,
+                     row_loss=row_loss, row_stats=row_stats)
+        if want_grad:
+            ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, **switches),
+                         ctx.groups_for(rows * classes), push=push, row_stats=row_stats, **buffers)
+    if reduction != "none":
+        tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale)
+    if want_grad:
+        ctx.save_for_backward(pred if inplace else grad)
+
+
+def index_target_checks(ctx, target, weight, rows: int, classes: int, ignore_index, want_norm: bool, message: str):
+    """For class-index targets [rows]: the device-side check of indices outside [0, classes) that are not
+    ignore_index (message with {count} and {allowed}), and, with want_norm, a one-value buffer of PyTorch's mean
+    divisor, the counted rows' summed weight[target] (else None)."""
+    row_weight, bad = ctx.alloc(rows), ctx.alloc(rows)
+    ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_WEIGHT", target_index=True, weighted=weight is not None),
+                 ctx.groups_for(rows), push=dict(rows=rows, classes=classes, ignore_index=ignore_index or 0,
+                                                 ignore=ignore_index is not None),
+                 target=target, weight=weight, row_weight=row_weight, bad=bad)
+    bad_count = ctx.alloc(1)
+    tree_sum(ctx, bad, rows, bad_count, 1.0)
+    allowed = f"[0, {classes})" + (f" or ignore_index {ignore_index}" if ignore_index is not None else "")
+    ctx.check(bad_count, message.replace("{allowed}", allowed))
+    if not want_norm:
+        return None
+    norm = ctx.alloc(1)
+    tree_sum(ctx, row_weight, rows, norm, 1.0)
+    return norm
+
+
+register_op(
+    "cross_entropy_loss", kernels=(CROSS_ENTROPY,), backward=Backward.FUSED, inplace_option="inplace_grad",
+    schema="cross_entropy_loss(Tensor pred, Tensor|Index target, *, Tensor? weight=None, "
+           "str{mean|sum|none} reduction='mean', int? ignore_index=None, float label_smoothing=0.0, "
+           "bool inplace_grad=False) -> Tensor",
+    doc="(1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes]; target "
+        "is a distribution of the same shape (one-hot or soft; rows need not sum to 1) or class indices [batch] (an "
+        "int32 Tensor or an integer numpy array, read directly by the kernel). Per row, loss = sum_c a_c "
+        "(logsumexp(pred) - pred_c) with a_c = weight_c (t_c (1 - label_smoothing) + label_smoothing / classes), t "
+        "the target row or the one-hot of its index; rows whose index is ignore_index count for nothing. 'mean' "
+        "divides by batch for probability targets and by the summed weight[target] of the counted rows for index "
+        "targets (NaN when none counts), as PyTorch does. One fused kernel family computes the loss and d/dpred = "
+        "(softmax(pred) sum_c a_c - a) / that divisor in the same pass (log-sum-exp relative to the row maximum); "
+        "backward scales that. inplace_grad=True writes the gradient over pred's buffer (pred must be an op's "
+        "output and cannot be read afterwards), so the loss adds no buffer of pred's size. Class indices outside "
+        "[0, classes) raise ValueError at the next host read. No gradient with respect to target or weight.",
+    shape=_shape, forward=_forward,
+)

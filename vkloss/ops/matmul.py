@@ -1,0 +1,92 @@
+"""Matrix products: shaders/matmul.comp."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import ceil_div
+from ..kernels import Kernel
+from ..registry import register_op
+
+BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
+MATMUL = Kernel(
+    "matmul.comp", defines={"BLOCK": BLOCK}, bindings=lambda: (["a", "b"], ["out"]),
+    push="uint m, uint n, uint k, uint k_begin, uint k_end, uint trans_a, uint trans_b, uint accumulate, "
+         "uint a_offset, uint b_offset, uint out_offset",
+)
+K_SLICE = 16384  # k one dispatch sums: one loop iteration each, far below lavapipe's limit of about 65,535
+
+
+def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=False, accumulate=False,
+                offsets=(0, 0, 0)) -> None:
+    """out[m, n] (+)= op(a) @ op(b) on the device, k split into slices of K_SLICE, each added to the last.
+    `offsets`: where a, b and out start in their buffers (in elements), so row blocks are operands."""
+    for k_begin in range(0, k, K_SLICE):
+        push = dict(m=m, n=n, k=k, k_begin=k_begin, k_end=min(k, k_begin + K_SLICE), trans_a=trans_a,
+                    trans_b=trans_b, accumulate=accumulate or k_begin > 0, a_offset=offsets[0], b_offset=offsets[1],
+                    out_offset=offsets[2])
+        # out is read too when accumulating: the binding table lists it as written, so the engine orders the slices
+        ctx.dispatch(MATMUL.variant(), ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK)), push=push, a=a, b=b,
+                     out=out)
+
+
+def _matmul_shape(a, b):
+    if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+        raise ValueError(f"matmul: needs [m, k] @ [k, n]; got shapes {a} and {b}")
+    return (a[0], b[1])
+
+
+def _matmul_forward(ctx, a, b):
+    (m, k), (_, n) = ctx.shapes
+    matmul_into(ctx, a, b, ctx.out, m, n, k)
+
+
+def _matmul_backward(ctx, grad):
+    a, b = ctx.inputs
+    return (ctx.g.matmul_transposed(grad, b, trans_b=True) if ctx.needs[0] else None,  # grad @ b^T
+            ctx.g.matmul_transposed(a, grad, trans_a=True) if ctx.needs[1] else None)  # a^T @ grad
+
+
+def _transposed_shape(a, b, trans_a=False, trans_b=False):
+    m, k = (a[1], a[0]) if trans_a else a
+    k2, n = (b[1], b[0]) if trans_b else b
+    if len(a) != 2 or len(b) != 2 or k != k2:
+        raise ValueError(f"matmul_transposed: shapes {a} (transposed: {trans_a}) and {b} (transposed: {trans_b}) "
+                         "do not chain")
+    return (m, n)
+
+
+def _transposed_forward(ctx, a, b, trans_a=False, trans_b=False):
+    m, n = _transposed_shape(*ctx.shapes, trans_a=trans_a, trans_b=trans_b)
+    k = ctx.shapes[0][0] if trans_a else ctx.shapes[0][1]
+    matmul_into(ctx, a, b, ctx.out, m, n, k, trans_a, trans_b)
+
+
+def _sum_rows_shape(x):
+    if len(x) != 2:
+        raise ValueError(f"sum_rows: needs a matrix [batch, n], got shape {x}")
+    return (x[1],)
+
+
+def _sum_rows_forward(ctx, x):
+    batch, n = ctx.shapes[0]
+    ones = ctx.upload(np.ones(batch, np.float32))
+    matmul_into(ctx, ones, x, ctx.out, 1, n, batch)  # [1, batch] @ [batch, n]
+
+
+register_op(
+    "matmul", schema="matmul(Tensor a, Tensor b) -> Tensor", kernels=(MATMUL,), shape=_matmul_shape,
+    forward=_matmul_forward, backward=_matmul_backward,
+    doc="a @ b for a [m, k] and b [k, n]. d/da = grad @ b^T, d/db = a^T @ grad (the same kernel, reading the "
+        "operands transposed).",
+)
+register_op(
+    "matmul_transposed", kernels=(MATMUL,), shape=_transposed_shape, forward=_transposed_forward,
+    schema="matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor",
+    doc="op(a) @ op(b): the products matmul's backward needs.",
+)
+register_op(
+    "sum_rows", schema="sum_rows(Tensor x) -> Tensor", kernels=(MATMUL,), shape=_sum_rows_shape,
+    forward=_sum_rows_forward,
+    doc="[n]: the sum over the batch of a [batch, n] matrix (the gradient of a broadcast bias), computed as "
+        "ones[1, batch] @ x.",
+)
