@@ -47,6 +47,28 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #define ONE_HOT(k, y) ((k) == uint(y) ? 1.0 : 0.0)
 #endif
 
+// STORAGE_F16 / STORAGE_BF16: 16-bit logits, two to a 32-bit word, and a 16-bit gradient, written whole words by
+// one invocation: four classes (two words) at a time in MODE_ROW (VEC4), one word (two elements) per invocation in
+// MODE_GRAD; MODE_STATS reads elements. The maths stays float32.
+#if STORAGE_F16 || STORAGE_BF16
+#define PACKED16 1
+#include "storage16.glsl"
+#define PRED(i) LOAD16(pred, i)
+#if VEC4
+#define PRED_ELEMENT uvec2
+#define LOAD_PRED(k) vec4(unpack_pair16(pred[k].x), unpack_pair16(pred[k].y))
+#define STORE_GRAD(k, g) GRAD_OUT[k] = uvec2(pack_pair16((g).xy), pack_pair16((g).zw))
+#else
+#define PRED_ELEMENT uint
+#endif
+#else
+#define PACKED16 0
+#define PRED(i) pred[i]
+#define PRED_ELEMENT ELEMENT
+#define LOAD_PRED(k) pred[k]
+#define STORE_GRAD(k, g) GRAD_OUT[k] = (g)
+#endif
+
 #if TARGET_INDEX
 layout(set = 0, binding = B_TARGET) readonly buffer Target { int target_index[]; };
 #elif defined(B_TARGET)
@@ -109,14 +131,14 @@ ELEMENT coefficient(RowTarget r, uint i, uint k) {
 #endif
 
 #if INPLACE
-layout(set = 0, binding = B_PRED) buffer Pred { ELEMENT pred[]; };  // logits in, gradient out
+layout(set = 0, binding = B_PRED) buffer Pred { PRED_ELEMENT pred[]; };  // logits in, gradient out
 #define GRAD_OUT pred
 #elif defined(B_PRED)
-layout(set = 0, binding = B_PRED) readonly buffer Pred { ELEMENT pred[]; };
+layout(set = 0, binding = B_PRED) readonly buffer Pred { PRED_ELEMENT pred[]; };
 #define GRAD_OUT grad
 #endif
 #ifdef B_GRAD
-layout(set = 0, binding = B_GRAD) writeonly buffer Grad { ELEMENT grad[]; };
+layout(set = 0, binding = B_GRAD) writeonly buffer Grad { PRED_ELEMENT grad[]; };
 #endif
 #ifdef B_ROW_LOSS
 layout(set = 0, binding = B_ROW_LOSS) writeonly buffer RowLoss { float row_loss[]; };
@@ -182,7 +204,7 @@ void main() {
     // this invocation's max, sum exp(p - max), sum a (p - max), sum a
     float m_own = NEG_INF, s_own = 0.0, a_own = 0.0, t_own = 0.0;
     for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
-        ELEMENT v = pred[base + k], a = coefficient(r, base + k, k);
+        ELEMENT v = LOAD_PRED(base + k), a = coefficient(r, base + k, k);
         float v_max = HMAX(v);
         if (v_max > m_own) {
             s_own *= exp(m_own - v_max);
@@ -206,7 +228,7 @@ void main() {
     float a_scale = sums.z * scale;
     for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
         ELEMENT a = coefficient(r, base + k, k);
-        GRAD_OUT[base + k] = r.counted ? exp((pred[base + k] - m) - log_sum) * a_scale - a * scale : ELEMENT(0.0);
+        STORE_GRAD(base + k, r.counted ? exp((LOAD_PRED(base + k) - m) - log_sum) * a_scale - a * scale : ELEMENT(0.0));
     }
 #endif
 }
@@ -222,11 +244,11 @@ void main() {
     uint first = (w % p.chunks) * p.chunk, last = min(first + p.chunk, p.classes);
     uint base = row * p.classes;
     float m = NEG_INF;
-    for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) m = nan_max(m, pred[base + c]);
+    for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) m = nan_max(m, PRED(base + c));
     m = workgroup_max(m);
     vec4 sums = vec4(0.0);  // sum exp(p - m), sum a (p - m), sum a
     for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) {
-        float shifted = shift_from(pred[base + c], m);
+        float shifted = shift_from(PRED(base + c), m);
         float a = coefficient(r, base + c, c);
         sums += vec4(exp(shifted), weighted_shift(a, shifted), a, 0.0);
     }
@@ -258,15 +280,27 @@ void main() {
 
 #elif MODE_GRAD
 layout(set = 0, binding = B_ROW_STATS) readonly buffer RowStats { vec4 row_stats[]; };
-void main() {
-    uint i = global_index();
-    if (i >= p.rows * p.classes) return;
+float grad_at(uint i) {
     uint row = i / p.classes;
     RowTarget r = row_target(row);
     vec4 stats = row_stats[row];
     float scale = r.counted ? grad_scale() : 0.0;
     float a = coefficient(r, i, i - row * p.classes);
-    GRAD_OUT[i] = r.counted ? (exp((pred[i] - stats.x) - stats.y) * stats.z - a) * scale : 0.0;
+    return r.counted ? (exp((PRED(i) - stats.x) - stats.y) * stats.z - a) * scale : 0.0;
+}
+
+void main() {
+    uint n = p.rows * p.classes;
+#if PACKED16
+    uint w = global_index();  // one word, two elements (possibly of two rows)
+    if (2u * w >= n) return;
+    float second = 2u * w + 1u < n ? grad_at(2u * w + 1u) : 0.0;
+    GRAD_OUT[w] = pack_pair16(vec2(grad_at(2u * w), second));
+#else
+    uint i = global_index();
+    if (i >= n) return;
+    GRAD_OUT[i] = grad_at(i);
+#endif
 }
 #else
 #error "cross_entropy.comp: define one MODE_*"

@@ -33,7 +33,7 @@ def test_the_ops_are_methods_of_graph_with_their_parameters():
     assert parameters == ["self", "pred", "target", "weight", "reduction", "ignore_index", "label_smoothing",
                           "inplace_grad"]
     assert inspect.getsourcefile(vkloss.Graph.cross_entropy_loss).endswith("_graph_ops.py")
-    assert vkloss.Graph.cross_entropy_loss.__doc__.strip().startswith("cross_entropy_loss(Tensor pred")
+    assert vkloss.Graph.cross_entropy_loss.__doc__.strip().startswith("cross_entropy_loss(Float pred")
 
 
 def test_the_generated_methods_are_current():
@@ -247,6 +247,14 @@ def test_every_variant_the_ops_dispatch_is_in_the_catalog_tools_compile_builds(g
     g.backward(loss)
     for optimizer in (vkloss.optim.SGD([a, b], lr=0.1, momentum=0.9), vkloss.optim.Adam([a, b])):
         optimizer.step()
+    for dtype, classes in itertools.product((np.float16, "bfloat16"), (6, 8)):  # 16-bit: chunked, row kernels
+        half = g.tensor(rng.standard_normal((3, classes)), dtype=dtype, requires_grad=True)
+        for target in (np.array([0, 2, 1]), g.tensor(rng.uniform(0, 1, (3, classes)))):
+            g.backward(g.cross_entropy_loss(half, target))
+            half.grad = None
+        g.backward(g.bce_with_logits_loss(half, g.tensor(np.ones((3, classes)), dtype=dtype)))
+        half.grad = None
+        g.backward(g.linear_cross_entropy(half, g.tensor(np.ones((4, classes)), dtype=dtype), np.array([0, 3, 1])))
     with g.no_grad():
         g.cross_entropy_loss(g.tensor(np.full((1, 3), np.nan)), np.array([0])).item()
     checked = vkloss.Graph(check_finite=True)

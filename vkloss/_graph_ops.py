@@ -17,10 +17,10 @@ SCHEMAS = {
     'expand': 'expand(Tensor s, *, int[] shape, float scale=1.0) -> Tensor',
     'count_nonfinite': 'count_nonfinite(Tensor x) -> Tensor',
     'bce_loss': "bce_loss(Tensor pred, Tensor labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean') -> Tensor",
-    'bce_with_logits_loss': "bce_with_logits_loss(Tensor logits, Tensor labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
+    'bce_with_logits_loss': "bce_with_logits_loss(Float logits, Float labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
     'mse_loss': "mse_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
     'l1_loss': "l1_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
-    'cross_entropy_loss': "cross_entropy_loss(Tensor pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', int? ignore_index=None, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor",
+    'cross_entropy_loss': "cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', int? ignore_index=None, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor",
     'neg': 'neg(Tensor x) -> Tensor',
     'abs': 'abs(Tensor x) -> Tensor',
     'sigmoid': 'sigmoid(Tensor x) -> Tensor',
@@ -35,8 +35,8 @@ SCHEMAS = {
     'matmul': 'matmul(Tensor a, Tensor b) -> Tensor',
     'matmul_transposed': 'matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor',
     'sum_rows': 'sum_rows(Tensor x) -> Tensor',
-    'linear_cross_entropy_with_bias': "linear_cross_entropy_with_bias(Tensor hidden, Tensor weight, Index target, Tensor bias, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
-    'linear_cross_entropy': "linear_cross_entropy(Tensor hidden, Tensor weight, Index target, Tensor? bias=None, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
+    'linear_cross_entropy_with_bias': "linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
+    'linear_cross_entropy': "linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
 }
 
 
@@ -111,7 +111,7 @@ class Graph:
         pos_weight: Tensor | np.ndarray | None = None,
     ) -> Tensor:
         """
-        bce_with_logits_loss(Tensor logits, Tensor labels, *, Tensor? weight=None, str{mean|sum|none}
+        bce_with_logits_loss(Float logits, Float labels, *, Tensor? weight=None, str{mean|sum|none}
         reduction='mean', Tensor? pos_weight=None) -> Tensor
 
         (1,), or the logits' shape for reduction='none'. PyTorch's F.binary_cross_entropy_with_logits: sigmoid
@@ -120,7 +120,9 @@ class Graph:
         log1p(exp(-|x|)); 'mean' divides by the number of elements. weight and pos_weight have the logits' shape
         or its trailing dimensions (pos_weight usually [classes]). d/dlogits = weight (l sigmoid(x) - pos_weight
         y) (/ n for a mean), computed in the same pass; backward scales that. Labels outside [0, 1] (or NaN)
-        raise ValueError at the next host read. No gradient with respect to labels, weight or pos_weight.
+        raise ValueError at the next host read. No gradient with respect to labels, weight or pos_weight. logits
+        and labels may be 16-bit tensors (float16, bfloat16): the kernel then reads them widened to float32, and
+        the gradient comes back in the logits' dtype.
         """
         return self._call_bound('bce_with_logits_loss', {'logits': logits, 'labels': labels, 'weight': weight, 'reduction': reduction, 'pos_weight': pos_weight})
 
@@ -157,7 +159,7 @@ class Graph:
         inplace_grad: bool = False,
     ) -> Tensor:
         """
-        cross_entropy_loss(Tensor pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none}
+        cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none}
         reduction='mean', int? ignore_index=None, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor
 
         (1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes];
@@ -171,7 +173,8 @@ class Graph:
         to the row maximum); backward scales that. inplace_grad=True writes the gradient over pred's buffer
         (pred must be an op's output and cannot be read afterwards), so the loss adds no buffer of pred's size.
         Class indices outside [0, classes) raise ValueError at the next host read. No gradient with respect to
-        target or weight.
+        target or weight. pred may be a 16-bit tensor (float16, bfloat16): the kernels read it two values to a
+        32-bit word, compute in float32, and write the gradient in pred's dtype.
         """
         return self._call_bound('cross_entropy_loss', {'pred': pred, 'target': target, 'weight': weight, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'inplace_grad': inplace_grad})
 
@@ -304,7 +307,7 @@ class Graph:
         weight_classes: Tensor | np.ndarray | None = None,
     ) -> Tensor:
         """
-        linear_cross_entropy_with_bias(Tensor hidden, Tensor weight, Index target, Tensor bias, *, str
+        linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str
         reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) ->
         Tensor
 
@@ -325,7 +328,7 @@ class Graph:
         weight_classes: Tensor | np.ndarray | None = None,
     ) -> Tensor:
         """
-        linear_cross_entropy(Tensor hidden, Tensor weight, Index target, Tensor? bias=None, *, str
+        linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str
         reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) ->
         Tensor
 
@@ -335,6 +338,8 @@ class Graph:
         is swept in chunks with an online log-sum-exp, and with a gradient the forward sweeps again and
         accumulates d hidden, d weight and d bias chunk by chunk (backward hands them over). Device memory: the
         inputs, their gradients and a 32 MiB workspace. reduction 'mean' divides by the counted rows' summed
-        class weight, as PyTorch does.
+        class weight, as PyTorch does. hidden, weight and bias may be 16-bit tensors (float16, bfloat16): they
+        are widened to float32 on the device (a float32 copy of each) and their gradients come back in their own
+        dtype.
         """
         return self._call_bound('linear_cross_entropy', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes})

@@ -15,7 +15,7 @@ from . import autodiff, registry
 from .device import DeviceInfo, choose_device
 from . import _graph_ops
 from .engine import Engine
-from .tensor import Tensor
+from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, decode16, encode16
 
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
 _INT32 = np.iinfo(np.int32)
@@ -30,22 +30,30 @@ def _host_array(data, where: str) -> np.ndarray:
     return array
 
 
-def _tensor_dtype(dtype) -> np.dtype:
+_DTYPES = "float32, int32, float16 or 'bfloat16'"
+
+
+def _tensor_dtype(dtype):
     if dtype is None:
         return np.dtype(np.float32)
+    if isinstance(dtype, str) and dtype.lower() == BFLOAT16:
+        return BFLOAT16
     try:
         dtype = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"g.tensor: dtype must be float32 or int32, got {dtype!r}") from None
-    if dtype not in (np.float32, np.int32):
-        raise TypeError(f"g.tensor: dtype must be float32 or int32, got {dtype}")
+        raise TypeError(f"g.tensor: dtype must be {_DTYPES}, got {dtype!r}") from None
+    if dtype not in (np.float32, np.int32, np.float16):
+        raise TypeError(f"g.tensor: dtype must be {_DTYPES}, got {dtype}")
     return dtype
 
 
-def _converted(array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
-    """`array` as `dtype`: any real numbers as float32; integers within int32's range as int32."""
+def _converted(array: np.ndarray, dtype, where: str) -> np.ndarray:
+    """`array` as `dtype`: any real numbers as float32, or as 16-bit floats packed two to a uint32 word; integers
+    within int32's range as int32."""
     if dtype == np.float32:
         return array.astype(np.float32, copy=False)
+    if dtype in SIXTEEN_BIT:
+        return encode16(array, dtype)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{where}: an int32 tensor takes integer data; got dtype {array.dtype} with shape "
                         f"{array.shape}")
@@ -64,8 +72,9 @@ class HostCopy:
     `check_finite`, bad labels or class indices). The copy is submitted with the next flush, which a training loop
     triggers at its next step: read step k's loss while step k + 1 runs."""
 
-    def __init__(self, pending, checks, shape, scalar: bool = False):
+    def __init__(self, pending, checks, shape, scalar: bool = False, decode=None):
         self._pending, self._checks, self._shape, self._scalar = pending, checks, shape, scalar
+        self._decode = decode  # words -> values, for 16-bit tensors
 
     def done(self) -> bool:
         return self._pending.done()
@@ -75,7 +84,8 @@ class HostCopy:
         for (message, error), count in zip(self._checks, values[1:]):  # in recording order: the first op to fail
             if count[0] != 0:
                 raise error(message.format(count=int(count[0])))
-        return float(values[0][0]) if self._scalar else values[0].reshape(self._shape)
+        data = values[0] if self._decode is None else self._decode(values[0])
+        return float(data[0]) if self._scalar else data.reshape(self._shape)
 
     def __repr__(self) -> str:
         return f"HostCopy(shape={self._shape}, done={self.done()})"
@@ -112,7 +122,10 @@ class Graph(_graph_ops.Graph):
     # ---- tensors -------------------------------------------------------------------------------------------
     def tensor(self, data, requires_grad: bool = False, dtype=None) -> Tensor:
         """A device tensor holding `data` as float32 (float64, float16 and integer arrays are converted), or with
-        `dtype=np.int32` as int32: class indices for cross_entropy_loss (integer data within int32's range).
+        `dtype=np.int32` as int32: class indices for cross_entropy_loss (integer data within int32's range), or
+        with `dtype=np.float16` or `dtype="bfloat16"` as 16-bit floats (bfloat16 rounded to nearest even from
+        float32), which cross_entropy_loss, bce_with_logits_loss and linear_cross_entropy read (their maths in
+        float32, their gradient in the input's dtype); other ops refuse them.
 
         A 0-d value becomes shape (1,). Bool, complex, object and string arrays raise TypeError; empty arrays
         raise ValueError."""
@@ -120,11 +133,13 @@ class Graph(_graph_ops.Graph):
         dtype = _tensor_dtype(dtype)
         array = _host_array(data, "g.tensor")
         shape = array.shape or (1,)
-        self._engine.check_size(array.size, dtype)  # before converting: a too-large array is refused without a copy
+        sixteen = dtype in SIXTEEN_BIT
+        # before converting: a too-large array is refused without a copy
+        self._engine.check_size(-(-array.size // 2) if sixteen else array.size, np.uint32 if sixteen else dtype)
         if dtype == np.int32 and requires_grad:
             raise ValueError(f"g.tensor: an int32 tensor (shape {shape}) cannot require a gradient")
         buffer = self._engine.upload(_converted(array, dtype, "g.tensor"))
-        return Tensor(self, shape, buffer, requires_grad=bool(requires_grad))
+        return Tensor(self, shape, buffer, requires_grad=bool(requires_grad), dtype=dtype)
 
     def _copy_into(self, tensor: Tensor, data) -> Tensor:
         self._usable("copy_")
@@ -151,7 +166,9 @@ class Graph(_graph_ops.Graph):
         self._usable("reading a tensor")
         checks, self._checks = self._checks, []
         pending = self._engine.read_async([tensor.buffer] + [count for count, _, _ in checks])
-        return HostCopy(pending, [(message, error) for _, message, error in checks], tensor.shape, scalar)
+        decode = (lambda words, n=tensor.size, dtype=tensor.dtype: decode16(words, n, dtype)) \
+            if tensor.dtype in SIXTEEN_BIT else None
+        return HostCopy(pending, [(message, error) for _, message, error in checks], tensor.shape, scalar, decode)
 
     # ---- ops -----------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -209,7 +226,11 @@ class Graph(_graph_ops.Graph):
                 f"backward of {self._backward_op}: a tensor it needs (shape {tensor.shape}) was modified in place "
                 f"since the op ran (by copy_ or an optimizer step: version {tensor.version}, expected {version}), as "
                 "PyTorch's 'modified by an inplace operation'. Refill inputs and step optimizers after backward")
-        if value.dtype != np.float32 and not integer:
+        if value.dtype in SIXTEEN_BIT and param.type != "Float":
+            raise TypeError(f"{where} is a {value.dtype} tensor of shape {value.shape}; this op takes float32 "
+                            f"tensors there ({param.name}). 16-bit tensors go to cross_entropy_loss, "
+                            "bce_with_logits_loss and linear_cross_entropy")
+        if value.dtype != np.float32 and value.dtype not in SIXTEEN_BIT and not integer:
             raise TypeError(f"{where} is an {value.dtype} tensor of shape {value.shape}; this op takes float32 "
                             f"tensors there ({param.name})")
         if param.type == "Index" and value.dtype != np.int32:
@@ -250,12 +271,12 @@ class Graph(_graph_ops.Graph):
             self._check_in_place(op, tensors, constants)
         needs = tuple(differentiable and t.requires_grad for t in tensors) if fused else (False,) * len(tensors)
         ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors),
-                                      self._engine.alloc(math.prod(shape)), needs)
+                                      self._engine.alloc(math.prod(shape)), needs, tuple(t.dtype for t in tensors))
         op.forward(ctx, *(t.buffer for t in tensors), **{**options, **{n: t.buffer for n, t in constants.items()}})
         self._checks.extend((count, message, ValueError) for count, message in ctx.checks)
         saved = None
         if fused and differentiable:
-            saved = tuple(None if ctx.saved.get(name) is None else Tensor(self, t.shape, ctx.saved[name])
+            saved = tuple(None if ctx.saved.get(name) is None else Tensor(self, t.shape, ctx.saved[name], dtype=t.dtype)
                           for name, t in zip(names, tensors))
             if in_place:
                 tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_option}=True)"

@@ -85,8 +85,9 @@ class ForwardContext:
     """What an op's forward gets besides its operands' buffers: the output buffer `out`, the operands' shapes,
     which operands need a gradient, and the device work it may do. It keeps the engine to itself."""
 
-    def __init__(self, engine, op: Op, shapes: tuple, out, needs: tuple):
+    def __init__(self, engine, op: Op, shapes: tuple, out, needs: tuple, dtypes: tuple = ()):
         self._engine, self.op, self.shapes, self.out, self.needs = engine, op, shapes, out, needs
+        self.dtypes = dtypes  # the operands' dtypes: float32, int32, float16 or "bfloat16" (schema type Float)
         self.want_grad = any(needs)
         self.saved: dict = {}
         self.checks: list = []  # (count buffer, message): a non-zero count raises ValueError at the next read

@@ -4,8 +4,9 @@
                        int? ignore_index=None, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor
 
 Before `*` are the op's operands, recorded on the tape; after it, keyword options. Types:
-- `Tensor`: a float32 Tensor of the Graph. `Index`: class indices, an int32 Tensor or an integer numpy array
-  (uploaded as int32). `Tensor|Index`: either. `Tensor?` as an operand: may be None or a numpy array (uploaded).
+- `Tensor`: a float32 Tensor of the Graph. `Float`: a float32 or 16-bit (float16, bfloat16) Tensor. `Index`: class
+  indices, an int32 Tensor or an integer numpy array (uploaded as int32). `Tensor|Index`: either. `Tensor?` (or
+  `Float?`) as an operand: may be None or a numpy array (uploaded as float32).
 - `Tensor?` as an option: a constant tensor (a numpy array, uploaded, or a Tensor that needs no gradient).
 - `float`, `int`, `bool`, `str`, `int[]` (a shape), `str{a|b|c}` (one of those words), and `Any` (unchecked: what
   a user's op declares without a type). A `?` after a type also allows None.
@@ -28,7 +29,7 @@ import numpy as np
 _SIGNATURE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*->\s*Tensor\s*$", re.S)
 _PARAM = re.compile(r"^([A-Za-z|]+(?:\{[\w|]+\})?(?:\[\])?\??)\s+([A-Za-z_]\w*)(?:\s*=\s*(.+))?$")
 _SCALARS = ("float", "int", "bool", "str", "int[]", "Any")
-TENSOR_TYPES = ("Tensor", "Index", "Tensor|Index")
+TENSOR_TYPES = ("Tensor", "Index", "Tensor|Index", "Float")
 
 
 class _Omitted:

@@ -5,20 +5,48 @@ import math
 
 import numpy as np
 
+BFLOAT16 = "bfloat16"  # numpy has no bfloat16: the dtype of a bfloat16 tensor is this string
+SIXTEEN_BIT = (np.dtype(np.float16), BFLOAT16)
+
+
+def encode16(array: np.ndarray, dtype) -> np.ndarray:
+    """float values -> 16-bit (float16, or bfloat16 rounded to nearest even from float32), two to a uint32 word
+    (element 2k in the low half), the last word padded with 0."""
+    if dtype == BFLOAT16:
+        bits = np.ascontiguousarray(array, np.float32).reshape(-1).view(np.uint32).astype(np.uint64)
+        halves = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        nan = np.isnan(np.asarray(array, np.float32).reshape(-1))
+        halves[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # NaN stays NaN
+    else:
+        halves = np.ascontiguousarray(array, np.float16).reshape(-1).view(np.uint16)
+    padded = np.zeros(2 * (-(-halves.size // 2)), np.uint16)
+    padded[: halves.size] = halves
+    return padded.view(np.uint32)
+
+
+def decode16(words: np.ndarray, n: int, dtype) -> np.ndarray:
+    """The n 16-bit elements of `words`: float16, or float32 holding the bfloat16 values exactly."""
+    halves = np.ascontiguousarray(words).view(np.uint16)[:n]
+    if dtype == BFLOAT16:
+        return (halves.astype(np.uint32) << 16).view(np.float32)
+    return halves.view(np.float16)
+
 
 class Tensor:
-    """A tensor on a Graph's device: float32, or int32 for class indices (`g.tensor(labels, dtype=np.int32)`).
+    """A tensor on a Graph's device: float32; int32 for class indices (`g.tensor(labels, dtype=np.int32)`); or
+    16-bit floats, float16 or bfloat16 (`g.tensor(logits, dtype="bfloat16")`), which the fused losses read.
 
     Made by `g.tensor(array)` or by an op. Its data stays on the device; `.numpy()` and `.item()` run whatever
     recorded work it depends on and copy it to the host. `.grad` is a Tensor after `backward` reached it
     (leaves that require a gradient only, as in PyTorch), else None.
     """
 
-    __slots__ = ("graph", "shape", "_buffer", "requires_grad", "grad", "node", "overwritten_by", "version",
+    __slots__ = ("graph", "shape", "_buffer", "requires_grad", "grad", "node", "overwritten_by", "version", "_dtype",
                  "__weakref__")
 
-    def __init__(self, graph, shape: tuple[int, ...], buffer, requires_grad: bool = False, node=None):
+    def __init__(self, graph, shape: tuple[int, ...], buffer, requires_grad: bool = False, node=None, dtype=None):
         self.graph = graph
+        self._dtype = buffer.dtype if dtype is None else dtype  # 16-bit tensors live in uint32 words
         self.shape = tuple(int(d) for d in shape)
         self._buffer = buffer
         self.requires_grad = requires_grad
@@ -36,8 +64,9 @@ class Tensor:
         return self._buffer
 
     @property
-    def dtype(self) -> np.dtype:
-        return self._buffer.dtype
+    def dtype(self):
+        """np.float32, np.int32, np.float16, or the string "bfloat16"."""
+        return self._dtype
 
     @property
     def is_leaf(self) -> bool:
@@ -52,7 +81,8 @@ class Tensor:
         return len(self.shape)
 
     def numpy(self) -> np.ndarray:
-        """A host copy (float32, or int32 for an index tensor), of this tensor's shape."""
+        """A host copy of this tensor's shape: float32, int32 for an index tensor, float16, or float32 holding the
+        values of a bfloat16 tensor exactly (numpy has no bfloat16)."""
         return self.graph._read(self).reshape(self.shape)
 
     def item(self) -> float:
@@ -85,6 +115,6 @@ class Tensor:
 
     def __repr__(self) -> str:
         flags = ", requires_grad=True" if self.requires_grad else ""
-        if self._buffer.dtype != np.float32:
-            flags = f", dtype={self._buffer.dtype}" + flags
+        if self._dtype != np.float32:
+            flags = f", dtype={self._dtype}" + flags
         return f"Tensor(shape={self.shape}{flags})"

@@ -8,6 +8,7 @@ import math
 from ..engine import ceil_div
 from ..kernels import Kernel
 from ..registry import Backward, register_op
+from . import casts
 from .reductions import tree_sum
 
 ITEMS = 16  # loop iterations per invocation in bce.comp
@@ -47,6 +48,7 @@ def _shape(name, pred, labels, weight=None, reduction="mean", pos_weight=None):
 
 def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos_weight=None):
     n = math.prod(ctx.shapes[0])
+    pred, labels = (casts.float32(ctx, b, n, dtype) for b, dtype in zip((pred, labels), ctx.dtypes))  # 16-bit: widen
     sizes = [w.size for w in (weight, pos_weight) if w is not None]  # broadcast: the shape rule checked them
     vec4 = all(size % 4 == 0 for size in [n, *sizes])
     width = 4 if vec4 else 1
@@ -74,6 +76,8 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
               else f"bce_loss: {{count}} values of pred or labels (shape {ctx.shapes[0]}) lie outside [0, 1] or are "
                    "NaN; pred must be probabilities (apply g.sigmoid to logits, or use g.bce_with_logits_loss) and "
                    "labels in [0, 1]")
+    if grad is not None and casts.storage(ctx.dtypes[0]) != "F32":
+        grad = casts.narrow(ctx, grad, n, ctx.dtypes[0])  # the gradient in the logits' 16-bit dtype
     ctx.save_for_backward(grad)
 
 
@@ -92,7 +96,7 @@ register_op(
 )
 register_op(
     "bce_with_logits_loss", kernels=(BCE,), backward=Backward.FUSED,
-    schema="bce_with_logits_loss(Tensor logits, Tensor labels, *, Tensor? weight=None, "
+    schema="bce_with_logits_loss(Float logits, Float labels, *, Tensor? weight=None, "
            "str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
     doc="(1,), or the logits' shape for reduction='none'. PyTorch's F.binary_cross_entropy_with_logits: sigmoid "
         "and BCE in one kernel, stable for logits of any magnitude; pred are logits. Per element, with l = 1 + "
@@ -100,7 +104,9 @@ register_op(
         "'mean' divides by the number of elements. weight and pos_weight have the logits' shape or its trailing "
         "dimensions (pos_weight usually [classes]). d/dlogits = weight (l sigmoid(x) - pos_weight y) (/ n for a "
         "mean), computed in the same pass; backward scales that. Labels outside [0, 1] (or NaN) raise ValueError at "
-        "the next host read. No gradient with respect to labels, weight or pos_weight.",
+        "the next host read. No gradient with respect to labels, weight or pos_weight. logits and labels may be 16-bit "
+        "tensors (float16, bfloat16): the kernel then reads them widened to float32, and the gradient comes back in "
+        "the logits' dtype.",
     shape=functools.partial(_shape, "bce_with_logits_loss"),
     forward=functools.partial(_forward, "bce_with_logits_loss", True),
 )

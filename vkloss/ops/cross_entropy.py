@@ -7,6 +7,7 @@ import numpy as np
 from ..engine import WORKGROUP, ceil_div
 from ..kernels import Kernel
 from ..registry import Backward, register_op
+from .casts import storage as storage_of, words
 from .reductions import tree_sum
 
 SMALL_ROW = 64  # classes up to which one invocation handles a whole row
@@ -16,16 +17,18 @@ CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 
 MODES = ("SMALL", "ROW", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
 
 
-def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4):
+def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage):
     if (norm_buffer and not target_index) or (inplace and not write_grad) or (vec4 and mode != "ROW"):
         return False
+    if storage != "F32" and mode not in ("STATS", "GRAD") and not (mode == "ROW" and vec4):
+        return False  # 16-bit logits: four classes at a time in a row kernel, else the chunked path
     return {"ROW_WEIGHT": target_index and not (norm_buffer or write_grad),
             "STATS": not (norm_buffer or write_grad),
             "COMBINE": not (weighted or write_grad),
             "GRAD": write_grad}.get(mode, True)
 
 
-def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4):
+def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage):
     norm = ["norm"] if norm_buffer else []
     if mode == "COMBINE":
         return ["partials", *(["target"] if target_index else []), *norm], ["row_loss", "row_stats"]
@@ -38,7 +41,8 @@ def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, ve
 CROSS_ENTROPY = Kernel(
     "cross_entropy.comp", allowed=_allowed, bindings=_bindings,
     switches={"mode": MODES, **{flag: (False, True) for flag in ("target_index", "weighted", "norm_buffer",
-                                                                 "write_grad", "inplace", "vec4")}},
+                                                                 "write_grad", "inplace", "vec4")},
+              "storage": ("F32", "F16", "BF16")},
     push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, float smoothing = 0.0, "
          "int ignore_index = 0, uint ignore = 0",
 )
@@ -77,6 +81,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                            "integer numpy array" if index else "float32 probabilities, not int32"))
     want_grad = ctx.want_grad
     inplace = want_grad and inplace_grad
+    storage = storage_of(ctx.dtypes[0])  # 16-bit logits are read (and their gradient written) two to a word
     scale = 1.0 / rows if reduction == "mean" and not index else 1.0
     push = dict(rows=rows, classes=classes, chunk=classes, scale=scale, smoothing=label_smoothing,
                 ignore_index=ignore_index or 0, ignore=ignore_index is not None)
@@ -86,29 +91,34 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                                    f"cross_entropy_loss: {{count}} class indices of target (shape {target_shape}) "
                                    f"are outside {{allowed}}, beside pred {ctx.shapes[0]}")
     row_loss = ctx.out if reduction == "none" else ctx.alloc(rows)
-    grad = None if not want_grad or inplace else ctx.alloc(rows * classes)
+    grad = None if not want_grad or inplace else ctx.alloc(rows * classes) if storage == "F32" else \
+        ctx.alloc(words(rows * classes), np.uint32)
     switches = dict(target_index=index, weighted=weight is not None, norm_buffer=norm is not None)
     buffers = dict(pred=pred, target=target, weight=weight, norm=norm, grad=grad)
-    if classes <= SMALL_ROW:
+    if classes <= SMALL_ROW and storage == "F32":
         ctx.dispatch(CROSS_ENTROPY.variant(mode="SMALL", write_grad=want_grad, inplace=inplace, **switches),
                      ctx.groups_for(rows), push=push, row_loss=row_loss, **buffers)
-    elif classes <= ROW_LIMIT:
-        vec4 = classes % 4 == 0  # rows start on 16-byte boundaries: load four classes at a time
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW", write_grad=want_grad, inplace=inplace, vec4=vec4, **switches),
+    elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
+        vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW", write_grad=want_grad, inplace=inplace, vec4=vec4,
+                                           storage=storage, **switches),
                      ctx.grid(rows), workgroup=ctx.row_workgroup(classes // 4 if vec4 else classes), push=push,
                      row_loss=row_loss, **buffers)
     else:
         chunks = ceil_div(classes, CHUNK)
         push.update(chunks=chunks, chunk=ceil_div(classes, chunks * WORKGROUP) * WORKGROUP)  # even, whole workgroups
         partials, row_stats = ctx.alloc(rows * chunks * 4), ctx.alloc(rows * 4)
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="STATS", target_index=index, weighted=weight is not None),
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="STATS", target_index=index, weighted=weight is not None,
+                                           storage=storage),
                      ctx.grid(rows * chunks), push=push, pred=pred, target=target, weight=weight, partials=partials)
         ctx.dispatch(CROSS_ENTROPY.variant(mode="COMBINE", target_index=index, norm_buffer=norm is not None),
                      ctx.groups_for(rows), push=push, partials=partials, target=target if index else None, norm=norm,
                      row_loss=row_loss, row_stats=row_stats)
         if want_grad:
-            ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, **switches),
-                         ctx.groups_for(rows * classes), push=push, row_stats=row_stats, **buffers)
+            ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, storage=storage,
+                                               **switches),
+                         ctx.groups_for(rows * classes if storage == "F32" else words(rows * classes)), push=push,
+                         row_stats=row_stats, **buffers)
     if reduction != "none":
         tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale)
     if want_grad:
@@ -137,7 +147,7 @@ def index_target_checks(ctx, target, weight, rows: int, classes: int, ignore_ind
 
 register_op(
     "cross_entropy_loss", kernels=(CROSS_ENTROPY,), backward=Backward.FUSED, inplace_option="inplace_grad",
-    schema="cross_entropy_loss(Tensor pred, Tensor|Index target, *, Tensor? weight=None, "
+    schema="cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, "
            "str{mean|sum|none} reduction='mean', int? ignore_index=None, float label_smoothing=0.0, "
            "bool inplace_grad=False) -> Tensor",
     doc="(1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes]; target "
@@ -150,6 +160,8 @@ register_op(
         "(softmax(pred) sum_c a_c - a) / that divisor in the same pass (log-sum-exp relative to the row maximum); "
         "backward scales that. inplace_grad=True writes the gradient over pred's buffer (pred must be an op's "
         "output and cannot be read afterwards), so the loss adds no buffer of pred's size. Class indices outside "
-        "[0, classes) raise ValueError at the next host read. No gradient with respect to target or weight.",
+        "[0, classes) raise ValueError at the next host read. No gradient with respect to target or weight. pred may be "
+        "a 16-bit tensor (float16, bfloat16): the kernels read it two values to a 32-bit word, compute in float32, "
+        "and write the gradient in pred's dtype.",
     shape=_shape, forward=_forward,
 )

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..kernels import Kernel
 from ..registry import Backward, register_op
+from . import casts
 from .cross_entropy import check_index_options, index_target_checks
 from .matmul import matmul_into
 from .reductions import tree_sum
@@ -72,6 +73,10 @@ def _shape(hidden, weight, target, bias, reduction="mean", ignore_index=-100, la
 def _forward(ctx, hidden, weight, target, bias, reduction="mean", ignore_index=-100, label_smoothing=0.0,
              weight_classes=None):
     (rows, features), (classes, _) = ctx.shapes[0], ctx.shapes[1]
+    sizes = (rows * features, classes * features, rows, classes)
+    # 16-bit hidden, weight or bias: widened to float32 for the products, their gradients narrowed back at the end
+    hidden, weight, bias = (casts.float32(ctx, b, sizes[i], ctx.dtypes[i]) for i, b in ((0, hidden), (1, weight),
+                                                                                       (3, bias)))
     weighted, mean = weight_classes is not None, reduction == "mean"
     norm = index_target_checks(ctx, target, weight_classes, rows, classes, ignore_index, mean,
                                f"linear_cross_entropy: {{count}} class indices of target (shape ({rows},)) are "
@@ -110,14 +115,16 @@ def _forward(ctx, hidden, weight, target, bias, reduction="mean", ignore_index=-
         matmul_into(ctx, logits, hidden, grad_weight, width, features, rows, trans_a=True,
                     offsets=(0, 0, begin * features))  # d weight_chunk = g.T @ hidden
         matmul_into(ctx, ones, logits, grad_bias, 1, width, rows, offsets=(0, 0, begin))  # d bias_chunk
-    ctx.save_for_backward(hidden=grad_hidden, weight=grad_weight, bias=grad_bias)
+    grads = [casts.narrow(ctx, g, sizes[i], ctx.dtypes[i]) if casts.storage(ctx.dtypes[i]) != "F32" else g
+             for i, g in ((0, grad_hidden), (1, grad_weight), (3, grad_bias))]
+    ctx.save_for_backward(hidden=grads[0], weight=grads[1], bias=grads[2])
 
 
 OPTIONS = "*, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None"
 register_op(
     "linear_cross_entropy_with_bias", kernels=(LINEAR_CROSS_ENTROPY,), backward=Backward.FUSED,
     grad_inputs=("hidden", "weight", "bias"), shape=_shape, forward=_forward,
-    schema=f"linear_cross_entropy_with_bias(Tensor hidden, Tensor weight, Index target, Tensor bias, {OPTIONS}) "
+    schema=f"linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, {OPTIONS}) "
            "-> Tensor",
     doc="linear_cross_entropy with a bias tensor (which may require a gradient); see linear_cross_entropy.",
 )
@@ -131,12 +138,13 @@ def _compose(g, hidden, weight, target, bias=None, **options):
 
 register_op(
     "linear_cross_entropy", compose=_compose,
-    schema=f"linear_cross_entropy(Tensor hidden, Tensor weight, Index target, Tensor? bias=None, {OPTIONS}) -> Tensor",
+    schema=f"linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, {OPTIONS}) -> Tensor",
     doc="(1,). PyTorch's F.cross_entropy(F.linear(hidden, weight, bias), target, ...): hidden [rows, features], "
         "weight [classes, features] (nn.Linear's layout), target class indices [rows] (an int32 Tensor or an "
         "integer numpy array), bias [classes]. The rows x classes logits are never held at once: the vocabulary is "
         "swept in chunks with an online log-sum-exp, and with a gradient the forward sweeps again and accumulates "
         "d hidden, d weight and d bias chunk by chunk (backward hands them over). Device memory: the inputs, their "
         "gradients and a 32 MiB workspace. reduction 'mean' divides by the counted rows' summed class weight, as "
-        "PyTorch does.",
+        "PyTorch does. hidden, weight and bias may be 16-bit tensors (float16, bfloat16): they are widened to "
+        "float32 on the device (a float32 copy of each) and their gradients come back in their own dtype.",
 )

@@ -24,6 +24,9 @@ Then, for cross-entropy, the target forms and the in-place mode:
 - memory: the peak device memory held by the engine (in use and pooled) over a last layer's forward (matmul), the
   loss and backward, with and without inplace_grad, on a fresh Graph each, at 1,024 and 4,096 x 32,000.
 
+Then 16-bit inputs: cross-entropy (index targets) and BCE with logits on float32, float16 and bfloat16 tensors, with
+the kernel time and the roofline over the bytes each dtype moves.
+
 Last, the engine around the kernels (wall-clock, so host overhead included):
 - graphs: Graph make, one op and a read, close, repeated: time per cycle, and how many device contexts the process
   made (one per device, however many Graphs);
@@ -356,6 +359,68 @@ def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: in
     return rows
 
 
+SIXTEEN_BIT_DTYPES = (np.float32, np.float16, "bfloat16")
+
+
+def bench_sixteen_bit(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 5) -> list[dict]:
+    """Cross-entropy (index targets) and BCE with logits on float32, float16 and bfloat16 inputs: kernel time, and
+    the roofline over the bytes each moves (read the logits, and BCE's labels, write the gradient, in their dtype)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    cases = [("cross_entropy_loss", s) for s in (QUICK_CE_SIZES if quick else CE_SIZES)]
+    cases += [("bce_with_logits_loss", s) for s in (QUICK_BCE_SIZES if quick else BCE_SIZES)]
+    for loss_name, shape in cases:
+        n = math.prod(shape)
+        x = rng.standard_normal(shape, dtype=np.float32) * 2
+        ce = loss_name == "cross_entropy_loss"
+        labels = rng.integers(0, shape[-1], shape[0]) if ce else rng.uniform(0, 1, shape).astype(np.float32)
+        copy = Case(g, "cross_entropy_loss" if ce else "bce_loss", shape, rng)
+        for dtype in SIXTEEN_BIT_DTYPES:
+            width = 4 if dtype == np.float32 else 2
+            pred = g.tensor(x, dtype=dtype, requires_grad=True)
+            exact = pred.numpy().astype(np.float64)
+            target = g.tensor(labels, dtype=np.int32) if ce else g.tensor(labels, dtype=dtype)
+
+            def step(read=True):
+                pred.grad = None
+                loss = getattr(g, loss_name)(pred, target)
+                g.backward(loss)
+                if read:
+                    return loss.item()
+                g.engine.end_of_step()
+                loss.item_async()
+
+            got = step()
+            ref = (reference.cross_entropy(exact, labels)[0] if ce else
+                   float(np.mean((1 - target.numpy()) * exact + np.logaddexp(0, -exact))))
+            error = abs(got - ref) / abs(ref)
+            if not error <= 1e-4:
+                raise RuntimeError(f"{loss_name} {shape} {dtype}: loss off by {error:.1e}: not timing it")
+            moved = n * width * (2 if ce else 3)  # read pred (and labels), write the gradient
+            kernel = kernel_seconds(g.engine, lambda: step(read=False), repeats)
+            wall = median_seconds(step, repeats)
+            best_copy = min(copy.copy_seconds(repeats, bytes_moved=moved).values())
+            rows.append({"loss": loss_name, "shape": list(shape), "dtype": str(np.dtype(dtype)) if dtype != "bfloat16"
+                         else "bfloat16", "loss_error": error, "bytes": moved, "wall_ms": wall * 1e3,
+                         "kernel_ms": kernel * 1e3 if kernel is not None else None,
+                         "roofline": best_copy / (kernel if kernel is not None else wall)})
+            del pred, target
+        del copy
+    return rows
+
+
+def format_sixteen_bit(rows: list[dict]) -> str:
+    out = ["", "16-bit inputs (cross-entropy with index targets; BCE with logits, labels in the same dtype):",
+           f"{'loss':<22}{'shape':>16}{'dtype':>10}{'kernel ms':>10}{'wall ms':>9}{'MB moved':>9}{'roofline':>9}"
+           f"{'loss err':>9}"]
+    for r in rows:
+        out.append(f"{r['loss']:<22}{shape_text(r['shape']):>16}{r['dtype']:>10}{cell(r['kernel_ms'], 10)}"
+                   f"{r['wall_ms']:9.2f}{r['bytes'] / 1e6:9.1f}{r['roofline']:9.2f}{r['loss_error']:9.1e}")
+    out.append("MB moved: read the logits (and BCE's labels) and write the gradient once, in their dtype; roofline: a "
+               "copy of as many bytes over the kernel time; loss err: against float64 on the same 16-bit values")
+    return "\n".join(out)
+
+
 def peak_memory(device, shape, hidden: int = 64, seed: int = 2) -> dict:
     """Peak device bytes of a last layer's forward, cross-entropy (index targets) and backward, on a fresh Graph,
     with and without inplace_grad. None where a buffer exceeds what the device binds."""
@@ -613,8 +678,11 @@ def main(args) -> int:
         print(format_rows(device, rows))
     with Graph(args.device) as g:  # a fresh one: the first part's pooled buffers measurably slowed the second
         forms = bench_target_forms(g, quick=args.quick, repeats=args.repeats)
+    with Graph(args.device) as g:
+        sixteen = bench_sixteen_bit(g, quick=args.quick, repeats=args.repeats)
     memory = [peak_memory(args.device, shape) for shape in (QUICK_MEMORY_SIZES if args.quick else MEMORY_SIZES)]
     print(format_target_forms(forms, memory))
+    print(format_sixteen_bit(sixteen))
     engine_report = bench_engine(args.device, quick=args.quick, repeats=args.repeats)
     print(format_engine(engine_report))
     linear = bench_linear(args.device, quick=args.quick)
@@ -622,6 +690,7 @@ def main(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "rows": rows, "target_forms": forms, "memory": memory,
-                       "engine": engine_report, "linear_cross_entropy": linear}, f, indent=2)
+                       "engine": engine_report, "linear_cross_entropy": linear, "sixteen_bit": sixteen}, f,
+                      indent=2)
         print(f"wrote {args.json}")
     return 0

@@ -11,7 +11,7 @@ from .. import registry, schema as schemas
 from . import vk_structs
 
 TARGET = Path(__file__).resolve().parent.parent / "_graph_ops.py"
-_ANNOTATIONS = {"Tensor": "Tensor", "Index": "Tensor | np.ndarray", "Tensor|Index": "Tensor | np.ndarray",
+_ANNOTATIONS = {"Tensor": "Tensor", "Float": "Tensor", "Index": "Tensor | np.ndarray", "Tensor|Index": "Tensor | np.ndarray",
                 "float": "float", "int": "int", "bool": "bool", "str": "str", "int[]": "tuple[int, ...]", "Any": "Any"}
 
 

@@ -1,0 +1,49 @@
+"""16-bit tensors (float16, bfloat16) <-> float32 on the device: shaders/casts.comp.
+
+A 16-bit tensor of n elements lives in ceil(n / 2) 32-bit words, two elements to a word (see
+shaders/include/storage16.glsl). The ops that take 16-bit inputs without reading them natively widen them to float32
+here, do their maths in float32, and narrow the gradient back to the input's 16-bit type."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import ceil_div
+from ..kernels import Kernel
+from ..tensor import BFLOAT16
+
+STORAGE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", BFLOAT16: "BF16"}
+
+CASTS = Kernel(
+    "casts.comp", push="uint n", switches={"mode": ("WIDEN", "NARROW"), "storage": ("F16", "BF16")},
+    bindings=lambda mode, storage: (["words"], ["values"]) if mode == "WIDEN" else (["values"], ["words"]),
+)
+
+
+def storage(dtype) -> str:
+    """A tensor dtype's storage switch: F32, F16 or BF16 (the 16-bit kernels' switch values)."""
+    return STORAGE[dtype if dtype == BFLOAT16 else np.dtype(dtype)]
+
+
+def words(n: int) -> int:
+    return ceil_div(n, 2)
+
+
+def widen(ctx, packed, n: int, dtype):
+    """A float32 buffer of the n 16-bit elements in `packed`."""
+    values = ctx.alloc(n)
+    ctx.dispatch(CASTS.variant(mode="WIDEN", storage=storage(dtype)), ctx.groups_for(words(n)), push={"n": n},
+                 words=packed, values=values)
+    return values
+
+
+def narrow(ctx, values, n: int, dtype):
+    """The n float32 values of `values`, rounded to `dtype` (float16 or bfloat16), packed two to a word."""
+    packed = ctx.alloc(words(n), np.uint32)
+    ctx.dispatch(CASTS.variant(mode="NARROW", storage=storage(dtype)), ctx.groups_for(words(n)), push={"n": n},
+                 values=values, words=packed)
+    return packed
+
+
+def float32(ctx, buffer, n: int, dtype):
+    """`buffer` as float32: itself, or widened from 16 bits."""
+    return buffer if storage(dtype) == "F32" else widen(ctx, buffer, n, dtype)
