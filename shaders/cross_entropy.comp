@@ -19,6 +19,7 @@
 //                 is out of range, for the normalizer and the bad-input check.
 //   MODE_SMALL:   one invocation per row, for rows of few classes: row loss and, with WRITE_GRAD, the gradient.
 //   MODE_ROW:     one workgroup per row, for rows up to a few hundred thousand classes: the same, in two passes.
+//   MODE_ROW_ONCE: one workgroup per row held in registers, read once (GPUs, rows up to 32,768 classes).
 //   For longer rows, three kernels:
 //   MODE_STATS:   one workgroup per (row, chunk of `chunk` classes): chunk max m, sum exp(p - m), sum a (p - m),
 //                 sum a -> partials[4 per chunk].
@@ -229,6 +230,55 @@ void main() {
     for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
         ELEMENT a = coefficient(r, base + k, k);
         STORE_GRAD(base + k, r.counted ? exp((LOAD_PRED(base + k) - m) - log_sum) * a_scale - a * scale : ELEMENT(0.0));
+    }
+#endif
+}
+
+#elif MODE_ROW_ONCE
+// One workgroup per row, the row held in registers: each invocation loads VALUES four-class vectors (a
+// specialization constant) once, and the loss and the gradient both come from them, so every logit crosses memory
+// once each way (Liger-Kernel's single-block rows). For rows up to WG * VALUES * 4 classes, on GPUs
+// (vkloss/engine.py row_once chooses WG and VALUES; lavapipe runs large workgroups as coroutines, so it keeps
+// MODE_ROW). NaN and masked logits behave as in MODE_ROW. Its reductions run within subgroups first.
+#define SUBGROUP_REDUCE 1
+#include "reduce.glsl"
+layout(constant_id = 1) const uint VALUES = 8;
+void main() {
+    uint row = workgroup_index();
+    if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
+    RowTarget r = row_target(row);
+    uint width = p.classes / 4;
+    uint base = row * width;
+    vec4 v[VALUES];
+    float m_own = NEG_INF;
+    [[unroll]] for (uint j = 0; j < VALUES; ++j) {
+        uint k = gl_LocalInvocationID.x + j * WG;
+        v[j] = k < width ? LOAD_PRED(base + k) : vec4(NEG_INF);
+        m_own = max(m_own, HMAX(v[j]));
+    }
+    float m = workgroup_max(m_own);
+    float s_own = 0.0, a_own = 0.0, t_own = 0.0;  // sum exp(p - m), sum a (p - m), sum a
+    [[unroll]] for (uint j = 0; j < VALUES; ++j) {
+        uint k = gl_LocalInvocationID.x + j * WG;
+        if (k < width) {
+            vec4 a = coefficient(r, base + k, k), shifted = shift_from(v[j], m);
+            s_own += HSUM(exp(shifted));
+            a_own += HSUM(weighted_shift(a, shifted));
+            t_own += HSUM(a);
+        }
+    }
+    vec4 sums = workgroup_sum4(vec4(s_own, a_own, t_own, 0.0));
+    float log_sum = log_accurate(sums.x);
+    if (gl_LocalInvocationID.x == 0) row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
+#if WRITE_GRAD
+    float scale = r.counted ? grad_scale() : 0.0;
+    float a_scale = sums.z * scale;
+    [[unroll]] for (uint j = 0; j < VALUES; ++j) {
+        uint k = gl_LocalInvocationID.x + j * WG;
+        if (k < width) {
+            vec4 a = coefficient(r, base + k, k);
+            STORE_GRAD(base + k, r.counted ? exp((v[j] - m) - log_sum) * a_scale - a * scale : vec4(0.0));
+        }
     }
 #endif
 }

@@ -256,7 +256,7 @@ def test_int32_tensors_hold_class_indices_exactly(g):
     (np.array([0.5, 1.0]), {"dtype": np.int32}, TypeError, "an int32 tensor takes integer data"),
     (np.array([2 ** 31]), {"dtype": np.int32}, ValueError, "do not fit int32"),
     (np.array([1, 2]), {"dtype": np.int32, "requires_grad": True}, ValueError, "cannot require a gradient"),
-    (np.array([1, 2]), {"dtype": np.float64}, TypeError, "dtype must be float32 or int32"),
+    (np.array([1, 2]), {"dtype": np.float64}, TypeError, "dtype must be float32, int32, float16 or .bfloat16."),
 ])
 def test_bad_integer_tensors(g, data, options, error, message):
     with pytest.raises(error, match=message):

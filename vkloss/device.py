@@ -49,6 +49,7 @@ class DeviceInfo:
     timestamp_period_ns: float = 0.0  # nanoseconds per timestamp tick; 0 where compute queues cannot time
     subgroup_size: int = 1
     subgroup_arithmetic: bool = False  # subgroupAdd / subgroupMax in compute shaders
+    subgroup_shuffle: bool = False  # subgroupShuffleXor in compute shaders
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
@@ -72,7 +73,7 @@ _STYPE_APPLICATION_INFO, _STYPE_INSTANCE_CREATE_INFO = 0, 1
 _STYPE_PROPERTIES_2 = 1000059001
 _STYPE_SUBGROUP_PROPERTIES = 1000094000
 _STYPE_DRIVER_PROPERTIES = 1000196000
-_STAGE_COMPUTE, _SUBGROUP_ARITHMETIC, _HEAP_DEVICE_LOCAL = 0x20, 0x4, 0x1
+_STAGE_COMPUTE, _SUBGROUP_ARITHMETIC, _SUBGROUP_SHUFFLE, _HEAP_DEVICE_LOCAL = 0x20, 0x4, 0x10, 0x1
 _VULKAN_1_1, _VULKAN_1_2 = (1 << 22) | (1 << 12), (1 << 22) | (2 << 12)
 
 
@@ -111,7 +112,7 @@ def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
     props = vks.VkPhysicalDeviceProperties()
     vk.vkGetPhysicalDeviceProperties(handle, ctypes.byref(props))
     limits = props.limits
-    driver, subgroup_size, subgroup_arithmetic = "unknown", 1, False
+    driver, subgroup_size, subgroup_arithmetic, subgroup_shuffle = "unknown", 1, False, False
     if get_props2 is not None and props.apiVersion >= _VULKAN_1_1:
         # subgroup properties (Vulkan 1.1), chained to the driver's name (1.2)
         drv = vks.VkPhysicalDeviceDriverProperties(sType=_STYPE_DRIVER_PROPERTIES)
@@ -122,8 +123,9 @@ def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
         if subgroup.pNext:
             driver = drv.driverName.decode(errors="replace") or "unknown"
         subgroup_size = subgroup.subgroupSize
-        subgroup_arithmetic = bool(subgroup.supportedStages & _STAGE_COMPUTE) and bool(
-            subgroup.supportedOperations & _SUBGROUP_ARITHMETIC)
+        compute = bool(subgroup.supportedStages & _STAGE_COMPUTE)
+        subgroup_arithmetic = compute and bool(subgroup.supportedOperations & _SUBGROUP_ARITHMETIC)
+        subgroup_shuffle = compute and bool(subgroup.supportedOperations & _SUBGROUP_SHUFFLE)
     memory = vks.VkPhysicalDeviceMemoryProperties()
     vk.vkGetPhysicalDeviceMemoryProperties(handle, ctypes.byref(memory))
     heaps = memory.memoryHeaps[: memory.memoryHeapCount]
@@ -138,7 +140,7 @@ def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
         max_push_constants_size=limits.maxPushConstantsSize,
         device_memory=max(local, default=0),
         timestamp_period_ns=limits.timestampPeriod if limits.timestampComputeAndGraphics else 0.0,
-        subgroup_size=subgroup_size, subgroup_arithmetic=subgroup_arithmetic,
+        subgroup_size=subgroup_size, subgroup_arithmetic=subgroup_arithmetic, subgroup_shuffle=subgroup_shuffle,
     )
 
 

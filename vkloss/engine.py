@@ -45,6 +45,7 @@ WORKGROUP = 256  # invocations per workgroup; a power of two (the tree reduction
 # (2^11 keeps cross-entropy at 2^18 classes within 2e-5 of float64; 2^13 gave 3e-5), far under lavapipe's silent
 # limit of about 65,535 per invocation.
 MAX_LOOP_PER_PASS = 1 << 11
+ROW_ONCE_VALUES = (2, 8)  # vec4s each invocation of a registers-held row keeps: 8 covers 32,768 classes at 1,024
 MAX_PENDING = 1024  # submit on our own after this many recorded items, so a loop that never reads stays bounded
 ALGORITHM_CACHE_SIZE = 1024
 REPLAY_CACHE_SIZE = 16  # recorded flushes kept for replay (a training step alternates between two at most)
@@ -535,6 +536,24 @@ class Engine:
             workgroup *= 2
         return workgroup
 
+    def row_once(self, vectors: int):
+        """For a row kernel that holds its row in registers and so reads it once (cross_entropy.comp MODE_ROW_ONCE):
+        (workgroup size, four-float vectors per invocation) for a row of `vectors` vec4s, or None where the kernel that
+        reads the row twice serves better: a row longer than one workgroup holds (ROW_ONCE_VALUES[-1] vectors per
+        invocation, at most 1,024 invocations or the device's limit), and CPU implementations, where lavapipe runs
+        a large workgroup as coroutines switched at every barrier (the row kernels' workgroup there is 8 to 32), and
+        devices without subgroup shuffles, which its reductions use."""
+        if self.device.type == "cpu" or not self.device.subgroup_shuffle:  # its reductions shuffle within subgroups
+            return None
+        limit = min(1024, self.device.max_workgroup_invocations)
+        for values in ROW_ONCE_VALUES:
+            workgroup = max(32, self.device.subgroup_size)  # whole subgroups
+            while workgroup * values < vectors:
+                workgroup *= 2
+            if workgroup <= limit:
+                return workgroup, values
+        return None
+
     def reduction_workgroup(self) -> int:
         """Workgroup size for a tree-sum pass (16 values per invocation, then the workgroup's tree): 256 on GPUs;
         32 on a CPU implementation, measured best or within 5% of it from 2^16 to 2^24 values on lavapipe (8 makes
@@ -544,8 +563,9 @@ class Engine:
     def groups_for(self, invocations: int, workgroup: int = WORKGROUP) -> tuple[int, int, int]:
         return self.grid(ceil_div(invocations, workgroup))
 
-    def _algorithm(self, variant: shaders.Variant, buffers: list[Buffer], grid, push: np.ndarray, workgroup: int):
-        key = (variant, tuple(b.serial for b in buffers), grid, len(push), workgroup)
+    def _algorithm(self, variant: shaders.Variant, buffers: list[Buffer], grid, push: np.ndarray, workgroup: int,
+                   constants: tuple = ()):
+        key = (variant, tuple(b.serial for b in buffers), grid, len(push), workgroup, constants)
         found = self._algorithms.get(key)
         if found is not None:
             self._algorithms.move_to_end(key)
@@ -556,7 +576,7 @@ class Engine:
             # kp would bind them anyway, and the shader would read or write past what it was given
             raise ValueError(f"{variant.name} declares {declared} buffer bindings but was given {len(buffers)}")
         algo = self.manager.algorithm([b.block.kp for b in buffers], spirv, list(grid),
-                                      np.array([workgroup], np.uint32), push)
+                                      np.array([workgroup, *constants], np.uint32), push)
         self.stats["algorithms_created"] += 1
         found = self._algorithms[key] = (next(self._algorithm_serials), algo)
         for b in buffers:
@@ -570,13 +590,15 @@ class Engine:
         return found
 
     def dispatch(self, variant: shaders.Variant, inputs: list[Buffer], outputs: list[Buffer], push, grid,
-                 workgroup: int = WORKGROUP) -> None:
+                 workgroup: int = WORKGROUP, constants: tuple = ()) -> None:
         """Record one dispatch. Bindings are `inputs` then `outputs`, in order; `outputs` are written.
-        `workgroup` (a power of two) is the shader's WG specialization constant."""
+        `workgroup` (a power of two) is the shader's WG specialization constant (constant_id 0); `constants` (ints)
+        are constant_id 1, 2, ..."""
         words = push_constants(push)
         with self._lock:
             self._check_open("a kernel dispatch")
-            serial, algo = self._algorithm(variant, list(inputs) + list(outputs), tuple(grid), words, workgroup)
+            serial, algo = self._algorithm(variant, list(inputs) + list(outputs), tuple(grid), words, workgroup,
+                                           tuple(int(c) for c in constants))
             self._record(_Dispatch(serial, algo, words, inputs, outputs))
             for b in outputs:  # a copy to the host recorded before this dispatch holds the old values
                 b.host_valid = b.host_copy_recorded = False

@@ -147,9 +147,9 @@ def catalog() -> list[Kernel]:
 
 
 def dispatch(engine, variant: KernelVariant, grid, *, workgroup: int = WORKGROUP, push: dict | None = None,
-             **buffers) -> None:
+             constants: tuple = (), **buffers) -> None:
     """Record `variant` on `engine`: buffers by the names of its binding table (a None is as if not given), push
-    constants by the names of its block."""
+    constants by the names of its block, specialization constants after the workgroup size in `constants`."""
     given = {name: buffer for name, buffer in buffers.items() if buffer is not None}
     expected = variant.reads + variant.writes
     if set(given) != set(expected):
@@ -157,4 +157,4 @@ def dispatch(engine, variant: KernelVariant, grid, *, workgroup: int = WORKGROUP
         raise ValueError(f"{variant.name}: binds {', '.join(expected)}; missing {missing or 'none'}, "
                          f"not bound {extra or 'none'}")
     engine.dispatch(variant.shader, [given[n] for n in variant.reads], [given[n] for n in variant.writes],
-                    variant.kernel.push_words(push or {}), grid, workgroup=workgroup)
+                    variant.kernel.push_words(push or {}), grid, workgroup=workgroup, constants=constants)

@@ -103,9 +103,10 @@ class ForwardContext:
         return self._engine.upload(array)
 
     def dispatch(self, variant: kernels.KernelVariant, grid, *, workgroup: int = WORKGROUP, push: dict | None = None,
-                 **buffers) -> None:
-        """One kernel: buffers by the names of the variant's binding table, push constants by its block's names."""
-        kernels.dispatch(self._engine, variant, grid, workgroup=workgroup, push=push, **buffers)
+                 constants: tuple = (), **buffers) -> None:
+        """One kernel: buffers by the names of the variant's binding table, push constants by its block's names,
+        specialization constants (after the workgroup size) in `constants`."""
+        kernels.dispatch(self._engine, variant, grid, workgroup=workgroup, push=push, constants=constants, **buffers)
 
     def dispatch_shader(self, variant: shaders.Variant, reads: list, writes: list, push: list, grid) -> None:
         """A user op's own shader, bound positionally (reads, then writes)."""
@@ -122,6 +123,9 @@ class ForwardContext:
 
     def reduction_workgroup(self) -> int:
         return self._engine.reduction_workgroup()
+
+    def row_once(self, vectors: int):
+        return self._engine.row_once(vectors)
 
     def check(self, count, message: str) -> None:
         """A device-side check: a non-zero count in `count` raises ValueError(message.format(count=...)) at the

@@ -2,6 +2,10 @@
 // invocation in a 2-D grid of workgroups (every device caps a dispatch at 65535 workgroups per dimension,
 // so large tensors spread over y; see vkloss/engine.py grid()).
 #extension GL_EXT_control_flow_attributes : enable
+// Subgroup operations are declared to SPIR-V only where a kernel uses them (reduce.glsl's SUBGROUP_REDUCE), and
+// vkloss chooses those kernels only on devices that support them.
+#extension GL_KHR_shader_subgroup_basic : enable
+#extension GL_KHR_shader_subgroup_shuffle : enable
 
 // Variant switches default to off, so a variant names only the ones it sets.
 #ifndef VEC4

@@ -14,13 +14,15 @@ SMALL_ROW = 64  # classes up to which one invocation handles a whole row
 ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: 2 passes of at most 2^11 iterations each
                      # (engine.row_workgroup widens the workgroup to keep them there)
 CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
-MODES = ("SMALL", "ROW", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
+MODES = ("SMALL", "ROW", "ROW_ONCE", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
 
 
 def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage):
-    if (norm_buffer and not target_index) or (inplace and not write_grad) or (vec4 and mode != "ROW"):
+    if (norm_buffer and not target_index) or (inplace and not write_grad):
         return False
-    if storage != "F32" and mode not in ("STATS", "GRAD") and not (mode == "ROW" and vec4):
+    if mode != "ROW" and vec4 != (mode == "ROW_ONCE"):  # ROW reads one or four classes at a time, ROW_ONCE four
+        return False
+    if storage != "F32" and mode not in ("STATS", "GRAD", "ROW_ONCE") and not (mode == "ROW" and vec4):
         return False  # 16-bit logits: four classes at a time in a row kernel, else the chunked path
     return {"ROW_WEIGHT": target_index and not (norm_buffer or write_grad),
             "STATS": not (norm_buffer or write_grad),
@@ -100,10 +102,14 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                      ctx.groups_for(rows), push=push, row_loss=row_loss, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW", write_grad=want_grad, inplace=inplace, vec4=vec4,
-                                           storage=storage, **switches),
-                     ctx.grid(rows), workgroup=ctx.row_workgroup(classes // 4 if vec4 else classes), push=push,
-                     row_loss=row_loss, **buffers)
+        once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
+        if once:
+            workgroup, constants = once[0], (once[1],)
+        else:
+            workgroup, constants = ctx.row_workgroup(classes // 4 if vec4 else classes), ()
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_ONCE" if once else "ROW", write_grad=want_grad, inplace=inplace,
+                                           vec4=vec4, storage=storage, **switches),
+                     ctx.grid(rows), workgroup=workgroup, constants=constants, push=push, row_loss=row_loss, **buffers)
     else:
         chunks = ceil_div(classes, CHUNK)
         push.update(chunks=chunks, chunk=ceil_div(classes, chunks * WORKGROUP) * WORKGROUP)  # even, whole workgroups

@@ -1,0 +1,117 @@
+"""The cross-entropy row kernel that holds its row in registers and reads each logit once (MODE_ROW_ONCE), which
+GPUs take for rows of up to 32,768 classes. lavapipe keeps the two-pass row kernel (its large workgroups run as
+coroutines), so these tests force the choice and compare with float64 and PyTorch on both sides of each threshold."""
+import numpy as np
+import pytest
+
+import vkloss
+from vkloss import engine, reference
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+
+def gpu_rule(vectors):
+    """engine.row_once as a GPU with 1,024 invocations a workgroup answers it."""
+    for values in engine.ROW_ONCE_VALUES:
+        workgroup = 32
+        while workgroup * values < vectors:
+            workgroup *= 2
+        if workgroup <= 1024:
+            return workgroup, values
+    return None
+
+
+@pytest.fixture
+def gpu_like():
+    with vkloss.Graph() as g:
+        chosen = []
+        g.engine.row_once = lambda vectors: chosen.append(gpu_rule(vectors)) or chosen[-1]
+        g.chosen = chosen
+        yield g
+
+
+def test_the_rule_on_both_sides_of_each_threshold():
+    assert gpu_rule(64) == (32, 2) and gpu_rule(65) == (64, 2)
+    assert gpu_rule(2048) == (1024, 2) and gpu_rule(2049) == (512, 8)
+    assert gpu_rule(8192) == (1024, 8) and gpu_rule(8193) is None  # 32,768 classes, then two passes
+
+
+def test_cpu_devices_keep_the_two_pass_kernel(g):
+    assert g.device.type != "cpu" or g.engine.row_once(100) is None
+
+
+# classes: 4 * (64, 65, 2048, 2049, 8192) vec4s, and 8196 (one vector more: the two-pass kernel)
+@pytest.mark.parametrize("classes", [256, 260, 8192, 8196, 32_768, 32_772])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+def test_index_targets_with_every_option(gpu_like, rng, classes, dtype):
+    g = gpu_like
+    rows = 3
+    x = (rng.standard_normal((rows, classes)) * 3).astype(np.float32)
+    target = rng.integers(0, classes, rows)
+    target[1] = 5  # ignored
+    weight = rng.uniform(0.5, 2.0, classes)
+    p = g.tensor(x, dtype=dtype, requires_grad=True)
+    loss = g.cross_entropy_loss(p, target, weight=weight, label_smoothing=0.1, ignore_index=5)
+    g.backward(loss)
+    exact = p.numpy().astype(np.float64)
+    ref_loss, ref_grad = reference.cross_entropy(exact, target, weight=weight, ignore_index=5, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5 if dtype is np.float32 else 1e-4)
+    tolerance = 1e-5 if dtype is np.float32 else 4e-3 if dtype is np.float16 else 2e-2
+    np.testing.assert_allclose(p.grad.numpy().astype(np.float64), ref_grad, rtol=tolerance,
+                               atol=tolerance * np.abs(ref_grad).max())
+    assert g.chosen[-1] == gpu_rule(classes // 4)
+
+
+@pytest.mark.parametrize("classes", [260, 8196])
+def test_probability_targets_sum_and_none(gpu_like, rng, classes):
+    g = gpu_like
+    x = rng.standard_normal((4, classes)).astype(np.float32)
+    soft = rng.dirichlet(np.ones(classes), 4).astype(np.float32)
+    for reduction in ("sum", "none"):
+        p = g.tensor(x, requires_grad=True)
+        loss = g.cross_entropy_loss(p, g.tensor(soft), reduction=reduction)
+        g.backward(g.sum_all(loss))
+        ref_loss, ref_grad = reference.cross_entropy(x.astype(np.float64), soft.astype(np.float64),
+                                                     reduction=reduction)
+        np.testing.assert_allclose(loss.numpy(), ref_loss, rtol=1e-5)
+        np.testing.assert_allclose(p.grad.numpy(), ref_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_in_place_nan_and_masked_rows(gpu_like, rng):
+    g = gpu_like
+    x = rng.standard_normal((3, 1024)).astype(np.float32)
+    x[0, 10] = np.nan
+    x[1, :500] = -np.inf  # masked classes
+    target = np.array([3, 700, 9])
+    pred = g.tensor(x, requires_grad=True)
+    logits = g.mul_scalar(pred, g.tensor([1.0]))
+    loss = g.cross_entropy_loss(logits, target, reduction="none", inplace_grad=True)
+    values = loss.numpy()
+    g.backward(g.sum_all(loss))
+    with np.errstate(invalid="ignore"):  # the reference's 0 * -inf on the masked row, which is checked apart
+        ref_loss, ref_grad = reference.cross_entropy(x.astype(np.float64), target, reduction="none")
+    assert np.isnan(values[0]) and np.all(np.isnan(pred.grad.numpy()[0]))
+    np.testing.assert_allclose(values[2], ref_loss[2], rtol=1e-5)
+    np.testing.assert_allclose(pred.grad.numpy()[2], ref_grad[2], rtol=1e-5, atol=1e-8)
+    kept = x[1, 500:].astype(np.float64)  # the masked row: its unmasked classes alone, exactly
+    assert values[1] == pytest.approx(np.log(np.exp(kept - kept.max()).sum()) + kept.max() - x[1, 700], rel=1e-5)
+    assert np.all(pred.grad.numpy()[1, :500] == 0)
+    if torch is not None:
+        xt = torch.tensor(x[1:2], dtype=torch.float64)
+        assert values[1] == pytest.approx(F.cross_entropy(xt, torch.tensor(target[1:2])).item(), rel=1e-5)
+
+
+def test_the_same_row_gives_the_same_bits(gpu_like, rng):
+    g = gpu_like
+    x = rng.standard_normal((5, 8000)).astype(np.float32) * 10
+    runs = []
+    for _ in range(3):
+        p = g.tensor(x, requires_grad=True)
+        loss = g.cross_entropy_loss(p, np.arange(5))
+        g.backward(loss)
+        runs.append((loss.numpy().tobytes(), p.grad.numpy().tobytes()))
+    assert runs[0] == runs[1] == runs[2]
