@@ -242,14 +242,18 @@ def forget_loaded() -> None:
 
 
 def compile_all(variants) -> list[tuple[Variant, str]]:
-    """Compile every variant afresh into the cache; return (variant, key) pairs."""
-    done = []
-    for v in variants:
+    """Compile every variant afresh into the cache, one compiler process per CPU at a time; return (variant, key)
+    pairs in the order given. The first compile error raises."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(v: Variant) -> tuple[Variant, str]:
         key = v.key()
         _write_entry(key, compile_variant(v))
         _record_latest(v, key)
-        done.append((v, key))
-    return done
+        return v, key
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(build, list(variants)))
 
 
 def validate(spirv: bytes, label: str) -> None:

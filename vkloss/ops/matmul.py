@@ -8,25 +8,35 @@ from ..kernels import Kernel
 from ..registry import register_op
 
 BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
+TILE = 64  # the tiled variant's output tile per workgroup of 256 (the shader's TILE)
 MATMUL = Kernel(
-    "matmul.comp", defines={"BLOCK": BLOCK}, bindings=lambda: (["a", "b"], ["out"]),
+    "matmul.comp", defines={"BLOCK": BLOCK}, bindings=lambda tiled: (["a", "b"], ["out"]),
+    switches={"tiled": (False, True)},
     push="uint m, uint n, uint k, uint k_begin, uint k_end, uint trans_a, uint trans_b, uint accumulate, "
          "uint a_offset, uint b_offset, uint out_offset",
 )
 K_SLICE = 16384  # k one dispatch sums: one loop iteration each, far below lavapipe's limit of about 65,535
 
 
+def use_tiles(device) -> bool:
+    """Shared-memory tiles on GPUs; register blocks on CPU implementations, where lavapipe runs a 256-wide
+    workgroup as coroutines switched at each of its 2 barriers per 16 steps of k."""
+    return device.type != "cpu"
+
+
 def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=False, accumulate=False,
                 offsets=(0, 0, 0)) -> None:
     """out[m, n] (+)= op(a) @ op(b) on the device, k split into slices of K_SLICE, each added to the last.
     `offsets`: where a, b and out start in their buffers (in elements), so row blocks are operands."""
+    tiled = use_tiles(ctx.device)
+    grid = ctx.grid(ceil_div(m, TILE) * ceil_div(n, TILE)) if tiled else \
+        ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK))
     for k_begin in range(0, k, K_SLICE):
         push = dict(m=m, n=n, k=k, k_begin=k_begin, k_end=min(k, k_begin + K_SLICE), trans_a=trans_a,
                     trans_b=trans_b, accumulate=accumulate or k_begin > 0, a_offset=offsets[0], b_offset=offsets[1],
                     out_offset=offsets[2])
         # out is read too when accumulating: the binding table lists it as written, so the engine orders the slices
-        ctx.dispatch(MATMUL.variant(), ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK)), push=push, a=a, b=b,
-                     out=out)
+        ctx.dispatch(MATMUL.variant(tiled=tiled), grid, push=push, a=a, b=b, out=out)
 
 
 def _matmul_shape(a, b):

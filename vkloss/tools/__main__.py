@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import kernels, registry, shaders
 from . import bench, generate
@@ -27,13 +28,11 @@ def all_variants() -> list[shaders.Variant]:
 
 def binding_mismatches() -> list[str]:
     """Kernel variants whose compiled shader declares another number of bindings than their table lists."""
-    found = []
-    for kernel in kernels.catalog():
-        for v in kernel.variants():
-            declared = shaders.binding_count(shaders.load(v.shader))
-            if declared != len(v.reads + v.writes):
-                found.append(f"{v.name}: the shader declares {declared} bindings, its table {v.reads + v.writes}")
-    return found
+    variants = [v for kernel in kernels.catalog() for v in kernel.variants()]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # compiles what the cache lacks, side by side
+        declared = list(pool.map(lambda v: shaders.binding_count(shaders.load(v.shader)), variants))
+    return [f"{v.name}: the shader declares {count} bindings, its table {v.reads + v.writes}"
+            for v, count in zip(variants, declared) if count != len(v.reads + v.writes)]
 
 
 def cmd_compile(args) -> int:
@@ -50,13 +49,21 @@ def cmd_compile(args) -> int:
 def cmd_check(args) -> int:
     failures = 0
     variants = all_variants()
-    for v in variants:
+
+    def checked(v):
         try:
             shaders.check(v)
-            print(f"ok      {v.name}")
+            return None
         except (ShaderCheckError, ShaderCompileError) as e:
-            failures += 1
-            print(f"FAILED  {e}", file=sys.stderr)
+            return e
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # spirv-val processes side by side
+        for v, error in zip(variants, pool.map(checked, variants)):
+            if error is None:
+                print(f"ok      {v.name}")
+            else:
+                failures += 1
+                print(f"FAILED  {error}", file=sys.stderr)
     for problem in binding_mismatches() if not failures else ():
         failures += 1
         print(f"FAILED  {problem}", file=sys.stderr)
