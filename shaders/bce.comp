@@ -18,7 +18,8 @@
 #include "losses.glsl"
 #include "reduce.glsl"
 
-// Switches (LOGITS, WEIGHTED, POS_WEIGHT, PER_ELEMENT, WRITE_GRAD, VEC4), bindings (B_*) and the push block (sizes in
+// Switches (LOGITS, WEIGHTED, POS_WEIGHT, PER_ELEMENT, WRITE_GRAD, VEC4, STORAGE_*, LABELS_PACKED), bindings (B_*) and
+// the push block (sizes in
 // ELEMENTs: vec4s with VEC4) come from the kernel's declaration in vkloss/ops/bce.py.
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
@@ -33,8 +34,29 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #define COUNT_OUTSIDE(v) ((v) >= 0.0 && (v) <= 1.0 ? 0.0 : 1.0)
 #endif
 
-layout(set = 0, binding = B_PRED) readonly buffer Pred { ELEMENT pred[]; };
-layout(set = 0, binding = B_LABELS) readonly buffer Labels { ELEMENT labels[]; };
+// STORAGE_F16 / STORAGE_BF16 (with LOGITS and VEC4): 16-bit logits, four (two words) at a time, and their gradient in
+// the same dtype; LABELS_PACKED: labels of that dtype too. The maths stays float32.
+#if STORAGE_F16 || STORAGE_BF16
+#include "storage16.glsl"
+#define X_TYPE uvec2
+#define LOAD4(array, i) vec4(unpack_pair16(array[i].x), unpack_pair16(array[i].y))
+#define LOAD_X(i) LOAD4(pred, i)
+#define STORE_GRAD(i, g) grad[i] = uvec2(pack_pair16((g).xy), pack_pair16((g).zw))
+#else
+#define X_TYPE ELEMENT
+#define LOAD_X(i) pred[i]
+#define STORE_GRAD(i, g) grad[i] = (g)
+#endif
+#if LABELS_PACKED
+#define Y_TYPE uvec2
+#define LOAD_Y(i) LOAD4(labels, i)
+#else
+#define Y_TYPE ELEMENT
+#define LOAD_Y(i) labels[i]
+#endif
+
+layout(set = 0, binding = B_PRED) readonly buffer Pred { X_TYPE pred[]; };
+layout(set = 0, binding = B_LABELS) readonly buffer Labels { Y_TYPE labels[]; };
 #ifdef B_WEIGHT
 layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ELEMENT weight[]; };
 #endif
@@ -48,7 +70,7 @@ layout(set = 0, binding = B_LOSS_PARTIALS) writeonly buffer LossPartials { float
 #endif
 layout(set = 0, binding = B_BAD_PARTIALS) writeonly buffer BadPartials { float bad_partials[]; };
 #ifdef B_GRAD
-layout(set = 0, binding = B_GRAD) writeonly buffer Grad { ELEMENT grad[]; };
+layout(set = 0, binding = B_GRAD) writeonly buffer Grad { X_TYPE grad[]; };
 #endif
 
 void main() {
@@ -58,7 +80,7 @@ void main() {
     ELEMENT loss = ELEMENT(0.0);
     float bad = 0.0;  // COUNT_OUTSIDE already sums the components
     for (uint i = begin + gl_LocalInvocationID.x; i < end; i += WG) {
-        ELEMENT x = pred[i], y = labels[i];
+        ELEMENT x = LOAD_X(i), y = LOAD_Y(i);
 #if LOGITS
         bad += COUNT_OUTSIDE(y);
 #if POS_WEIGHT
@@ -94,7 +116,7 @@ void main() {
         loss += term;
 #endif
 #if WRITE_GRAD
-        grad[i] = g * p.scale;
+        STORE_GRAD(i, g * p.scale);
 #endif
     }
     vec4 sums = workgroup_sum4(vec4(HSUM(loss), bad, 0.0, 0.0));

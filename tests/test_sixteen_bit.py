@@ -160,15 +160,21 @@ def test_cross_entropy_options_on_16_bit_logits(g, rng, dtype, classes):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5,), (3, 7), (64, 33)])  # odd sizes: a last word half padding
-def test_bce_with_logits_on_16_bit_inputs(g, rng, dtype, shape):
+# sizes and pos_weight all multiples of 4: read natively four at a time; otherwise widened first (odd sizes: a last
+# word half padding)
+@pytest.mark.parametrize("shape", [(5,), (3, 7), (64, 33), (16, 8), (2, 4096)])
+@pytest.mark.parametrize("labels_dtype", ["same", np.float32, "other"])
+def test_bce_with_logits_on_16_bit_inputs(g, rng, dtype, shape, labels_dtype):
     x = (rng.standard_normal(shape) * 5).astype(np.float32)
     y = rng.uniform(0, 1, shape).astype(np.float32)
     pos_weight = rng.uniform(0.5, 3.0, shape[-1])
+    y_dtype = {"same": dtype, "other": "bfloat16" if dtype is np.float16 else np.float16}.get(labels_dtype,
+                                                                                               labels_dtype)
     p = g.tensor(x, dtype=dtype, requires_grad=True)
-    loss = g.bce_with_logits_loss(p, g.tensor(y, dtype=dtype), pos_weight=pos_weight)
+    labels = g.tensor(y, dtype=y_dtype)
+    loss = g.bce_with_logits_loss(p, labels, pos_weight=pos_weight)
     g.backward(loss)
-    xv, yv = as_16(x, dtype), as_16(y, dtype)
+    xv, yv = as_16(x, dtype), labels.numpy().astype(np.float64)
     log_sigmoid = np.minimum(xv, 0) - np.log1p(np.exp(-np.abs(xv)))
     weight_l = 1 + (pos_weight - 1) * yv
     ref = np.mean((1 - yv) * xv - weight_l * log_sigmoid)

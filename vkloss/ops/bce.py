@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
+
 from ..engine import ceil_div
 from ..kernels import Kernel
 from ..registry import Backward, register_op
@@ -13,11 +15,17 @@ from .reductions import tree_sum
 
 ITEMS = 16  # loop iterations per invocation in bce.comp
 
+def _allowed(logits, pos_weight, vec4, storage, labels_packed, **_):
+    # 16-bit logits are read four at a time (and their labels with them, where of the same dtype)
+    return (logits or not pos_weight) and (storage == "F32" or (logits and vec4)) and (storage != "F32" or
+                                                                                        not labels_packed)
+
+
 BCE = Kernel(
     "bce.comp", push="uint n, float scale, uint per_workgroup, uint weight_size = 1, uint pos_weight_size = 1",
-    switches={flag: (False, True) for flag in ("logits", "weighted", "pos_weight", "per_element", "write_grad",
-                                                "vec4")},
-    allowed=lambda logits, pos_weight, **_: logits or not pos_weight,
+    switches={**{flag: (False, True) for flag in ("logits", "weighted", "pos_weight", "per_element", "write_grad",
+                                                   "vec4", "labels_packed")}, "storage": ("F32", "F16", "BF16")},
+    allowed=_allowed,
     bindings=lambda weighted, pos_weight, per_element, write_grad, **_: (
         ["pred", "labels", *(["weight"] if weighted else []), *(["pos_weight"] if pos_weight else [])],
         ["element_loss" if per_element else "loss_partials", "bad_partials", *(["grad"] if write_grad else [])]),
@@ -48,9 +56,14 @@ def _shape(name, pred, labels, weight=None, reduction="mean", pos_weight=None):
 
 def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos_weight=None):
     n = math.prod(ctx.shapes[0])
-    pred, labels = (casts.float32(ctx, b, n, dtype) for b, dtype in zip((pred, labels), ctx.dtypes))  # 16-bit: widen
     sizes = [w.size for w in (weight, pos_weight) if w is not None]  # broadcast: the shape rule checked them
     vec4 = all(size % 4 == 0 for size in [n, *sizes])
+    storage = casts.storage(ctx.dtypes[0]) if vec4 else "F32"  # 16-bit logits read natively four at a time
+    labels_packed = storage != "F32" and ctx.dtypes[1] == ctx.dtypes[0]
+    if storage == "F32":
+        pred = casts.float32(ctx, pred, n, ctx.dtypes[0])  # else 16-bit: widened first
+    if not labels_packed:
+        labels = casts.float32(ctx, labels, n, ctx.dtypes[1])
     width = 4 if vec4 else 1
     workgroup = ctx.row_workgroup()  # ITEMS loop iterations per invocation
     per_workgroup = ITEMS * width * workgroup
@@ -58,10 +71,11 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
     per_element = reduction == "none"
     loss = ctx.out if per_element else ctx.alloc(groups)
     bad_partials = ctx.alloc(groups)
-    grad = ctx.alloc(n) if ctx.want_grad else None
+    grad = None if not ctx.want_grad else ctx.alloc(n) if storage == "F32" else ctx.alloc(casts.words(n), np.uint32)
     scale = 1.0 / n if reduction == "mean" else 1.0
     variant = BCE.variant(logits=logits, weighted=weight is not None, pos_weight=pos_weight is not None,
-                          per_element=per_element, write_grad=ctx.want_grad, vec4=vec4)
+                          per_element=per_element, write_grad=ctx.want_grad, vec4=vec4, storage=storage,
+                          labels_packed=labels_packed)
     push = dict(n=n, scale=scale, per_workgroup=per_workgroup,
                 weight_size=(weight.size if weight is not None else 1) // width,
                 pos_weight_size=(pos_weight.size if pos_weight is not None else 1) // width)
@@ -76,7 +90,7 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
               else f"bce_loss: {{count}} values of pred or labels (shape {ctx.shapes[0]}) lie outside [0, 1] or are "
                    "NaN; pred must be probabilities (apply g.sigmoid to logits, or use g.bce_with_logits_loss) and "
                    "labels in [0, 1]")
-    if grad is not None and casts.storage(ctx.dtypes[0]) != "F32":
+    if grad is not None and storage == "F32" and casts.storage(ctx.dtypes[0]) != "F32":
         grad = casts.narrow(ctx, grad, n, ctx.dtypes[0])  # the gradient in the logits' 16-bit dtype
     ctx.save_for_backward(grad)
 
@@ -105,8 +119,8 @@ register_op(
         "dimensions (pos_weight usually [classes]). d/dlogits = weight (l sigmoid(x) - pos_weight y) (/ n for a "
         "mean), computed in the same pass; backward scales that. Labels outside [0, 1] (or NaN) raise ValueError at "
         "the next host read. No gradient with respect to labels, weight or pos_weight. logits and labels may be 16-bit "
-        "tensors (float16, bfloat16): the kernel then reads them widened to float32, and the gradient comes back in "
-        "the logits' dtype.",
+        "tensors (float16, bfloat16): the kernel reads them four at a time where every size is a multiple of 4 "
+        "(otherwise widened to float32 first), computes in float32, and writes the gradient in the logits' dtype.",
     shape=functools.partial(_shape, "bce_with_logits_loss"),
     forward=functools.partial(_forward, "bce_with_logits_loss", True),
 )
