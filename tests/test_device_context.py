@@ -157,3 +157,33 @@ def test_the_validation_layer_is_absent_from_a_plain_process(tmp_path):
     for env, loaded in ((plain, "False"), (os.environ, "True")):  # the suite's environment asks for it
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode == 0 and done.stdout.strip() == loaded, done.stderr
+
+
+def test_checked_ops_called_again_and_again_before_a_read_fold_their_checks(g, rng):
+    """A check pending with the same message takes the new count into its own: no buffer or kernel per call, and
+    the read reports the total."""
+    pred = g.tensor(rng.standard_normal((8, 5)), requires_grad=True)
+    good = np.arange(8) % 5
+    for _ in range(5):  # the pool settles
+        g.cross_entropy_loss(pred, good)
+    before = dict(g.stats)
+    for _ in range(20):
+        g.cross_entropy_loss(pred, good)
+    assert g.stats["buffers_created"] == before["buffers_created"]
+    assert g.stats["algorithms_created"] == before["algorithms_created"]
+    bad = good.copy()
+    bad[2] = 9
+    g.cross_entropy_loss(pred, bad)
+    g.cross_entropy_loss(pred, bad)
+    with pytest.raises(ValueError, match=r"cross_entropy_loss: 2 class indices of target \(shape \(8,\)\) are outside"):
+        g.cross_entropy_loss(pred, good).item()
+    assert g.cross_entropy_loss(pred, good).item() > 0  # the checks went with that read
+
+
+def test_check_finite_counts_fold_too():
+    with vkloss.Graph(check_finite=True) as g:
+        x = g.tensor([1.0, np.nan])
+        for _ in range(3):
+            g.neg(x)
+        with pytest.raises(FloatingPointError, match=r"neg produced 3 NaN or infinite values"):
+            g.neg(g.tensor([1.0, 2.0])).numpy()

@@ -121,8 +121,9 @@ class Graph:
         or its trailing dimensions (pos_weight usually [classes]). d/dlogits = weight (l sigmoid(x) - pos_weight
         y) (/ n for a mean), computed in the same pass; backward scales that. Labels outside [0, 1] (or NaN)
         raise ValueError at the next host read. No gradient with respect to labels, weight or pos_weight. logits
-        and labels may be 16-bit tensors (float16, bfloat16): the kernel then reads them widened to float32, and
-        the gradient comes back in the logits' dtype.
+        and labels may be 16-bit tensors (float16, bfloat16): the kernel reads them four at a time where every
+        size is a multiple of 4 (otherwise widened to float32 first), computes in float32, and writes the
+        gradient in the logits' dtype.
         """
         return self._call_bound('bce_with_logits_loss', {'logits': logits, 'labels': labels, 'weight': weight, 'reduction': reduction, 'pos_weight': pos_weight})
 

@@ -106,6 +106,7 @@ class Graph(_graph_ops.Graph):
         self._grad_enabled = True
         # Device-side checks, read back with the next host read: (count buffer, message, exception class).
         self._checks: list[tuple] = []
+        self._check_positions: dict = {}  # (message, error class) -> its place in _checks
         self.check_finite = bool(check_finite)
         self._thread = threading.get_ident()
         self._modified: dict = {}  # while a backward rule runs: inputs of its op modified in place since
@@ -164,7 +165,7 @@ class Graph(_graph_ops.Graph):
         """A host copy of `tensor` that the next submission makes, with the device-side checks recorded so far
         (which raise from `result()`)."""
         self._usable("reading a tensor")
-        checks, self._checks = self._checks, []
+        checks, self._checks, self._check_positions = self._checks, [], {}
         pending = self._engine.read_async([tensor.buffer] + [count for count, _, _ in checks])
         decode = (lambda words, n=tensor.size, dtype=tensor.dtype: decode16(words, n, dtype)) \
             if tensor.dtype in SIXTEEN_BIT else None
@@ -273,7 +274,8 @@ class Graph(_graph_ops.Graph):
         ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors),
                                       self._engine.alloc(math.prod(shape)), needs, tuple(t.dtype for t in tensors))
         op.forward(ctx, *(t.buffer for t in tensors), **{**options, **{n: t.buffer for n, t in constants.items()}})
-        self._checks.extend((count, message, ValueError) for count, message in ctx.checks)
+        for count, message in ctx.checks:
+            self._record_check(count, message, ValueError)
         saved = None
         if fused and differentiable:
             saved = tuple(None if ctx.saved.get(name) is None else Tensor(self, t.shape, ctx.saved[name], dtype=t.dtype)
@@ -286,10 +288,27 @@ class Graph(_graph_ops.Graph):
         if self.check_finite and op.name != "count_nonfinite":
             with self.no_grad():
                 count = self.count_nonfinite(out)
-            self._checks.append((count.buffer, f"{op.name} produced {{count}} NaN or infinite values (output shape "
-                                 f"{shape}, input shapes {', '.join(str(t.shape) for t in tensors)})",
-                                 FloatingPointError))
+            self._record_check(count.buffer, f"{op.name} produced {{count}} NaN or infinite values (output shape "
+                               f"{shape}, input shapes {', '.join(str(t.shape) for t in tensors)})", FloatingPointError)
         return out
+
+    def _record_check(self, count, message: str, error) -> None:
+        """A device-side check, read with the next host read. One already pending with the same message takes the
+        new count into its own (an add on the device): a loop that calls a checked op many times before it reads
+        keeps one count buffer per message, not one per call, so its buffers and kernels stay the same from call
+        to call."""
+        index = self._check_positions.get((message, error))
+        if index is None:
+            self._check_positions[message, error] = len(self._checks)
+            self._checks.append((count, message, error))
+            return
+        checking, self.check_finite = self.check_finite, False  # the sum of two counts is finite
+        try:
+            with self.no_grad():
+                total = self.add(Tensor(self, (1,), self._checks[index][0]), Tensor(self, (1,), count))
+        finally:
+            self.check_finite = checking
+        self._checks[index] = (total.buffer, message, error)
 
     @staticmethod
     def _check_in_place(op, tensors, attr_tensors) -> None:
@@ -365,6 +384,7 @@ class Graph(_graph_ops.Graph):
         if threading.get_ident() != self._thread:
             raise RuntimeError("close: this Graph belongs to the thread that made it; close it there")
         self._checks.clear()
+        self._check_positions.clear()
         self._engine.close()
 
     def __enter__(self):
