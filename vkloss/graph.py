@@ -228,9 +228,10 @@ class Graph(_graph_ops.Graph):
                 f"since the op ran (by copy_ or an optimizer step: version {tensor.version}, expected {version}), as "
                 "PyTorch's 'modified by an inplace operation'. Refill inputs and step optimizers after backward")
         if value.dtype in SIXTEEN_BIT and param.type != "Float":
+            takers = ", ".join(f"{o.name}({', '.join(p.name for p in o.schema.operands if p.type == 'Float')})"
+                               for o in registry.all_ops() if any(p.type == "Float" for p in o.schema.operands))
             raise TypeError(f"{where} is a {value.dtype} tensor of shape {value.shape}; this op takes float32 "
-                            f"tensors there ({param.name}). 16-bit tensors go to cross_entropy_loss, "
-                            "bce_with_logits_loss and linear_cross_entropy")
+                            f"tensors there ({param.name}). 16-bit tensors go to {takers}")
         if value.dtype != np.float32 and value.dtype not in SIXTEEN_BIT and not integer:
             raise TypeError(f"{where} is an {value.dtype} tensor of shape {value.shape}; this op takes float32 "
                             f"tensors there ({param.name})")
