@@ -14,7 +14,7 @@ import numpy as np
 from . import autodiff, registry
 from .device import DeviceInfo, choose_device
 from . import _graph_ops
-from .engine import Engine
+from .engine import Engine, ceil_div
 from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, decode16, encode16
 
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
@@ -136,7 +136,7 @@ class Graph(_graph_ops.Graph):
         shape = array.shape or (1,)
         sixteen = dtype in SIXTEEN_BIT
         # before converting: a too-large array is refused without a copy
-        self._engine.check_size(-(-array.size // 2) if sixteen else array.size, np.uint32 if sixteen else dtype)
+        self._engine.check_size(ceil_div(array.size, 2) if sixteen else array.size, np.uint32 if sixteen else dtype)
         if dtype == np.int32 and requires_grad:
             raise ValueError(f"g.tensor: an int32 tensor (shape {shape}) cannot require a gradient")
         buffer = self._engine.upload(_converted(array, dtype, "g.tensor"))

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .engine import ceil_div
+
 BFLOAT16 = "bfloat16"  # numpy has no bfloat16: the dtype of a bfloat16 tensor is this string
 SIXTEEN_BIT = (np.dtype(np.float16), BFLOAT16)
 
@@ -19,7 +21,7 @@ def encode16(array: np.ndarray, dtype) -> np.ndarray:
         halves[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # NaN stays NaN
     else:
         halves = np.ascontiguousarray(array, np.float16).reshape(-1).view(np.uint16)
-    padded = np.zeros(2 * (-(-halves.size // 2)), np.uint16)
+    padded = np.zeros(2 * ceil_div(halves.size, 2), np.uint16)
     padded[: halves.size] = halves
     return padded.view(np.uint32)
 
