@@ -143,7 +143,7 @@ def test_a_users_op_with_a_schema_is_a_method_checked_the_same_way(g):
 
 def test_a_schema_that_names_another_op_is_refused():
     with pytest.raises(ValueError, match="its schema names 'other'"):
-        vkloss.register_op(fresh("mine"), SCALE, schema="other(Tensor x) -> Tensor")
+        vkloss.register_op(fresh("mine"), SCALE, schema="other(Tensor x) -> Tensor", shape=lambda s: s)
 
 
 def test_generated_op_names_cannot_be_registered_again():
@@ -299,3 +299,9 @@ def test_the_readmes_new_fused_loss_runs_from_one_file_and_one_shader(g, rng, tm
             "self", "pred", "labels", "reduction"]
     finally:
         vkloss.unregister_op(name)
+
+
+def test_an_op_with_a_kernel_needs_a_shape_rule():
+    with pytest.raises(ValueError, match="give shape="):
+        name = fresh("shapeless")
+        vkloss.register_op(name, SCALE, schema=f"{name}(Tensor x) -> Tensor")

@@ -205,6 +205,8 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
                          "could never be called; choose another name")
     if compose is None and shader is None and forward is None:
         raise ValueError(f"register_op {name}: give a shader, a forward (with its kernels), or compose=")
+    if compose is None and shape is None:
+        raise ValueError(f"register_op {name}: give shape=, the rule (*operand_shapes, **options) -> output shape")
     if isinstance(backward, str) and backward in BACKWARD_KINDS:
         backward = Backward(backward)
     if not (callable(backward) or backward in (Backward.NONE, Backward.FUSED)):

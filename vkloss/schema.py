@@ -66,10 +66,7 @@ class Param:
         return self.is_tensor and self.keyword_only
 
     def text(self) -> str:
-        kind = self.type.replace("{", "").replace("}", "")
-        if self.choices:
-            kind = f"{self.type}{{{'|'.join(self.choices)}}}"
-        kind += "?" if self.optional else ""
+        kind = self.type + (f"{{{'|'.join(self.choices)}}}" if self.choices else "") + ("?" if self.optional else "")
         default = "" if self.default is inspect.Parameter.empty else f"={self.default!r}"
         return f"{kind} {self.name}{default}"
 
@@ -116,7 +113,6 @@ class Schema:
     def bind(self, args: tuple, kwargs: dict) -> dict:
         """The call's arguments by parameter name (options left at their default are filled in, OMITTED ones left
         out), each checked against its type. Operands are returned as given: the Graph converts them."""
-        where = f"g.{self.name}"
         try:
             bound = self.signature().bind(*args, **kwargs).arguments
         except TypeError as e:  # Python's own words, as the generated methods raise them
