@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import vkloss
-from vkloss import shaders
 from helpers import f32
 from vkloss.ops.elementwise import ELEMENTWISE
 

@@ -312,13 +312,13 @@ class Graph(_graph_ops.Graph):
         self._checks[index] = (total.buffer, message, error)
 
     @staticmethod
-    def _check_in_place(op, tensors, attr_tensors) -> None:
+    def _check_in_place(op, tensors, constants) -> None:
         first = tensors[0]
         if first.is_leaf:
             raise ValueError(f"g.{op.name}({op.inplace_option}=True) would write its gradient over argument 1, a "
                              f"leaf tensor of shape {first.shape} (a parameter or an input); pass the output of an "
                              f"op, such as the last layer's logits")
-        if any(t is first for t in (*tensors[1:], *attr_tensors.values())):
+        if any(t is first for t in (*tensors[1:], *constants.values())):
             raise ValueError(f"g.{op.name}({op.inplace_option}=True): argument 1 is also passed as another argument")
 
     # ---- autodiff ------------------------------------------------------------------------------------------

@@ -67,10 +67,6 @@ class Op:
     module: str = ""  # where it was declared
 
     @property
-    def arity(self) -> int:
-        return len(self.schema.operands)
-
-    @property
     def shader(self) -> str | None:
         """The shader file(s) behind the op, for `tools list`."""
         names = [k.source for k in self.kernels] + [v.path.name for v in self.shader_variants]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
-
 from ..engine import ceil_div
 from ..kernels import Kernel
 from ..registry import Backward, register_op
@@ -71,7 +69,7 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
     per_element = reduction == "none"
     loss = ctx.out if per_element else ctx.alloc(groups)
     bad_partials = ctx.alloc(groups)
-    grad = None if not ctx.want_grad else ctx.alloc(n) if storage == "F32" else ctx.alloc(casts.words(n), np.uint32)
+    grad = casts.alloc(ctx, n, storage) if ctx.want_grad else None
     scale = 1.0 / n if reduction == "mean" else 1.0
     variant = BCE.variant(logits=logits, weighted=weight is not None, pos_weight=pos_weight is not None,
                           per_element=per_element, write_grad=ctx.want_grad, vec4=vec4, storage=storage,
@@ -90,13 +88,19 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
               else f"bce_loss: {{count}} values of pred or labels (shape {ctx.shapes[0]}) lie outside [0, 1] or are "
                    "NaN; pred must be probabilities (apply g.sigmoid to logits, or use g.bce_with_logits_loss) and "
                    "labels in [0, 1]")
-    if grad is not None and storage == "F32" and casts.storage(ctx.dtypes[0]) != "F32":
-        grad = casts.narrow(ctx, grad, n, ctx.dtypes[0])  # the gradient in the logits' 16-bit dtype
+    if grad is not None and storage == "F32":
+        grad = casts.in_dtype(ctx, grad, n, ctx.dtypes[0])  # 16-bit logits widened above: their gradient narrowed
     ctx.save_for_backward(grad)
 
 
-register_op(
-    "bce_loss", kernels=(BCE,), backward=Backward.FUSED,
+def _declare(name: str, logits: bool, schema: str, doc: str) -> None:
+    """One of the two BCE ops: the kernel family, its shape rule and forward, told apart by `logits`."""
+    register_op(name, kernels=(BCE,), backward=Backward.FUSED, schema=schema, doc=doc,
+                shape=functools.partial(_shape, name), forward=functools.partial(_forward, name, logits))
+
+
+_declare(
+    "bce_loss", False,
     schema="bce_loss(Tensor pred, Tensor labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean') "
            "-> Tensor",
     doc="(1,), or pred's shape for reduction='none'. pred in (0, 1) (apply g.sigmoid to logits first, or use "
@@ -106,10 +110,9 @@ register_op(
         "d/dpred = weight (p - y) / max(p (1 - p), 1e-12) (/ n for a mean) in the same pass; backward scales that. "
         "Values outside [0, 1] (or NaN), counted on the device, raise ValueError at the next host read. No gradient "
         "with respect to labels or weight.",
-    shape=functools.partial(_shape, "bce_loss"), forward=functools.partial(_forward, "bce_loss", False),
 )
-register_op(
-    "bce_with_logits_loss", kernels=(BCE,), backward=Backward.FUSED,
+_declare(
+    "bce_with_logits_loss", True,
     schema="bce_with_logits_loss(Float logits, Float labels, *, Tensor? weight=None, "
            "str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
     doc="(1,), or the logits' shape for reduction='none'. PyTorch's F.binary_cross_entropy_with_logits: sigmoid "
@@ -121,6 +124,4 @@ register_op(
         "the next host read. No gradient with respect to labels, weight or pos_weight. logits and labels may be 16-bit "
         "tensors (float16, bfloat16): the kernel reads them four at a time where every size is a multiple of 4 "
         "(otherwise widened to float32 first), computes in float32, and writes the gradient in the logits' dtype.",
-    shape=functools.partial(_shape, "bce_with_logits_loss"),
-    forward=functools.partial(_forward, "bce_with_logits_loss", True),
 )

@@ -28,6 +28,11 @@ def words(n: int) -> int:
     return ceil_div(n, 2)
 
 
+def alloc(ctx, n: int, storage_switch: str):
+    """A buffer for n values stored as `storage_switch` (F32, or F16/BF16 packed two to a word)."""
+    return ctx.alloc(n) if storage_switch == "F32" else ctx.alloc(words(n), np.uint32)
+
+
 def widen(ctx, packed, n: int, dtype):
     """A float32 buffer of the n 16-bit elements in `packed`."""
     values = ctx.alloc(n)
@@ -38,7 +43,7 @@ def widen(ctx, packed, n: int, dtype):
 
 def narrow(ctx, values, n: int, dtype):
     """The n float32 values of `values`, rounded to `dtype` (float16 or bfloat16), packed two to a word."""
-    packed = ctx.alloc(words(n), np.uint32)
+    packed = alloc(ctx, n, storage(dtype))
     ctx.dispatch(CASTS.variant(mode="NARROW", storage=storage(dtype)), ctx.groups_for(words(n)), push={"n": n},
                  values=values, words=packed)
     return packed
@@ -47,3 +52,8 @@ def narrow(ctx, values, n: int, dtype):
 def float32(ctx, buffer, n: int, dtype):
     """`buffer` as float32: itself, or widened from 16 bits."""
     return buffer if storage(dtype) == "F32" else widen(ctx, buffer, n, dtype)
+
+
+def in_dtype(ctx, values, n: int, dtype):
+    """float32 `values` in `dtype`: themselves, or narrowed to 16 bits (the inverse of float32)."""
+    return values if storage(dtype) == "F32" else narrow(ctx, values, n, dtype)

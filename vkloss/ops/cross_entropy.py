@@ -7,7 +7,7 @@ import numpy as np
 from ..engine import WORKGROUP, ceil_div
 from ..kernels import Kernel
 from ..registry import Backward, register_op
-from .casts import storage as storage_of, words
+from . import casts
 from .reductions import tree_sum
 
 SMALL_ROW = 64  # classes up to which one invocation handles a whole row
@@ -83,7 +83,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                            "integer numpy array" if index else "float32 probabilities, not int32"))
     want_grad = ctx.want_grad
     inplace = want_grad and inplace_grad
-    storage = storage_of(ctx.dtypes[0])  # 16-bit logits are read (and their gradient written) two to a word
+    storage = casts.storage(ctx.dtypes[0])  # 16-bit logits are read (and their gradient written) two to a word
     scale = 1.0 / rows if reduction == "mean" and not index else 1.0
     push = dict(rows=rows, classes=classes, chunk=classes, scale=scale, smoothing=label_smoothing,
                 ignore_index=ignore_index or 0, ignore=ignore_index is not None)
@@ -93,8 +93,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                                    f"cross_entropy_loss: {{count}} class indices of target (shape {target_shape}) "
                                    f"are outside {{allowed}}, beside pred {ctx.shapes[0]}")
     row_loss = ctx.out if reduction == "none" else ctx.alloc(rows)
-    grad = None if not want_grad or inplace else ctx.alloc(rows * classes) if storage == "F32" else \
-        ctx.alloc(words(rows * classes), np.uint32)
+    grad = casts.alloc(ctx, rows * classes, storage) if want_grad and not inplace else None
     switches = dict(target_index=index, weighted=weight is not None, norm_buffer=norm is not None)
     buffers = dict(pred=pred, target=target, weight=weight, norm=norm, grad=grad)
     if classes <= SMALL_ROW and storage == "F32":
@@ -123,7 +122,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
         if want_grad:
             ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, storage=storage,
                                                **switches),
-                         ctx.groups_for(rows * classes if storage == "F32" else words(rows * classes)), push=push,
+                         ctx.groups_for(rows * classes if storage == "F32" else casts.words(rows * classes)), push=push,
                          row_stats=row_stats, **buffers)
     if reduction != "none":
         tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale)

@@ -115,8 +115,8 @@ def _forward(ctx, hidden, weight, target, bias, reduction="mean", ignore_index=-
         matmul_into(ctx, logits, hidden, grad_weight, width, features, rows, trans_a=True,
                     offsets=(0, 0, begin * features))  # d weight_chunk = g.T @ hidden
         matmul_into(ctx, ones, logits, grad_bias, 1, width, rows, offsets=(0, 0, begin))  # d bias_chunk
-    grads = [casts.narrow(ctx, g, sizes[i], ctx.dtypes[i]) if casts.storage(ctx.dtypes[i]) != "F32" else g
-             for i, g in ((0, grad_hidden), (1, grad_weight), (3, grad_bias))]
+    grads = [casts.in_dtype(ctx, g, sizes[i], ctx.dtypes[i]) for i, g in ((0, grad_hidden), (1, grad_weight),
+                                                                          (3, grad_bias))]
     ctx.save_for_backward(hidden=grads[0], weight=grads[1], bias=grads[2])
 
 

@@ -11,8 +11,9 @@ from .. import registry, schema as schemas
 from . import vk_structs
 
 TARGET = Path(__file__).resolve().parent.parent / "_graph_ops.py"
-_ANNOTATIONS = {"Tensor": "Tensor", "Float": "Tensor", "Index": "Tensor | np.ndarray", "Tensor|Index": "Tensor | np.ndarray",
-                "float": "float", "int": "int", "bool": "bool", "str": "str", "int[]": "tuple[int, ...]", "Any": "Any"}
+_ANNOTATIONS = {"Tensor": "Tensor", "Float": "Tensor", "Index": "Tensor | np.ndarray",
+                "Tensor|Index": "Tensor | np.ndarray", "float": "float", "int": "int", "bool": "bool", "str": "str",
+                "int[]": "tuple[int, ...]", "Any": "Any"}
 
 
 def _annotation(p: schemas.Param) -> str:
@@ -54,7 +55,8 @@ def source() -> str:
         "from typing import TYPE_CHECKING, Any, Literal  # noqa: F401\n\n"
         "if TYPE_CHECKING:\n    import numpy as np\n\n    from .tensor import Tensor\n\n"
         f"SCHEMAS = {{\n{schemas_text}}}\n\n\n"
-        "class Graph:\n    \"\"\"The op methods of vkloss.graph.Graph, which derives from this class.\"\"\"\n\n    SCHEMAS = SCHEMAS\n\n" + "\n".join(_method(op) for op in ops)
+        'class Graph:\n    """The op methods of vkloss.graph.Graph, which derives from this class."""\n\n'
+        "    SCHEMAS = SCHEMAS\n\n" + "\n".join(_method(op) for op in ops)
     )
 
 
