@@ -28,7 +28,12 @@ echo "$sha  $sdist" | sha256sum -c --quiet - || { echo "build_kp: $sdist is not 
 tar xzf "$sdist" -C "$work"
 "$py" "$here/kp_patch.py" "$work/kp-0.9.0" >&2
 # what the build needs; a machine without a package index (the lent GPU machine) has them already
-"$py" -c 'import setuptools, wheel, pybind11' 2>/dev/null ||
+# (setuptools 70.1 and later build wheels without the `wheel` package)
+"$py" -c 'import setuptools, pybind11
+try:
+    import wheel
+except ImportError:
+    import setuptools.command.bdist_wheel' 2>/dev/null ||
   "$py" -m pip install -q --disable-pip-version-check "setuptools>=64" wheel pybind11 >&2
 # kp's setup.py drops -DPYTHON_EXECUTABLE (a missing comma glues it to the previous flag), so CMake searches PATH
 # for a Python: put this one's first and leave out shims (pyenv's) that name absent versions.

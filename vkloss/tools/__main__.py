@@ -111,6 +111,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def sections_list(text: str) -> tuple:
+    """bench's --sections: names from bench.SECTIONS, comma-separated, in the order they run."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in bench.SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown) or repr(text)}; choose from "
+                                         f"{', '.join(bench.SECTIONS)}")
+    return tuple(names)
+
+
 def writable_path(text: str) -> str:
     """An output file whose folder exists and can be written: checked before minutes of work, not after."""
     folder = os.path.dirname(os.path.abspath(text))
@@ -148,6 +158,8 @@ def run(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
     b.add_argument("--repeats", type=positive_int, default=5, help="timed runs per figure; the median is shown")
     b.add_argument("--device", default=None, help="device index (default: VKLOSS_DEVICE, else the best)")
+    b.add_argument("--sections", type=sections_list, default=None, metavar="A,B",
+                   help=f"run only these parts, comma-separated, of: {', '.join(bench.SECTIONS)} (default: all)")
     args = parser.parse_args(argv)
     for module in args.imports:
         importlib.import_module(module)

@@ -64,9 +64,20 @@ BENCH = Kernel(  # baselines, not ops: a copy shader, and CE and BCE as one kern
 )
 
 CE_SIZES = [(4096, 1000), (512, 32_000), (64, 128_256)]
+GPU_CE_SIZES = [(8192, 32_768)]  # and, for index targets, GPU_INDEX_SIZES: past lavapipe's 128 MiB binding limit
+GPU_INDEX_SIZES = [(8192, 32_768), (16_384, 32_768)]
 BCE_SIZES = [(1 << 20,), (1 << 24,)]
 QUICK_CE_SIZES, QUICK_BCE_SIZES = [(16, 3000)], [(50_000,)]
 ERROR_LIMIT = 1e-4  # relative to the reference's largest magnitude; a result further off is not timed
+TORCH_CPU_LIMIT = 1 << 25  # elements above which PyTorch's CPU time is left out: seconds a run, and beside a GPU
+SECTIONS = ("losses", "target_forms", "sixteen_bit", "memory", "engine", "linear")
+
+
+def ce_sizes(g: Graph, quick: bool, index: bool = False) -> list:
+    """The cross-entropy sizes: small ones on lavapipe or with --quick, and the language-model sizes on GPUs."""
+    if quick:
+        return QUICK_CE_SIZES
+    return CE_SIZES + ((GPU_INDEX_SIZES if index else GPU_CE_SIZES) if g.device.type != "cpu" else [])
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -129,6 +140,8 @@ def torch_seconds(function: str, pred, target, repeats):
         import torch
         import torch.nn.functional as F
     except ImportError:
+        return None
+    if pred.size > TORCH_CPU_LIMIT:
         return None
     fn = getattr(F, function)
     p, t = torch.tensor(pred, requires_grad=True), torch.tensor(target)
@@ -259,7 +272,7 @@ class Case:
 
 def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    sizes = [("cross_entropy_loss", s) for s in (QUICK_CE_SIZES if quick else CE_SIZES)]
+    sizes = [("cross_entropy_loss", s) for s in ce_sizes(g, quick)]
     sizes += [("bce_loss", s) for s in (QUICK_BCE_SIZES if quick else BCE_SIZES)]
     rows = []
     for loss, shape in sizes:
@@ -332,7 +345,7 @@ class TargetForms:
 def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 1) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
-    for shape in QUICK_CE_SIZES if quick else CE_SIZES:
+    for shape in ce_sizes(g, quick, index=True):
         case = TargetForms(g, shape, rng)
         ref_loss, ref_grad = reference.cross_entropy(case.p, case.labels)
         runs = {"probabilities": lambda: case.run(case.one_hot), "index": lambda: case.run(case.index),
@@ -354,7 +367,9 @@ def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: in
                      # read pred + write grad, over a copy of as many bytes; from kernel time where there is one
                      "index_roofline": copy / (index_kernel if index_kernel is not None else seconds["index"]),
                      "in_place_speedup": seconds["index_copying"] / seconds["index_in_place"],
-                     "torch_cpu_index_s": case.torch_index_seconds(repeats)})
+                     "torch_cpu_index_s": case.torch_index_seconds(repeats),
+                     "torch_cuda_index_s": torch_cuda_seconds(case.p, case.labels, repeats),
+                     "liger_index_s": torch_cuda_seconds(case.p, case.labels, repeats, liger=True)})
         del case
     return rows
 
@@ -454,9 +469,11 @@ LINEAR_SIZE_CPU, LINEAR_SIZE_GPU, QUICK_LINEAR_SIZE = (2048, 64, 32_000), (8192,
 
 
 def bench_linear(device, quick: bool = False, seed: int = 4) -> dict:
-    """linear_cross_entropy (loss and the three gradients) at a language model's last layer: time, and peak device
-    memory beyond the inputs and their gradients, beside matmul then cross_entropy_loss (refused where the logits
-    exceed a binding) and PyTorch's F.cross_entropy(hidden @ weight.T, y) (CPU time; with CUDA, time and memory)."""
+    """linear_cross_entropy (loss and the three gradients) at a language model's last layer: device time (Vulkan
+    timestamps) and wall time of one step up to the loss's read, and peak device memory beyond the inputs and their
+    gradients, beside matmul then cross_entropy_loss (refused where the logits exceed a binding) and PyTorch's
+    F.cross_entropy(hidden @ weight.T, y): CPU time where there is no CUDA, else CUDA time (after a warm-up step)
+    and memory. The loss is checked against float64 (on CUDA where there is one) before any figure is kept."""
     from ..errors import DeviceMemoryError
 
     with Graph(device) as g:
@@ -464,7 +481,7 @@ def bench_linear(device, quick: bool = False, seed: int = 4) -> dict:
     rows, features, classes = size
     rng = np.random.default_rng(seed)
     hidden = rng.standard_normal((rows, features), dtype=np.float32)
-    weight = (rng.standard_normal((classes, features)) / np.sqrt(features)).astype(np.float32)
+    weight = rng.standard_normal((classes, features), dtype=np.float32) / np.float32(np.sqrt(features))
     labels = rng.integers(0, classes, rows)
     inputs_and_grads = 2 * (rows * features + classes * features) * 4 + rows * 4
     report = {"shape": list(size), "logits_bytes": rows * classes * 4, "inputs_and_gradients_bytes": inputs_and_grads}
@@ -478,38 +495,54 @@ def bench_linear(device, quick: bool = False, seed: int = 4) -> dict:
                 start = time.perf_counter()
                 loss = (g.linear_cross_entropy(h, w, labels) if fused else
                         g.cross_entropy_loss(g.matmul(h, w), labels))
-                g.backward(loss)
+                g.backward(loss)  # the gradients are recorded by now; the flush runs them
+                kernel = g.engine.flush(timed=True)
                 report[f"{name}_loss"] = loss.item()
-                w.grad.numpy()
                 report[f"{name}_s"] = time.perf_counter() - start
+                report[f"{name}_kernel_s"] = kernel
                 report[f"{name}_extra_bytes"] = g.stats["peak_device_bytes"] - inputs_and_grads
+                if not np.isfinite(w.grad.numpy()).all():
+                    raise RuntimeError(f"linear_cross_entropy {size}: a {name} weight gradient is not finite")
             except DeviceMemoryError as e:
-                report[f"{name}_s"] = report[f"{name}_extra_bytes"] = None
+                report[f"{name}_s"] = report[f"{name}_kernel_s"] = report[f"{name}_extra_bytes"] = None
                 report[f"{name}_refused"] = str(e)
-    if not abs(report["fused_loss"] - reference.cross_entropy((hidden.astype(np.float64) @ weight.T.astype(np.float64)),
-                                                                labels)[0]) < 1e-4 * report["fused_loss"]:
-        raise RuntimeError(f"linear_cross_entropy {size}: loss {report['fused_loss']} off float64")
+    torch = cuda = None
     try:
         import torch
         import torch.nn.functional as F
-
-        for where in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
-            h = torch.tensor(hidden, device=where, requires_grad=True)
-            w = torch.tensor(weight, device=where, requires_grad=True)
-            y = torch.tensor(labels, device=where)
-            if where == "cuda":
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        pass
+    if cuda:  # float64 on the GPU: seconds where numpy takes minutes at a language model's size
+        h64, w64 = (torch.tensor(a, dtype=torch.float64, device="cuda") for a in (hidden, weight))
+        exact = float(F.cross_entropy(h64 @ w64.T, torch.tensor(labels, device="cuda")))
+        del h64, w64
+    else:
+        exact = reference.cross_entropy(hidden.astype(np.float64) @ weight.T.astype(np.float64), labels)[0]
+    report["float64_loss"] = exact
+    for name in ("fused", "unfused"):
+        if f"{name}_loss" in report and not abs(report[f"{name}_loss"] - exact) < 1e-4 * abs(exact):
+            raise RuntimeError(f"linear_cross_entropy {size}: {name} loss {report[f'{name}_loss']} is off float64's "
+                               f"{exact}: not reporting its time")
+    if torch is not None:
+        where = "cuda" if cuda else "cpu"
+        h = torch.tensor(hidden, device=where, requires_grad=True)
+        w = torch.tensor(weight, device=where, requires_grad=True)
+        y = torch.tensor(labels, device=where)
+        for warm in (True, False) if cuda else (False,):
+            h.grad = w.grad = None
+            if cuda:
                 torch.cuda.synchronize()
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             F.cross_entropy(h @ w.T, y).backward()
-            if where == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
-                report["torch_cuda_extra_bytes"] = torch.cuda.max_memory_allocated() - base - \
-                    (rows * features + classes * features) * 4  # beyond inputs and their gradients
-            report[f"torch_{where}_s"] = time.perf_counter() - start
-    except ImportError:
-        pass
+        report[f"torch_{where}_s"] = time.perf_counter() - start
+        if cuda:
+            report["torch_cuda_extra_bytes"] = torch.cuda.max_memory_allocated() - base - \
+                (rows * features + classes * features) * 4  # beyond inputs and their gradients
     return report
 
 
@@ -519,9 +552,10 @@ def format_linear(r: dict) -> str:
     rows, features, classes = r["shape"]
     out = ["", f"linear_cross_entropy at {rows} x {features} -> {classes} classes (logits {mib(r['logits_bytes'])}; "
                f"inputs and gradients {mib(r['inputs_and_gradients_bytes'])}), loss and every gradient, one step:",
-           f"    linear_cross_entropy          {seconds(r['fused_s']):>10}, device memory beyond inputs and gradients "
-           f"{mib(r['fused_extra_bytes'])}",
-           f"    matmul + cross_entropy_loss   {seconds(r['unfused_s']):>10}, {mib(r['unfused_extra_bytes'])}"]
+           f"    linear_cross_entropy          {seconds(r['fused_s']):>10} (device {seconds(r['fused_kernel_s'])}), "
+           f"device memory beyond inputs and gradients {mib(r['fused_extra_bytes'])}",
+           f"    matmul + cross_entropy_loss   {seconds(r['unfused_s']):>10} (device {seconds(r['unfused_kernel_s'])}), "
+           f"{mib(r['unfused_extra_bytes'])}"]
     if r.get("unfused_refused"):
         out.append(f"        refused: {r['unfused_refused']}")
     for where in ("cpu", "cuda"):
@@ -531,22 +565,31 @@ def format_linear(r: dict) -> str:
     return "\n".join(out)
 
 
-def format_target_forms(rows: list[dict], memory: list[dict]) -> str:
+def format_target_forms(rows: list[dict]) -> str:
+    cuda = any(r.get("torch_cuda_index_s") is not None for r in rows)
     out = ["", "cross-entropy target forms and in-place gradient (ms):",
            f"{'shape':>16}{'one-hot':>9}{'index':>9}{'speed-up':>9}{'idx kernel':>11}{'roofline':>9}{'torch idx':>10}"
+           + (f"{'cuda idx':>9}{'liger':>7}" if cuda else "") +
            f"{'op+CE':>9}{'op+CE in-place':>15}{'speed-up':>9}"]
     for r in rows:
         out.append(f"{shape_text(r['shape']):>16}{r['probabilities_s'] * 1e3:9.1f}{r['index_s'] * 1e3:9.1f}"
                    f"{r['index_speedup']:9.2f}"
                    f"{cell(r['index_kernel_ms'], 11)}"
                    f"{r['index_roofline']:9.2f}{ms_or_dash(r['torch_cpu_index_s'], 10)}"
-                   f"{r['index_copying_s'] * 1e3:9.1f}"
+                   + (f"{ms_or_dash(r['torch_cuda_index_s'], 9)}{ms_or_dash(r['liger_index_s'], 7)}" if cuda else "")
+                   + f"{r['index_copying_s'] * 1e3:9.1f}"
                    f"{r['index_in_place_s'] * 1e3:15.1f}{r['in_place_speedup']:9.2f}")
     out.append("wall ms, loss read with item(); index: int32 class indices; idx kernel: its device time (timestamps), "
-               "and roofline: read pred + write grad over a copy of as many bytes; op+CE: logits = pred * 1, then loss "
-               "and backward, copying the gradient or writing it over the logits")
-    out += ["", "peak device memory, last layer (matmul [rows, 64] x [64, classes]) + cross-entropy + backward:",
-            f"{'shape':>16}{'logits MiB':>11}{'copying MiB':>12}{'in-place MiB':>13}{'saved MiB':>10}"]
+               "and roofline: read pred + write grad over a copy of as many bytes; torch idx: PyTorch CPU (left out "
+               f"above {TORCH_CPU_LIMIT:,} elements); cuda idx, liger: PyTorch CUDA eager and Liger-Kernel, index "
+               "targets, wall; op+CE: logits = pred * 1, then loss and backward, copying the gradient or writing it "
+               "over the logits")
+    return "\n".join(out)
+
+
+def format_memory(memory: list[dict]) -> str:
+    out = ["", "peak device memory, last layer (matmul [rows, 64] x [64, classes]) + cross-entropy + backward:",
+           f"{'shape':>16}{'logits MiB':>11}{'copying MiB':>12}{'in-place MiB':>13}{'saved MiB':>10}"]
     for m in memory:
         mib = lambda b: f"{b / 2 ** 20:.1f}" if b is not None else "refused"  # noqa: E731
         saved = (f"{(m['copying_bytes'] - m['in_place_bytes']) / 2 ** 20:.1f}"
@@ -672,25 +715,40 @@ def format_engine(r: dict) -> str:
 
 
 def main(args) -> int:
+    """Each section in turn, printed as it ends, and the JSON written again after each (a run cut short keeps what
+    it measured)."""
+    sections = args.sections or SECTIONS
+    report = {}
+
+    def done(key, value, text):
+        report[key] = value
+        print(text, flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+
     with Graph(args.device) as g:
-        device = str(g.device)
-        rows = bench(g, quick=args.quick, repeats=args.repeats)
-        print(format_rows(device, rows))
-    with Graph(args.device) as g:  # a fresh one: the first part's pooled buffers measurably slowed the second
-        forms = bench_target_forms(g, quick=args.quick, repeats=args.repeats)
-    with Graph(args.device) as g:
-        sixteen = bench_sixteen_bit(g, quick=args.quick, repeats=args.repeats)
-    memory = [peak_memory(args.device, shape) for shape in (QUICK_MEMORY_SIZES if args.quick else MEMORY_SIZES)]
-    print(format_target_forms(forms, memory))
-    print(format_sixteen_bit(sixteen))
-    engine_report = bench_engine(args.device, quick=args.quick, repeats=args.repeats)
-    print(format_engine(engine_report))
-    linear = bench_linear(args.device, quick=args.quick)
-    print(format_linear(linear))
+        report["device"] = str(g.device)
+        if "losses" in sections:
+            rows = bench(g, quick=args.quick, repeats=args.repeats)
+            done("rows", rows, format_rows(report["device"], rows))
+    if "target_forms" in sections:
+        with Graph(args.device) as g:  # a fresh one: the first part's pooled buffers measurably slowed the second
+            forms = bench_target_forms(g, quick=args.quick, repeats=args.repeats)
+        done("target_forms", forms, format_target_forms(forms))
+    if "sixteen_bit" in sections:
+        with Graph(args.device) as g:
+            sixteen = bench_sixteen_bit(g, quick=args.quick, repeats=args.repeats)
+        done("sixteen_bit", sixteen, format_sixteen_bit(sixteen))
+    if "memory" in sections:
+        memory = [peak_memory(args.device, shape) for shape in (QUICK_MEMORY_SIZES if args.quick else MEMORY_SIZES)]
+        done("memory", memory, format_memory(memory))
+    if "engine" in sections:
+        engine_report = bench_engine(args.device, quick=args.quick, repeats=args.repeats)
+        done("engine", engine_report, format_engine(engine_report))
+    if "linear" in sections:
+        linear = bench_linear(args.device, quick=args.quick)
+        done("linear_cross_entropy", linear, format_linear(linear))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "rows": rows, "target_forms": forms, "memory": memory,
-                       "engine": engine_report, "linear_cross_entropy": linear, "sixteen_bit": sixteen}, f,
-                      indent=2)
         print(f"wrote {args.json}")
     return 0
