@@ -67,8 +67,13 @@ def test_example_trains(example):
     assert done.returncode == 0, done.stderr
     expected = {"train_cross_entropy.py": r"accuracy 1\.000", "train_bce.py": r"accuracy 1\.000",
                 "train_mse.py": r"w \[ 1\.5\d?\s+-2\.\s+0\.5\d?\s*\]", "train_l1.py": r"slope 3\.0\d",
-                "lm_head.py": r"loss 7\.754 -> [56]\.\d+(.|\n)*linear_cross_entropy \d"}[example]
-    assert re.search(expected, done.stdout), done.stdout
+                "lm_head.py": r"loss (\d+\.\d+) -> (\d+\.\d+) \(uniform guess (\d+\.\d+)\)(.|\n)*"
+                              r"linear_cross_entropy \d"}[example]
+    found = re.search(expected, done.stdout)
+    assert found, done.stdout
+    if example == "lm_head.py":  # its text is Python's own source: the vocabulary differs between Python versions
+        first, last, uniform = map(float, found.groups()[:3])
+        assert abs(first - uniform) < 1e-3 and last < first - 1.0, done.stdout  # zero weights, then it learns
 
 
 def test_readme_training_loop_runs_and_learns(tmp_path):
