@@ -1,5 +1,4 @@
 """Each primitive's forward values and gradients against float64 numpy, and a finite-difference check of each."""
-import math
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """The main job, python -m vkloss.train, and the examples: device training agrees with the float64 numpy twin."""
-import os
 import pathlib
 import re
 import subprocess

@@ -313,7 +313,7 @@ def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> lis
                      **{k.replace("_s", "_ms"): (v * 1e3 if v is not None else None)
                         for k, v in case.torch_cuda(repeats).items()},
                      "rel_error_fused": errors["fused"], "rel_error_unfused": errors["unfused"]})
-        del case
+        case = None  # its device buffers go before the next size's come
     return rows
 
 
@@ -376,7 +376,7 @@ def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: in
                      "torch_cpu_index_s": case.torch_index_seconds(repeats),
                      "torch_cuda_index_s": torch_cuda_seconds(case.p, case.labels, repeats),
                      "liger_index_s": torch_cuda_seconds(case.p, case.labels, repeats, liger=True)})
-        del case
+        case = None
     return rows
 
 
@@ -425,7 +425,7 @@ def bench_sixteen_bit(g: Graph, quick: bool = False, repeats: int = 5, seed: int
                          else "bfloat16", "loss_error": error, "bytes": moved, "wall_ms": wall * 1e3,
                          "kernel_ms": kernel * 1e3 if kernel is not None else None,
                          "roofline": best_copy / (kernel if kernel is not None else wall)})
-            del pred, target
+            pred = target = None
         del copy
     return rows
 
