@@ -196,6 +196,12 @@ void main() {
 // VEC4 (classes % 4 == 0): each invocation moves four contiguous classes at a time.
 // A NaN logit needs no NaN-aware max: exp(NaN - m) makes the row's sum NaN, hence its loss and gradient, as in PyTorch.
 #include "reduce.glsl"
+#define ROW_UNROLL 4
+// raise this invocation's running max to v_max, rescaling its sums
+#define ROW_RAISE_MAX(v_max) { float raised = (v_max); if (raised > m_own) { s_own *= exp(m_own - raised); \
+    a_own -= t_own == 0.0 ? 0.0 : t_own * (raised - m_own); m_own = raised; } }
+#define ROW_ACCUMULATE(v, a) { ELEMENT shifted = shift_from(v, m_own); s_own += HSUM(exp(shifted)); \
+    a_own += HSUM(weighted_shift(a, shifted)); t_own += HSUM(a); }
 void main() {
     uint row = workgroup_index();
     if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
@@ -204,18 +210,24 @@ void main() {
     uint base = row * width;
     // this invocation's max, sum exp(p - max), sum a (p - max), sum a
     float m_own = NEG_INF, s_own = 0.0, a_own = 0.0, t_own = 0.0;
-    for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
-        ELEMENT v = LOAD_PRED(base + k), a = coefficient(r, base + k, k);
-        float v_max = HMAX(v);
-        if (v_max > m_own) {
-            s_own *= exp(m_own - v_max);
-            a_own -= t_own == 0.0 ? 0.0 : t_own * (v_max - m_own);
-            m_own = v_max;
+    // ROW_UNROLL elements are loaded before any is used, so that many loads are in flight per invocation: a GPU row
+    // kernel with few rows has few workgroups, and one load at a time leaves most of the memory bandwidth idle.
+    uint k = gl_LocalInvocationID.x;
+    for (; k + (ROW_UNROLL - 1) * WG < width; k += ROW_UNROLL * WG) {
+        ELEMENT v[ROW_UNROLL], a[ROW_UNROLL];
+        float v_max = NEG_INF;
+        [[unroll]] for (uint j = 0; j < ROW_UNROLL; ++j) {
+            v[j] = LOAD_PRED(base + k + j * WG);
+            a[j] = coefficient(r, base + k + j * WG, k + j * WG);
+            v_max = max(v_max, HMAX(v[j]));
         }
-        ELEMENT shifted = shift_from(v, m_own);
-        s_own += HSUM(exp(shifted));
-        a_own += HSUM(weighted_shift(a, shifted));
-        t_own += HSUM(a);
+        ROW_RAISE_MAX(v_max)
+        [[unroll]] for (uint j = 0; j < ROW_UNROLL; ++j) ROW_ACCUMULATE(v[j], a[j])
+    }
+    for (; k < width; k += WG) {
+        ELEMENT v = LOAD_PRED(base + k), a = coefficient(r, base + k, k);
+        ROW_RAISE_MAX(HMAX(v))
+        ROW_ACCUMULATE(v, a)
     }
     float m = workgroup_max(m_own);
     float rebase = t_own == 0.0 ? 0.0 : t_own * (m - m_own);
