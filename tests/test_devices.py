@@ -9,7 +9,7 @@ from vkloss.device import DeviceInfo, choose_device
 def fake(index, type_):
     return DeviceInfo(index=index, name=f"dev{index}", type=type_, driver="fake", api_version="1.3.0",
                       max_storage_buffer_range=1 << 27, max_workgroup_count=(65535, 65535, 65535),
-                      max_workgroup_invocations=1024, max_shared_memory=32768, max_push_constants_size=128)
+                      max_workgroup_invocations=1024, max_workgroup_size=1024, max_shared_memory=32768, max_push_constants_size=128)
 
 
 def test_devices_lists_this_machines_devices():

@@ -1,6 +1,8 @@
 """The cross-entropy row kernel that holds its row in registers and reads each logit once (MODE_ROW_ONCE), which
 GPUs take for rows of up to 32,768 classes. lavapipe keeps the two-pass row kernel (its large workgroups run as
 coroutines), so these tests force the choice and compare with float64 and PyTorch on both sides of each threshold."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,55 @@ def test_the_same_row_gives_the_same_bits(gpu_like, rng):
         g.backward(loss)
         runs.append((loss.numpy().tobytes(), p.grad.numpy().tobytes()))
     assert runs[0] == runs[1] == runs[2]
+
+
+# The two-pass row kernel (MODE_ROW) keeps rows longer than MODE_ROW_ONCE holds, and rows whose length is not a
+# multiple of 4. On GPUs engine.row_workgroup widens its workgroup for long rows, so that a few rows still keep
+# many loads in flight; lavapipe keeps its narrow workgroups, so these tests force the GPU's choice.
+def gpu_limits(g, **limits):
+    """g's engine with a GPU's device description (limits as given, else an H100's)."""
+    g.engine.device = dataclasses.replace(g.engine.device, **{
+        "type": "discrete", "max_workgroup_invocations": 1024, "max_workgroup_size": 1024,
+        "max_shared_memory": 49152, **limits})
+    return g.engine
+
+
+def test_gpu_row_workgroup_widens_for_long_rows_within_the_limits():
+    with vkloss.Graph() as g:
+        e = gpu_limits(g)
+        per = engine.LONG_ROW_PER_INVOCATION
+        assert e.row_workgroup(per * 1024 - 1) == engine.WORKGROUP and e.row_workgroup(per * 1024) == 1024
+        assert gpu_limits(g, max_shared_memory=16384).row_workgroup(per * 1024) == 512  # a vec4 tree of 1,024: 16 KiB + 16
+        assert gpu_limits(g, max_workgroup_size=512).row_workgroup(per * 512) == 512
+        assert gpu_limits(g, max_workgroup_invocations=256).row_workgroup(10 ** 6) == engine.WORKGROUP
+
+
+# scalar and vec4 rows in workgroups of 1,024 (16-bit rows whose length is not a multiple of 4 go to the chunked kernels)
+@pytest.mark.parametrize("classes, dtype", [(8191, np.float32), (32_772, np.float32), (32_772, np.float16),
+                                            (40_001, np.float32)])
+def test_two_pass_rows_in_the_widest_workgroup(rng, classes, dtype):
+    with vkloss.Graph() as g:
+        widths = []
+        g.engine.row_workgroup = lambda items=0: widths.append(items) or 1024
+        x = (rng.standard_normal((3, classes)) * 3).astype(np.float32)
+        target = rng.integers(0, classes, 3)
+        target[1] = 5  # ignored
+        weight = rng.uniform(0.5, 2.0, classes)
+        p = g.tensor(x, dtype=dtype, requires_grad=True)
+        loss = g.cross_entropy_loss(p, target, weight=weight, label_smoothing=0.1, ignore_index=5)
+        g.backward(loss)
+        exact = p.numpy().astype(np.float64)
+        ref_loss, ref_grad = reference.cross_entropy(exact, target, weight=weight, ignore_index=5,
+                                                     label_smoothing=0.1)
+        assert widths == [classes // 4 if classes % 4 == 0 else classes]
+        assert loss.item() == pytest.approx(ref_loss, rel=1e-5 if dtype is np.float32 else 1e-4)
+        tolerance = 1e-5 if dtype is np.float32 else 4e-3
+        np.testing.assert_allclose(p.grad.numpy().astype(np.float64), ref_grad, rtol=tolerance,
+                                   atol=tolerance * np.abs(ref_grad).max())
+        soft = rng.dirichlet(np.ones(classes), 3).astype(np.float32)  # probability targets, the same kernel
+        p32 = g.tensor(x, requires_grad=True)
+        loss = g.cross_entropy_loss(p32, g.tensor(soft))
+        g.backward(loss)
+        ref_loss, ref_grad = reference.cross_entropy(x.astype(np.float64), soft.astype(np.float64))
+        assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
+        np.testing.assert_allclose(p32.grad.numpy(), ref_grad, rtol=1e-5, atol=1e-5 * np.abs(ref_grad).max())

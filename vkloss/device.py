@@ -43,6 +43,7 @@ class DeviceInfo:
     max_storage_buffer_range: int  # bytes one storage-buffer binding may span
     max_workgroup_count: tuple[int, int, int]
     max_workgroup_invocations: int
+    max_workgroup_size: int  # invocations along x (our workgroups are one-dimensional)
     max_shared_memory: int
     max_push_constants_size: int
     device_memory: int = 0  # bytes of the largest device-local memory heap
@@ -136,6 +137,7 @@ def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
         max_storage_buffer_range=limits.maxStorageBufferRange,
         max_workgroup_count=tuple(limits.maxComputeWorkGroupCount),
         max_workgroup_invocations=limits.maxComputeWorkGroupInvocations,
+        max_workgroup_size=limits.maxComputeWorkGroupSize[0],
         max_shared_memory=limits.maxComputeSharedMemorySize,
         max_push_constants_size=limits.maxPushConstantsSize,
         device_memory=max(local, default=0),

@@ -45,6 +45,7 @@ WORKGROUP = 256  # invocations per workgroup; a power of two (the tree reduction
 # (2^11 keeps cross-entropy at 2^18 classes within 2e-5 of float64; 2^13 gave 3e-5), far under lavapipe's silent
 # limit of about 65,535 per invocation.
 MAX_LOOP_PER_PASS = 1 << 11
+LONG_ROW_PER_INVOCATION = 8  # elements (or vec4s) per invocation from which a GPU row kernel takes its widest workgroup
 ROW_ONCE_VALUES = (2, 8)  # vec4s each invocation of a registers-held row keeps: 8 covers 32,768 classes at 1,024
 MAX_PENDING = 1024  # submit on our own after this many recorded items, so a loop that never reads stays bounded
 ALGORITHM_CACHE_SIZE = 1024
@@ -523,13 +524,19 @@ class Engine:
         """Workgroup size for a kernel whose workgroups each reduce a stretch of `items` elements in a loop (a
         cross-entropy row, a block of BCE terms), then across the workgroup with barriers.
 
-        GPUs get 256. A CPU implementation (lavapipe) runs a workgroup as SIMD batches of subgroup_size invocations,
+        GPUs get 256, or for rows of at least LONG_ROW_PER_INVOCATION items per invocation of it, the widest workgroup
+        (largest_workgroup): a row kernel's workgroups are its rows, and few rows in workgroups of 256 keep too few
+        loads in flight to use the device's bandwidth (measured on an NVIDIA H100: 64 x 128,256 classes, the step at
+        0.23 of a copy's bandwidth, where 8,192 rows of 32,768 reached 0.90).
+
+        A CPU implementation (lavapipe) runs a workgroup as SIMD batches of subgroup_size invocations,
         switched as coroutines at every barrier, each batch striding over the whole stretch: a workgroup of one batch
         never switches. Measured on lavapipe (8-wide): 2 to 3x faster than 32 for cross-entropy from 1,000 to
         200,000 classes and for BCE, and 32 beat 64 to 256 everywhere. It grows only where the loop would otherwise
         run more than MAX_LOOP_PER_PASS iterations a pass."""
         if self.device.type != "cpu":
-            return WORKGROUP
+            widest = self.largest_workgroup()
+            return widest if items >= LONG_ROW_PER_INVOCATION * widest else WORKGROUP
         size = self.device.subgroup_size
         workgroup = size if 4 <= size <= WORKGROUP and size & (size - 1) == 0 else 32
         while workgroup < WORKGROUP and items > workgroup * MAX_LOOP_PER_PASS:
@@ -545,7 +552,7 @@ class Engine:
         devices without subgroup shuffles, which its reductions use."""
         if self.device.type == "cpu" or not self.device.subgroup_shuffle:  # its reductions shuffle within subgroups
             return None
-        limit = min(1024, self.device.max_workgroup_invocations)
+        limit = self.largest_workgroup()
         for values in ROW_ONCE_VALUES:
             workgroup = max(32, self.device.subgroup_size)  # whole subgroups
             while workgroup * values < vectors:
@@ -553,6 +560,15 @@ class Engine:
             if workgroup <= limit:
                 return workgroup, values
         return None
+
+    def largest_workgroup(self) -> int:
+        """The widest one-dimensional workgroup the reductions (shaders/include/reduce.glsl) take here: a power of
+        two up to 1,024, within the device's invocation and size limits and with its vec4 tree in shared memory."""
+        limit = min(1024, self.device.max_workgroup_invocations, self.device.max_workgroup_size)
+        workgroup = WORKGROUP
+        while workgroup * 2 <= limit and (workgroup * 2 + 1) * 16 <= self.device.max_shared_memory:
+            workgroup *= 2
+        return workgroup
 
     def reduction_workgroup(self) -> int:
         """Workgroup size for a tree-sum pass (16 values per invocation, then the workgroup's tree): 256 on GPUs;
