@@ -16,7 +16,8 @@
 // NaN, as PyTorch's does. A normalizer (NORM_BUFFER) may be negative (negative class weights), as in PyTorch.
 // Modes (vkloss/ops/losses.py chooses and chains them):
 //   MODE_ROW_WEIGHT: TARGET_INDEX only, one invocation per row: its w_target (0 if not counted) and whether its index
-//                 is out of range, for the normalizer and the bad-input check.
+//                 is out of range, for the normalizer (and linear_cross_entropy's bad-input check; the row kernels
+//                 flag their own rows).
 //   MODE_SMALL:   one invocation per row, for rows of few classes: row loss and, with WRITE_GRAD, the gradient.
 //   MODE_ROW:     one workgroup per row, for rows up to a few hundred thousand classes: the same, in two passes.
 //   MODE_ROW_ONCE: one workgroup per row held in registers, read once (GPUs, rows up to 32,768 classes).
@@ -115,6 +116,18 @@ RowTarget row_target(uint row) {
     return r;
 }
 
+// Class indices outside [0, classes) that are not ignore_index: the row kernels (and COMBINE) flag their row in `bad`,
+// which the engine counts and raises on at the next host read.
+bool row_is_bad(RowTarget r) {
+    return !r.counted && !(p.ignore != 0u && r.index == p.ignore_index);
+}
+#if TARGET_INDEX && (MODE_SMALL || MODE_ROW || MODE_ROW_ONCE || MODE_COMBINE)
+layout(set = 0, binding = B_BAD) writeonly buffer Bad { float bad[]; };
+#define FLAG_BAD(row, r) bad[row] = row_is_bad(r) ? 1.0 : 0.0
+#else
+#define FLAG_BAD(row, r)
+#endif
+
 #if !MODE_COMBINE && !MODE_ROW_WEIGHT
 // a for the k-th ELEMENT of the row (classes k or 4k .. 4k + 3), at flat ELEMENT index i of the matrix.
 ELEMENT coefficient(RowTarget r, uint i, uint k) {
@@ -152,13 +165,12 @@ void main() {
     uint row = global_index();
     if (row >= p.rows) return;
     RowTarget r = row_target(row);
-    bool ignored = p.ignore != 0u && r.index == p.ignore_index;
     float w = 1.0;
 #if WEIGHTED
     if (r.counted) w = weight[r.index];
 #endif
     row_weight[row] = r.counted ? w : 0.0;
-    bad[row] = r.counted || ignored ? 0.0 : 1.0;
+    bad[row] = row_is_bad(r) ? 1.0 : 0.0;
 }
 
 #elif MODE_SMALL
@@ -179,6 +191,7 @@ void main() {
     }
     float log_sum = log_accurate(sum_exp);
     row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
+    FLAG_BAD(row, r);
 #if WRITE_GRAD
     float scale = grad_scale();
     for (uint c = 0; c < p.classes; ++c) {
@@ -233,7 +246,10 @@ void main() {
     float rebase = t_own == 0.0 ? 0.0 : t_own * (m - m_own);
     vec4 sums = workgroup_sum4(vec4(s_own * exp(m_own - m), a_own - rebase, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
-    if (gl_LocalInvocationID.x == 0) row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
+    if (gl_LocalInvocationID.x == 0) {
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
+        FLAG_BAD(row, r);
+    }
 #if WRITE_GRAD
     // grad = softmax * A * scale - a * scale, softmax = exp((p - m) - log_sum): never m + log_sum, which rounds
     // log_sum away where the logits are large (|m| ~ 3e4 has float32 spacing 0.002)
@@ -281,7 +297,10 @@ void main() {
     }
     vec4 sums = workgroup_sum4(vec4(s_own, a_own, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
-    if (gl_LocalInvocationID.x == 0) row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
+    if (gl_LocalInvocationID.x == 0) {
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
+        FLAG_BAD(row, r);
+    }
 #if WRITE_GRAD
     float scale = r.counted ? grad_scale() : 0.0;
     float a_scale = sums.z * scale;
@@ -338,6 +357,7 @@ void main() {
     float log_sum = log_accurate(sum_exp);
     row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
     row_stats[row] = vec4(m, log_sum, a_sum, 0.0);
+    FLAG_BAD(row, r);
 }
 
 #elif MODE_GRAD

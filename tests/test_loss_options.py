@@ -205,6 +205,33 @@ def test_class_indices_out_of_range_raise_at_the_next_read(g, kind):
     assert ok.item() == pytest.approx(np.log(5), rel=1e-6)  # the error was reported once, and is not sticky
 
 
+# Every row kernel flags its own rows' bad indices: one invocation per row (5 classes), a workgroup per row (999:
+# scalar, 1,000: four classes at a time, and held in registers as GPUs run it), and the chunked
+# kernels (300,001 classes); each reduction, and with ignore_index and class weights (the normalizer's own pass).
+@pytest.mark.parametrize("classes, dtype, registers", [(5, np.float32, False), (999, np.float32, False),
+                                                       (1000, np.float32, False),
+                                                       (1000, np.float32, True), (300_001, np.float32, False)])
+@pytest.mark.parametrize("options", [{}, {"reduction": "sum"}, {"reduction": "none"},
+                                     {"ignore_index": -1, "weight": "ones"}])
+def test_class_indices_out_of_range_in_every_row_kernel(g, rng, classes, dtype, registers, options):
+    if registers:  # MODE_ROW_ONCE, which CPU devices leave to the two-pass kernel
+        g.engine.row_once = lambda vectors: (256, 2)
+    options = {k: (np.ones(classes) if v == "ones" else v) for k, v in options.items()}
+    labels = np.array([0, classes, -3, 2, -1, classes - 1])
+    x = rng.standard_normal((6, classes)).astype(np.float32)
+    p = g.tensor(x, dtype=dtype, requires_grad=True)
+    loss = g.cross_entropy_loss(p, labels, **options)
+    g.backward(g.sum_all(loss))
+    bad = 3 if "ignore_index" not in options else 2  # -1 is ignored where it is ignore_index
+    with pytest.raises(ValueError, match=rf"{bad} class indices of target \(shape \(6,\)\) are outside \[0, {classes}\)"):
+        loss.numpy()
+    good = np.array([0, 1, classes - 1, 2, 0, classes - 1])  # the graph still works, and reports nothing stale
+    ok = g.cross_entropy_loss(g.tensor(x, dtype=dtype), good, **options)
+    want = reference.cross_entropy(g.tensor(x, dtype=dtype).numpy().astype(np.float64), good,
+                                   **{k: v for k, v in options.items() if k != "ignore_index"})[0]
+    np.testing.assert_allclose(ok.numpy(), want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("target, error, message", [
     (np.zeros(4, np.float32), TypeError, "must be integer class indices"),
     (np.zeros((4, 5), np.int64), TypeError, "float32 probabilities, not int32"),

@@ -15,6 +15,7 @@ ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: 2 passes
                      # (engine.row_workgroup widens the workgroup to keep them there)
 CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
 MODES = ("SMALL", "ROW", "ROW_ONCE", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
+ROW_MODES = ("SMALL", "ROW", "ROW_ONCE", "COMBINE")  # one row loss per row: with class indices, they flag bad ones
 
 
 def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage):
@@ -33,11 +34,13 @@ def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec
 def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage):
     norm = ["norm"] if norm_buffer else []
     if mode == "COMBINE":
-        return ["partials", *(["target"] if target_index else []), *norm], ["row_loss", "row_stats"]
+        return (["partials", *(["target"] if target_index else []), *norm],
+                ["row_loss", "row_stats", *(["bad"] if target_index else [])])
     logits = [] if inplace or mode == "ROW_WEIGHT" else ["pred"]
     reads = logits + ["target"] + (["weight"] if weighted else []) + norm + (["row_stats"] if mode == "GRAD" else [])
     writes = {"ROW_WEIGHT": ["row_weight", "bad"], "STATS": ["partials"], "GRAD": []}.get(mode, ["row_loss"])
-    return reads, writes + ([("pred" if inplace else "grad")] if write_grad else [])
+    flags = ["bad"] if target_index and mode in ROW_MODES else []  # each row's class index outside [0, classes)
+    return reads, writes + flags + ([("pred" if inplace else "grad")] if write_grad else [])
 
 
 CROSS_ENTROPY = Kernel(
@@ -84,21 +87,21 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
     want_grad = ctx.want_grad
     inplace = want_grad and inplace_grad
     storage = casts.storage(ctx.dtypes[0])  # 16-bit logits are read (and their gradient written) two to a word
-    scale = 1.0 / rows if reduction == "mean" and not index else 1.0
+    # PyTorch's mean divides by the counted rows' summed class weights with class indices: a buffer the device sums
+    # first where class weights or ignore_index make it other than `rows`
+    norm = (row_weight_sum(ctx, target, weight, rows, classes, ignore_index)
+            if index and reduction == "mean" and (weight is not None or ignore_index is not None) else None)
+    scale = 1.0 / rows if reduction == "mean" and norm is None else 1.0
     push = dict(rows=rows, classes=classes, chunk=classes, scale=scale, smoothing=label_smoothing,
                 ignore_index=ignore_index or 0, ignore=ignore_index is not None)
-    norm = None
-    if index:  # PyTorch's mean divides by the counted rows' summed class weights
-        norm = index_target_checks(ctx, target, weight, rows, classes, ignore_index, reduction == "mean",
-                                   f"cross_entropy_loss: {{count}} class indices of target (shape {target_shape}) "
-                                   f"are outside {{allowed}}, beside pred {ctx.shapes[0]}")
     row_loss = ctx.out if reduction == "none" else ctx.alloc(rows)
+    bad = ctx.alloc(rows) if index else None  # the row kernels flag class indices out of range
     grad = casts.alloc(ctx, rows * classes, storage) if want_grad and not inplace else None
     switches = dict(target_index=index, weighted=weight is not None, norm_buffer=norm is not None)
     buffers = dict(pred=pred, target=target, weight=weight, norm=norm, grad=grad)
     if classes <= SMALL_ROW and storage == "F32":
         ctx.dispatch(CROSS_ENTROPY.variant(mode="SMALL", write_grad=want_grad, inplace=inplace, **switches),
-                     ctx.groups_for(rows), push=push, row_loss=row_loss, **buffers)
+                     ctx.groups_for(rows), push=push, row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
         once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
@@ -108,7 +111,8 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
             workgroup, constants = ctx.row_workgroup(classes // 4 if vec4 else classes), ()
         ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_ONCE" if once else "ROW", write_grad=want_grad, inplace=inplace,
                                            vec4=vec4, storage=storage, **switches),
-                     ctx.grid(rows), workgroup=workgroup, constants=constants, push=push, row_loss=row_loss, **buffers)
+                     ctx.grid(rows), workgroup=workgroup, constants=constants, push=push, row_loss=row_loss, bad=bad,
+                     **buffers)
     else:
         chunks = ceil_div(classes, CHUNK)
         push.update(chunks=chunks, chunk=ceil_div(classes, chunks * WORKGROUP) * WORKGROUP)  # even, whole workgroups
@@ -118,16 +122,44 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                      ctx.grid(rows * chunks), push=push, pred=pred, target=target, weight=weight, partials=partials)
         ctx.dispatch(CROSS_ENTROPY.variant(mode="COMBINE", target_index=index, norm_buffer=norm is not None),
                      ctx.groups_for(rows), push=push, partials=partials, target=target if index else None, norm=norm,
-                     row_loss=row_loss, row_stats=row_stats)
+                     row_loss=row_loss, row_stats=row_stats, bad=bad)
         if want_grad:
             ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, storage=storage,
                                                **switches),
                          ctx.groups_for(rows * classes if storage == "F32" else casts.words(rows * classes)), push=push,
                          row_stats=row_stats, **buffers)
+    if index:
+        count_bad(ctx, bad, rows, classes, ignore_index, f"cross_entropy_loss: {{count}} class indices of target "
+                  f"(shape {target_shape}) are outside {{allowed}}, beside pred {ctx.shapes[0]}")
     if reduction != "none":
         tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale)
     if want_grad:
         ctx.save_for_backward(pred if inplace else grad)
+
+
+def count_bad(ctx, bad, rows: int, classes: int, ignore_index, message: str) -> None:
+    """The device-side check of class indices outside [0, classes) that are not ignore_index, from per-row flags in
+    `bad` (message with {count} and {allowed})."""
+    bad_count = ctx.alloc(1)
+    tree_sum(ctx, bad, rows, bad_count, 1.0)
+    allowed = f"[0, {classes})" + (f" or ignore_index {ignore_index}" if ignore_index is not None else "")
+    ctx.check(bad_count, message.replace("{allowed}", allowed))
+
+
+def row_weight_sum(ctx, target, weight, rows: int, classes: int, ignore_index):
+    """A one-value buffer of PyTorch's mean divisor for class indices [rows]: the counted rows' summed weight[target]
+    (ROW_WEIGHT's flags of bad indices are left to the row kernels)."""
+    row_weight, norm = ctx.alloc(rows), ctx.alloc(1)
+    _row_weights(ctx, target, weight, rows, classes, ignore_index, row_weight, ctx.alloc(rows))
+    tree_sum(ctx, row_weight, rows, norm, 1.0)
+    return norm
+
+
+def _row_weights(ctx, target, weight, rows, classes, ignore_index, row_weight, bad) -> None:
+    ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_WEIGHT", target_index=True, weighted=weight is not None),
+                 ctx.groups_for(rows), push=dict(rows=rows, classes=classes, ignore_index=ignore_index or 0,
+                                                 ignore=ignore_index is not None),
+                 target=target, weight=weight, row_weight=row_weight, bad=bad)
 
 
 def index_target_checks(ctx, target, weight, rows: int, classes: int, ignore_index, want_norm: bool, message: str):
@@ -135,14 +167,8 @@ def index_target_checks(ctx, target, weight, rows: int, classes: int, ignore_ind
     ignore_index (message with {count} and {allowed}), and, with want_norm, a one-value buffer of PyTorch's mean
     divisor, the counted rows' summed weight[target] (else None)."""
     row_weight, bad = ctx.alloc(rows), ctx.alloc(rows)
-    ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_WEIGHT", target_index=True, weighted=weight is not None),
-                 ctx.groups_for(rows), push=dict(rows=rows, classes=classes, ignore_index=ignore_index or 0,
-                                                 ignore=ignore_index is not None),
-                 target=target, weight=weight, row_weight=row_weight, bad=bad)
-    bad_count = ctx.alloc(1)
-    tree_sum(ctx, bad, rows, bad_count, 1.0)
-    allowed = f"[0, {classes})" + (f" or ignore_index {ignore_index}" if ignore_index is not None else "")
-    ctx.check(bad_count, message.replace("{allowed}", allowed))
+    _row_weights(ctx, target, weight, rows, classes, ignore_index, row_weight, bad)
+    count_bad(ctx, bad, rows, classes, ignore_index, message)
     if not want_norm:
         return None
     norm = ctx.alloc(1)
