@@ -77,6 +77,7 @@ def test_tools_compile_check_and_list_a_users_ops(tmp_path):
 BUILTIN_CASES = {
     "neg": (lambda g, x: g.neg(x), [(2, 3)]),
     "abs": (lambda g, x: g.abs(x), [(2, 3)]),
+    "astype": (lambda g, x: g.astype(x, dtype="float32"), [(2, 3)]),  # 16-bit casts: tests/test_sixteen_bit.py
     "sigmoid": (lambda g, x: g.sigmoid(x), [(2, 3)]),
     "relu": (lambda g, x: g.relu(x), [(2, 3)]),
     "add": (lambda g, a, b: g.add(a, b), [(2, 3), (2, 3)]),

@@ -155,8 +155,8 @@ def test_generated_op_names_cannot_be_registered_again():
 def test_a_variant_carries_its_binding_table_and_push_block_as_defines():
     variant = CROSS_ENTROPY.variant(mode="ROW", target_index=True, weighted=True, write_grad=True)
     defines = dict(variant.shader.defines)
-    assert variant.reads == ("pred", "target", "weight") and variant.writes == ("row_loss", "grad")
-    assert [defines[f"B_{n.upper()}"] for n in variant.reads + variant.writes] == ["0", "1", "2", "3", "4"]
+    assert variant.reads == ("pred", "target", "weight") and variant.writes == ("row_loss", "bad", "grad")
+    assert [defines[f"B_{n.upper()}"] for n in variant.reads + variant.writes] == ["0", "1", "2", "3", "4", "5"]
     assert defines["PUSH_CONSTANTS"].startswith("uint rows; uint classes;")
     assert defines["MODE_ROW"] == "1" and defines["TARGET_INDEX"] == "1" and defines["INPLACE"] == "0"
 

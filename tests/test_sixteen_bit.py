@@ -89,14 +89,79 @@ def test_other_ops_refuse_16_bit_tensors_and_the_graph_stays_usable(g):
     assert g.add(full, full).numpy().sum() == 12.0
 
 
-def test_a_16_bit_gradient_cannot_be_accumulated_by_float32_ops(g, rng):
-    p = g.tensor(rng.standard_normal((2, 5)), dtype=np.float16, requires_grad=True)
-    g.backward(g.cross_entropy_loss(p, np.array([1, 2])))
-    assert p.grad.dtype == np.float16
-    with pytest.raises(TypeError, match="float16 tensor"):
-        g.backward(g.cross_entropy_loss(p, np.array([1, 2])))  # adding into .grad is a float32 op
-    p.grad = None
-    g.backward(g.cross_entropy_loss(p, np.array([1, 2])))  # after zeroing, a new one
+# ---- astype, and 16-bit gradients past the seed ------------------------------------------------------------------
+@pytest.mark.parametrize("source", [np.float32, *DTYPES])
+@pytest.mark.parametrize("target", ["float32", "float16", "bfloat16"])
+def test_astype_rounds_as_an_upload_does(g, rng, source, target):
+    x = np.concatenate([rng.standard_normal(1001) * 100, [np.inf, -np.inf, np.nan, 1e5, -0.0]]).astype(np.float32)
+    t = g.tensor(x, dtype=source)
+    held = t.numpy().astype(np.float32)  # the source's own values
+    cast = g.astype(t, dtype=target)
+    want = g.tensor(held, dtype=target if target != "float32" else np.float32).numpy()
+    assert str(cast.dtype) == target and cast.shape == t.shape
+    np.testing.assert_array_equal(cast.numpy(), want)  # NaN == NaN here
+    if torch is not None and target != "float32":
+        torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[target]
+        np.testing.assert_array_equal(cast.numpy().astype(np.float32),
+                                      torch.tensor(held).to(torch_dtype).float().numpy())
+
+
+def test_astype_gradient_comes_back_in_the_input_dtype(g, rng):
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    leaf = g.tensor(x, requires_grad=True)
+    half = g.astype(leaf, dtype="float16")  # float32 -> float16 -> the loss
+    g.backward(g.cross_entropy_loss(half, np.array([1, 2, 7])))
+    assert leaf.grad.dtype == np.float32
+    _, exact = ce_reference(as_16(x, np.float16), np.array([1, 2, 7]))
+    assert_within_one_rounding(leaf.grad.numpy(), exact, np.float16)  # the float16 gradient, widened exactly
+    low = g.tensor(x, dtype="bfloat16", requires_grad=True)
+    g.backward(g.mse_loss(g.astype(low, dtype="float32"), g.tensor(np.zeros_like(x))))  # a float32 op on bfloat16
+    assert low.grad.dtype == "bfloat16"
+    assert_within_one_rounding(low.grad.numpy(), 2 * as_16(x, "bfloat16") / x.size, "bfloat16")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16_bit_gradients_past_the_seed_and_accumulated(g, rng, dtype):
+    """What backward does with a loss that is not where it starts: scaled, summed over rows, added up over two
+    backward passes, as PyTorch does (in float32, the result in the logits' dtype)."""
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    labels = np.array([1, 2, 3, 0])
+    _, mean_grad = ce_reference(as_16(x, dtype), labels)
+    for make, factor in [(lambda p: g.mul_scalar(g.cross_entropy_loss(p, labels), g.tensor([2.0])), 2.0),
+                         (lambda p: g.sum_all(g.cross_entropy_loss(p, labels, reduction="none")), 4.0),
+                         (lambda p: g.add(g.cross_entropy_loss(p, labels), g.cross_entropy_loss(p, labels)), 2.0),
+                         (lambda p: g.mean_all(g.bce_with_logits_loss(p, g.tensor(np.zeros_like(x), dtype=dtype),
+                                                                      reduction="none")), None)]:
+        p = g.tensor(x, dtype=dtype, requires_grad=True)
+        g.backward(make(p))
+        assert p.grad.dtype == p.dtype
+        exact = (mean_grad * factor if factor is not None else
+                 1 / (1 + np.exp(-as_16(x, dtype))) / x.size)  # d mean(softplus(x)) / dx
+        # a 16-bit gradient, scaled in float32 and rounded again: within two roundings of the largest
+        np.testing.assert_allclose(p.grad.numpy().astype(np.float64), exact, rtol=0,
+                                   atol=float(2 * ulp(np.abs(exact).max(), dtype)))
+    p = g.tensor(x, dtype=dtype, requires_grad=True)
+    for _ in range(2):  # .grad adds up over backward passes
+        g.backward(g.cross_entropy_loss(p, labels))
+    np.testing.assert_allclose(p.grad.numpy().astype(np.float64), 2 * mean_grad, rtol=0,
+                               atol=float(2 * ulp(np.abs(mean_grad).max() * 2, dtype)))
+
+
+def test_astype_refuses_what_it_cannot_cast(g):
+    with pytest.raises(ValueError, match="dtype"):
+        g.astype(g.tensor([1.0]), dtype="float64")
+    with pytest.raises(TypeError, match="int32"):
+        g.astype(g.tensor([1], dtype=np.int32), dtype="float32")
+    assert g.astype(g.tensor([1.5]), dtype="float16").numpy()[0] == 1.5  # the graph goes on
+
+
+def test_check_finite_sees_a_16_bit_overflow():
+    import vkloss
+    with vkloss.Graph(check_finite=True) as g:
+        big = g.astype(g.tensor([1.0, 1e5]), dtype="float16")  # 1e5 is past float16's 65,504
+        with pytest.raises(FloatingPointError, match="astype produced 1 NaN or infinite"):
+            big.numpy()
+        assert g.astype(g.tensor([1.0, 2.0]), dtype="bfloat16").numpy().tolist() == [1.0, 2.0]
 
 
 # ---- the losses ---------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .tensor import Tensor
 
 SCHEMAS = {
+    'astype': 'astype(Float x, *, str{float32|float16|bfloat16} dtype) -> Tensor',
     'mean_all': 'mean_all(Tensor x) -> Tensor',
     'sum_all': 'sum_all(Tensor x, *, float scale=1.0) -> Tensor',
     'expand': 'expand(Tensor s, *, int[] shape, float scale=1.0) -> Tensor',
@@ -44,6 +45,15 @@ class Graph:
     """The op methods of vkloss.graph.Graph, which derives from this class."""
 
     SCHEMAS = SCHEMAS
+
+    def astype(self, x: Tensor, *, dtype: Literal['float32', 'float16', 'bfloat16']) -> Tensor:
+        """
+        astype(Float x, *, str{float32|float16|bfloat16} dtype) -> Tensor
+
+        x as float32, float16 or bfloat16 (rounded to nearest even), as PyTorch's x.to(dtype): how a 16-bit
+        tensor reaches the float32 ops, and back. The gradient comes back in x's dtype.
+        """
+        return self._call_bound('astype', {'x': x, 'dtype': dtype})
 
     def mean_all(self, x: Tensor) -> Tensor:
         """

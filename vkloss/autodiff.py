@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from .tensor import dtype_name
+
 
 @dataclass(eq=False)
 class Node:
@@ -90,9 +94,17 @@ def backward(g, root, seed, retain_graph: bool = False) -> None:
                 raise RuntimeError(f"backward of {node.op.name} gave a gradient of shape {inp_grad.shape} "
                                    f"for an input of shape {inp.shape}")
             seen = grads.get(id(inp))
-            grads[id(inp)] = inp_grad if seen is None else g.add(seen, inp_grad)
+            grads[id(inp)] = inp_grad if seen is None else accumulate(g, seen, inp_grad)
             if inp.is_leaf:
                 leaves[id(inp)] = inp
     for key, leaf in leaves.items():
         grad = grads[key]
-        leaf.grad = grad if leaf.grad is None else g.add(leaf.grad, grad)
+        leaf.grad = grad if leaf.grad is None else accumulate(g, leaf.grad, grad)
+
+
+def accumulate(g, a, b):
+    """a + b, two gradients of one tensor: in float32, and back to their dtype where they are 16-bit."""
+    if a.dtype == np.float32:
+        return g.add(a, b)
+    name = dtype_name(a.dtype)
+    return g.astype(g.add(g.astype(a, dtype="float32"), g.astype(b, dtype="float32")), dtype=name)

@@ -272,8 +272,12 @@ class Graph(_graph_ops.Graph):
         if in_place:
             self._check_in_place(op, tensors, constants)
         needs = tuple(differentiable and t.requires_grad for t in tensors) if fused else (False,) * len(tensors)
-        ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors),
-                                      self._engine.alloc(math.prod(shape)), needs, tuple(t.dtype for t in tensors))
+        dtypes = tuple(t.dtype for t in tensors)
+        out_dtype = op.out_dtype(dtypes, **options) if op.out_dtype else np.dtype(np.float32)
+        size = math.prod(shape)
+        out_buffer = (self._engine.alloc(ceil_div(size, 2), np.uint32) if out_dtype in SIXTEEN_BIT else
+                      self._engine.alloc(size))
+        ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors), out_buffer, needs, dtypes)
         op.forward(ctx, *(t.buffer for t in tensors), **{**options, **{n: t.buffer for n, t in constants.items()}})
         for count, message in ctx.checks:
             self._record_check(count, message, ValueError)
@@ -285,13 +289,23 @@ class Graph(_graph_ops.Graph):
                 tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_option}=True)"
         node = autodiff.Node(op, tuple(tensors), options, saved, tuple(t.version for t in tensors)) \
             if differentiable else None
-        out = Tensor(self, shape, ctx.out, requires_grad=differentiable, node=node)
+        out = Tensor(self, shape, ctx.out, requires_grad=differentiable, node=node, dtype=out_dtype)
         if self.check_finite and op.name != "count_nonfinite":
             with self.no_grad():
-                count = self.count_nonfinite(out)
+                count = self.count_nonfinite(self._float32_unchecked(out))
             self._record_check(count.buffer, f"{op.name} produced {{count}} NaN or infinite values (output shape "
                                f"{shape}, input shapes {', '.join(str(t.shape) for t in tensors)})", FloatingPointError)
         return out
+
+    def _float32_unchecked(self, tensor: Tensor) -> Tensor:
+        """`tensor`, or its float32 copy where it is 16-bit (made without a check of its own: the caller checks)."""
+        if tensor.dtype not in SIXTEEN_BIT:
+            return tensor
+        checking, self.check_finite = self.check_finite, False
+        try:
+            return self.astype(tensor, dtype="float32")
+        finally:
+            self.check_finite = checking
 
     def _record_check(self, count, message: str, error) -> None:
         """A device-side check, read with the next host read. One already pending with the same message takes the

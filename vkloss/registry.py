@@ -32,6 +32,7 @@ import numpy as np
 
 from . import kernels, schema as schemas, shaders
 from .engine import WORKGROUP
+from .tensor import dtype_name
 
 
 class Backward(str, enum.Enum):
@@ -64,6 +65,7 @@ class Op:
     shader_variants: tuple = ()  # a user op's own shader variants, outside the kernel catalog (tools compile)
     inplace_option: str | None = None  # a fused op's option that writes its gradient over its first operand
     grad_inputs: tuple = ()  # the operands a fused kernel gives gradients for (default: the first)
+    out_dtype: Callable | None = None  # (operand dtypes, **options) -> the output's dtype; None: float32
     module: str = ""  # where it was declared
 
     @property
@@ -97,6 +99,10 @@ class ForwardContext:
 
     def upload(self, array: np.ndarray):
         return self._engine.upload(array)
+
+    def copy(self, source, target) -> None:
+        """target = source, by the device's copy engine (same size and dtype)."""
+        self._engine.copy(source, target)
 
     def dispatch(self, variant: kernels.KernelVariant, grid, *, workgroup: int = WORKGROUP, push: dict | None = None,
                  constants: tuple = (), **buffers) -> None:
@@ -169,7 +175,7 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
                 shape: Callable | None = None, push: Callable | None = None, invocations: Callable | None = None,
                 defines: dict | None = None, backward=Backward.NONE, forward: Callable | None = None,
                 compose: Callable | None = None, kernels: tuple = (), doc: str = "", validate: bool = True,
-                inplace_option: str | None = None, grad_inputs: tuple = ()) -> Op:
+                inplace_option: str | None = None, grad_inputs: tuple = (), out_dtype: Callable | None = None) -> Op:
     """Declare an op; it then exists as the method `Graph.<name>` and in `python -m vkloss.tools list`.
 
     name: a Python identifier that neither an op nor Graph uses yet.
@@ -191,6 +197,8 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
     inplace_option: a fused op's option that, when true, makes it write its gradient over its first operand (which
         must be an op's output; it is unreadable afterwards). grad_inputs: the operands a fused op gives gradients
         for (default: the first).
+    out_dtype(operand_dtypes, **options): the output's dtype, for an op whose forward writes 16-bit values into
+        `ctx.out` (two to a uint32 word); default float32.
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
@@ -233,7 +241,7 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
     op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc), shape=_explained(name, shape),
             forward=forward, backward=_scaled_saved_grads if kind is Backward.FUSED else backward if callable(backward)
             else None, compose=compose, kernels=tuple(kernels), shader_variants=variants, inplace_option=inplace_option,
-            grad_inputs=grad_inputs, module=sys._getframe(1).f_globals.get("__name__", ""))
+            grad_inputs=grad_inputs, out_dtype=out_dtype, module=sys._getframe(1).f_globals.get("__name__", ""))
     _OPS[name] = op
     for listener in _listeners:
         listener(op)
@@ -298,14 +306,17 @@ def _check_bindings(name, variant, expected):
 def _scaled_saved_grads(ctx, grad):
     """A fused op's backward: the gradients its kernel saved, times the upstream gradient unless that is the seed 1.
     Upstream is one value for a reduced loss, or one per row or element of the saved gradient (reduction='none')."""
-    def scaled(saved):
-        if ctx.upstream_is_one:
-            return saved
-        if grad.shape == (1,):
-            return ctx.g.mul_scalar(saved, grad)
-        return ctx.g.mul(saved, grad) if grad.shape == saved.shape else ctx.g.mul_rows(saved, grad)
+    return tuple(None if saved is None or not need else saved if ctx.upstream_is_one else _scaled(ctx.g, saved, grad)
+                 for saved, need in zip(ctx.saved, ctx.needs))
 
-    return tuple(None if saved is None or not need else scaled(saved) for saved, need in zip(ctx.saved, ctx.needs))
+
+def _scaled(g, saved, grad):
+    """saved * grad (no closure: one that named itself would keep the step's tensors for the cycle collector)."""
+    if saved.dtype != np.float32:  # a 16-bit gradient: scaled in float32, returned in its own dtype
+        return g.astype(_scaled(g, g.astype(saved, dtype="float32"), grad), dtype=dtype_name(saved.dtype))
+    if grad.shape == (1,):
+        return g.mul_scalar(saved, grad)
+    return g.mul(saved, grad) if grad.shape == saved.shape else g.mul_rows(saved, grad)
 
 
 def get(name: str) -> Op:

@@ -11,6 +11,11 @@ BFLOAT16 = "bfloat16"  # numpy has no bfloat16: the dtype of a bfloat16 tensor i
 SIXTEEN_BIT = (np.dtype(np.float16), BFLOAT16)
 
 
+def dtype_name(dtype) -> str:
+    """A tensor dtype's name as ops' options spell it (astype's dtype): float32, float16, bfloat16 or int32."""
+    return dtype if isinstance(dtype, str) else np.dtype(dtype).name
+
+
 def encode16(array: np.ndarray, dtype) -> np.ndarray:
     """float values -> 16-bit (float16, or bfloat16 rounded to nearest even from float32), two to a uint32 word
     (element 2k in the low half), the last word padded with 0."""
@@ -20,7 +25,8 @@ def encode16(array: np.ndarray, dtype) -> np.ndarray:
         nan = np.isnan(np.asarray(array, np.float32).reshape(-1))
         halves[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # NaN stays NaN
     else:
-        halves = np.ascontiguousarray(array, np.float16).reshape(-1).view(np.uint16)
+        with np.errstate(over="ignore"):  # past 65,504 is infinity, as PyTorch's .half() gives, without a warning
+            halves = np.ascontiguousarray(array, np.float16).reshape(-1).view(np.uint16)
     padded = np.zeros(2 * ceil_div(halves.size, 2), np.uint16)
     padded[: halves.size] = halves
     return padded.view(np.uint32)

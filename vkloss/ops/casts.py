@@ -5,13 +5,17 @@ shaders/include/storage16.glsl). The ops that take 16-bit inputs without reading
 here, do their maths in float32, and narrow the gradient back to the input's 16-bit type."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..engine import ceil_div
 from ..kernels import Kernel
-from ..tensor import BFLOAT16
+from ..registry import register_op
+from ..tensor import BFLOAT16, dtype_name
 
 STORAGE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", BFLOAT16: "BF16"}
+DTYPES = {dtype_name(dtype): dtype for dtype in STORAGE}  # astype's names: float32, float16, bfloat16
 
 CASTS = Kernel(
     "casts.comp", push="uint n", switches={"mode": ("WIDEN", "NARROW"), "storage": ("F16", "BF16")},
@@ -33,17 +37,18 @@ def alloc(ctx, n: int, storage_switch: str):
     return ctx.alloc(n) if storage_switch == "F32" else ctx.alloc(words(n), np.uint32)
 
 
-def widen(ctx, packed, n: int, dtype):
-    """A float32 buffer of the n 16-bit elements in `packed`."""
-    values = ctx.alloc(n)
+def widen(ctx, packed, n: int, dtype, values=None):
+    """A float32 buffer (`values`, else a new one) of the n 16-bit elements in `packed`."""
+    values = ctx.alloc(n) if values is None else values
     ctx.dispatch(CASTS.variant(mode="WIDEN", storage=storage(dtype)), ctx.groups_for(words(n)), push={"n": n},
                  words=packed, values=values)
     return values
 
 
-def narrow(ctx, values, n: int, dtype):
-    """The n float32 values of `values`, rounded to `dtype` (float16 or bfloat16), packed two to a word."""
-    packed = alloc(ctx, n, storage(dtype))
+def narrow(ctx, values, n: int, dtype, packed=None):
+    """The n float32 values of `values`, rounded to `dtype` (float16 or bfloat16), packed two to a word (into
+    `packed`, else a new buffer)."""
+    packed = alloc(ctx, n, storage(dtype)) if packed is None else packed
     ctx.dispatch(CASTS.variant(mode="NARROW", storage=storage(dtype)), ctx.groups_for(words(n)), push={"n": n},
                  values=values, words=packed)
     return packed
@@ -57,3 +62,22 @@ def float32(ctx, buffer, n: int, dtype):
 def in_dtype(ctx, values, n: int, dtype):
     """float32 `values` in `dtype`: themselves, or narrowed to 16 bits (the inverse of float32)."""
     return values if storage(dtype) == "F32" else narrow(ctx, values, n, dtype)
+
+
+def _astype_forward(ctx, x, dtype):
+    source, target, n = ctx.dtypes[0], DTYPES[dtype], math.prod(ctx.shapes[0])
+    if storage(source) == storage(target):
+        ctx.copy(x, ctx.out)
+    elif storage(target) == "F32":
+        widen(ctx, x, n, source, values=ctx.out)
+    else:
+        narrow(ctx, float32(ctx, x, n, source), n, target, packed=ctx.out)
+
+
+register_op(
+    "astype", kernels=(CASTS,), schema="astype(Float x, *, str{float32|float16|bfloat16} dtype) -> Tensor",
+    shape=lambda x, dtype: x, out_dtype=lambda dtypes, dtype: DTYPES[dtype], forward=_astype_forward,
+    backward=lambda ctx, grad: (ctx.g.astype(grad, dtype=dtype_name(ctx.inputs[0].dtype)),),
+    doc="x as float32, float16 or bfloat16 (rounded to nearest even), as PyTorch's x.to(dtype): how a 16-bit "
+        "tensor reaches the float32 ops, and back. The gradient comes back in x's dtype.",
+)
