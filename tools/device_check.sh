@@ -6,7 +6,8 @@
 # kp build is skipped), list the devices, compile every shader, run the tests of the GPU-only kernel paths under
 # synchronization validation, run each bench section as its own process (one that fails or runs out of time leaves
 # the others' figures), then the rest of the suite with the time left. Each step stops on SIGINT at its deadline,
-# so pytest still prints what failed. Everything is written to $OUT (the device tool's folder), else ./device-out.
+# so pytest still prints what failed. Everything is written to a work folder and packed, after every step, into one
+# file, $OUT/device_check.tgz ($OUT: the device tool's folder, which returns only a few files; else ./device-out).
 set -uo pipefail
 budget=${1:-560}
 if [ -z "${VKLOSS_DEVICE_CHECK_INSIDE:-}" ]; then
@@ -14,8 +15,10 @@ if [ -z "${VKLOSS_DEVICE_CHECK_INSIDE:-}" ]; then
   VKLOSS_DEVICE_CHECK_INSIDE=$(date +%s) exec bash .gpu/run.sh "bash tools/device_check.sh $budget"
 fi
 t0=$VKLOSS_DEVICE_CHECK_INSIDE
-out=${OUT:-device-out}
-mkdir -p "$out"
+packed=${OUT:-device-out}
+out=$(mktemp -d)
+mkdir -p "$packed"
+pack() { tar czf "$packed/device_check.tgz" -C "$out" .; }
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 VKLOSS_CACHE_DIR=/tmp/vkloss-spirv
 left() { echo $((budget - ($(date +%s) - t0))); }
 step() {  # step NAME SECONDS COMMAND...: run it with a deadline, its output in $out/NAME.txt
@@ -26,11 +29,12 @@ step() {  # step NAME SECONDS COMMAND...: run it with a deadline, its output in 
   timeout -s INT -k 15 "$limit" "$@" > "$out/$name.txt" 2>&1
   echo "== $name: exit $? after $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"
   tail -n 3 "$out/$name.txt"
+  pack
 }
 {
   $PY -m pip install -q --no-index --no-deps .gpu/whl/cmeel*.whl &&
   bash tools/build_kp.sh "$PY" .gpu/whl/kp-0.9.0.tar.gz
-} > "$out/setup.txt" 2>&1 || { echo "setup failed:"; tail -n 30 "$out/setup.txt"; exit 1; }
+} > "$out/setup.txt" 2>&1 || { echo "setup failed:"; tail -n 30 "$out/setup.txt"; pack; exit 1; }
 echo "== setup: $(($(date +%s) - t0)) s" | tee "$out/summary.txt"
 step devices 60 "$PY" -m vkloss.tools devices
 cat "$out/devices.txt"
