@@ -1,7 +1,9 @@
 #version 450
-// Linear cross-entropy, PyTorch's F.cross_entropy(hidden @ weight.T + bias, target), over the vocabulary in chunks:
-// the [rows, classes] logits never exist at once, only one chunk [rows, chunk] of them (vkloss/ops/linear_cross_entropy.py makes
-// each chunk with matmul.comp and chains these modes). Same coefficient form as cross_entropy.comp:
+// Linear cross-entropy, PyTorch's F.cross_entropy(hidden @ weight.T + bias, target), in blocks of logits: the
+// [rows, classes] logits never exist at once, only one block, rows [row_begin, row_begin + rows) (local row 0 is
+// row_begin) by classes [chunk_begin, chunk_begin + chunk), laid out [rows, chunk] (vkloss/ops/linear_cross_entropy.py
+// makes each block with matmul.comp and chains these modes: whole rows at a time, or the vocabulary in chunks for
+// every row where not even one row fits). Same coefficient form as cross_entropy.comp:
 //   loss_r = A_r lse_r - sum_c a_rc z_rc,   a_rc = w_c (t_rc (1 - smoothing) + smoothing / classes),  A_r = sum_c a_rc
 //   d/dz   = (softmax(z) A_r - a) * scale
 // with t the one-hot row of target index r (an ignored or out-of-range index makes every a_rc 0).
@@ -17,8 +19,9 @@
 #include "common.glsl"
 #include "losses.glsl"
 
-// Switches (WEIGHTED, NORM_BUFFER, FIRST, one MODE_*), bindings (B_*) and the push block (this chunk: classes
-// [chunk_begin, chunk_begin + chunk)) come from the kernel's declaration in vkloss/ops/linear_cross_entropy.py.
+// Switches (WEIGHTED, NORM_BUFFER, FIRST, one MODE_*), bindings (B_*) and the push block (the block's rows and
+// classes) come from the kernel's declaration in vkloss/ops/linear_cross_entropy.py. target, stats and row_loss are
+// indexed by whole-batch row, the block by local row.
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 layout(set = 0, binding = B_TARGET) readonly buffer Target { int target_index[]; };
@@ -55,10 +58,11 @@ layout(set = 0, binding = B_LOGITS) readonly buffer Logits { float logits[]; }; 
 layout(set = 0, binding = B_BIAS) readonly buffer Bias { float bias[]; };
 layout(set = 0, binding = B_STATS) buffer Stats { vec4 stats[]; };  // per row: m, sum exp(z - m), sum a (z - m), A
 void main() {
-    uint row = workgroup_index();
-    if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
+    uint local = workgroup_index();
+    if (local >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
+    uint row = p.row_begin + local;
     RowTarget r = row_target(row);
-    uint base = row * p.chunk;
+    uint base = local * p.chunk;
     float m = NEG_INF;
     for (uint c = gl_LocalInvocationID.x; c < p.chunk; c += WG)
         m = nan_max(m, logits[base + c] + bias[p.chunk_begin + c]);
@@ -90,8 +94,9 @@ void main() {
 layout(set = 0, binding = B_STATS) buffer Stats { vec4 stats[]; };
 layout(set = 0, binding = B_ROW_LOSS) writeonly buffer RowLoss { float row_loss[]; };
 void main() {
-    uint row = global_index();
-    if (row >= p.rows) return;
+    uint local = global_index();
+    if (local >= p.rows) return;
+    uint row = p.row_begin + local;
     RowTarget r = row_target(row);
     vec4 s = stats[row];
     float log_sum = log_accurate(s.y);  // lse - m
@@ -111,9 +116,9 @@ layout(set = 0, binding = B_LOGITS) buffer Logits { float logits[]; };  // in: t
 void main() {
     uint i = global_index();
     if (i >= p.rows * p.chunk) return;
-    uint row = i / p.chunk, c = i - row * p.chunk;
-    RowTarget r = row_target(row);
-    vec4 s = stats[row];
+    uint local = i / p.chunk, c = i - local * p.chunk;
+    RowTarget r = row_target(p.row_begin + local);
+    vec4 s = stats[p.row_begin + local];
     float scale = p.scale;
 #if NORM_BUFFER
     scale = norm[0] != 0.0 ? 1.0 / norm[0] : 0.0;

@@ -14,9 +14,21 @@ except ImportError:
     torch = None
 
 
-@pytest.fixture(autouse=True)
-def small_workspace(monkeypatch):
-    monkeypatch.setattr(linear, "WORKSPACE_BYTES", 37 * 4 * 300)  # 300 classes a chunk at 37 rows
+@pytest.fixture(autouse=True, params=["rows", "vocabulary"])
+def small_workspace(monkeypatch, request):
+    """Blocks of whole rows (11 rows of 1,003 classes a block, the last of 4), or, where not one row fits, the
+    vocabulary in chunks for every row (25 classes at 37 rows)."""
+    monkeypatch.setattr(linear, "WORKSPACE_BYTES", 37 * 4 * 300 if request.param == "rows" else 37 * 4 * 25)
+    return request.param
+
+
+def test_rows_per_block_fills_whole_tiles_or_takes_everything(monkeypatch):
+    class Ctx:
+        device = type("Device", (), {"type": "cpu", "max_storage_buffer_range": 1 << 27, "device_memory": 1 << 31})
+    monkeypatch.setattr(linear, "WORKSPACE_BYTES", 4 * 1000 * 150)  # 150 rows of 1,000 classes
+    assert linear.rows_per_block(Ctx, 100, 1000) == 100  # all rows fit
+    assert linear.rows_per_block(Ctx, 1000, 1000) == 128  # whole 64-row tiles of the products
+    assert linear.rows_per_block(Ctx, 1000, 4000) == 37 and linear.rows_per_block(Ctx, 1000, 700_000) == 0
 
 
 def reference(hidden, weight, target, bias=None, reduction="mean", ignore_index=-100, label_smoothing=0.0,
@@ -118,8 +130,10 @@ def test_a_weight_without_gradient_gets_none(g, rng):
     close(h.grad.numpy(), reference(hidden, weight, target)[1])
 
 
-def test_peak_memory_holds_one_chunk_of_logits_not_all(rng):
-    rows, features, classes = 37, 16, 30_000  # 4.4 MB of logits; the workspace is 44 KB
+def test_peak_memory_holds_one_chunk_of_logits_not_all(rng, small_workspace):
+    # 4.4 MB of logits in 30,000-class rows, none of which fits the workspace (44 KB or 3.7 KB); or 1.5 MB of
+    # logits in 1,003-class rows, 11 to a block
+    rows, features, classes = (37, 16, 30_000) if small_workspace == "vocabulary" else (370, 16, 1003)
     hidden, weight, _, target = inputs(rng, rows, features, classes)
     with vkloss.Graph() as g:
         h, w = g.parameter(hidden), g.parameter(weight)

@@ -345,12 +345,13 @@ class Graph:
 
         (1,). PyTorch's F.cross_entropy(F.linear(hidden, weight, bias), target, ...): hidden [rows, features],
         weight [classes, features] (nn.Linear's layout), target class indices [rows] (an int32 Tensor or an
-        integer numpy array), bias [classes]. The rows x classes logits are never held at once: the vocabulary
-        is swept in chunks with an online log-sum-exp, and with a gradient the forward sweeps again and
-        accumulates d hidden, d weight and d bias chunk by chunk (backward hands them over). Device memory: the
-        inputs, their gradients and a 32 MiB workspace. reduction 'mean' divides by the counted rows' summed
-        class weight, as PyTorch does. hidden, weight and bias may be 16-bit tensors (float16, bfloat16): they
-        are widened to float32 on the device (a float32 copy of each) and their gradients come back in their own
-        dtype.
+        integer numpy array), bias [classes]. The rows x classes logits are never held at once: the batch is
+        taken in blocks of whole rows (their logits made once, their loss, and with a gradient d hidden for
+        those rows, d weight and d bias added up block by block; backward hands them over), or where not one row
+        fits, the vocabulary in chunks with an online log-sum-exp, swept twice. Device memory: the inputs, their
+        gradients and a workspace of 32 MiB (256 MiB on GPUs). reduction 'mean' divides by the counted rows'
+        summed class weight, as PyTorch does. hidden, weight and bias may be 16-bit tensors (float16, bfloat16):
+        they are widened to float32 on the device (a float32 copy of each) and their gradients come back in
+        their own dtype.
         """
         return self._call_bound('linear_cross_entropy', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes})
