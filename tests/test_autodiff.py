@@ -94,3 +94,20 @@ def test_tensors_from_two_graphs_are_refused(g):
     with vkloss.Graph() as other:
         with pytest.raises(ValueError, match="another Graph"):
             g.add(g.tensor(np.ones(2)), other.tensor(np.ones(2)))
+
+
+def test_the_seed_one_is_shared_by_backward_passes_but_never_handed_out(g, rng):
+    """backward seeds every pass with the same device tensor 1; a gradient that is that seed unchanged (the loss is
+    the leaf, or identity rules pass it down) is a copy, so writing into it cannot change later passes."""
+    p, q = g.parameter(np.array([2.0])), g.parameter(np.array([3.0]))
+    g.backward(p)
+    g.backward(g.add(p, q))
+    assert p.grad.item() == 2.0 and q.grad.item() == 1.0
+    p.grad.copy_(np.array([50.0]))
+    q.grad.copy_(np.array([70.0]))
+    x = g.parameter(rng.standard_normal(4))
+    g.backward(g.mean_all(g.mul(x, x)))  # d/dx mean(x^2) = 2x / 4: needs the seed to be 1
+    np.testing.assert_allclose(x.grad.numpy(), x.numpy() / 2, rtol=1e-6)
+    r = g.parameter(np.array([1.0]))
+    g.backward(r)
+    assert r.grad.item() == 1.0

@@ -99,6 +99,8 @@ def backward(g, root, seed, retain_graph: bool = False) -> None:
                 leaves[id(inp)] = inp
     for key, leaf in leaves.items():
         grad = grads[key]
+        if grad is seed:  # handed down unchanged (the loss is the leaf, or identity rules): the caller's, not ours
+            grad = g.astype(seed, dtype="float32")  # a copy on the device
         leaf.grad = grad if leaf.grad is None else accumulate(g, leaf.grad, grad)
 
 
