@@ -791,6 +791,7 @@ class Engine:
                 self._replays_by_block.clear()
                 self._spare_sequences.clear()
                 self._pool.clear()
+                self._pool_bytes = 0
                 for block in self._blocks.values():
                     self.context.give_back(block.nbytes)
                     block.destroy()

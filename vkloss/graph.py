@@ -111,7 +111,7 @@ class Graph(_graph_ops.Graph):
         self._thread = threading.get_ident()
         self._modified: dict = {}  # while a backward rule runs: inputs of its op modified in place since
         self._backward_op = None
-        self._seed = None  # backward's d(loss)/d(loss) = 1, uploaded once
+        self._seed = None  # the buffer of backward's d(loss)/d(loss) = 1, uploaded once
 
     def _usable(self, what: str) -> None:
         """A Graph is used from the thread that made it, until closed: its tape, checks and engine state are not
@@ -354,8 +354,8 @@ class Graph(_graph_ops.Graph):
             raise RuntimeError("backward: this loss's tape was already used and freed by an earlier backward")
         with self.no_grad():
             if self._seed is None:  # one for every backward: an upload a step saved (ops never write an input)
-                self._seed = self.tensor(np.ones(1, np.float32))
-            autodiff.backward(self, loss, self._seed, retain_graph=retain_graph)
+                self._seed = self._engine.upload(np.ones(1, np.float32))  # a buffer: a Tensor would name the Graph
+            autodiff.backward(self, loss, Tensor(self, (1,), self._seed), retain_graph=retain_graph)
 
     @contextlib.contextmanager
     def _refusing(self, op_name: str, modified: dict):
