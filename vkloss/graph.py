@@ -14,8 +14,8 @@ import numpy as np
 from . import autodiff, registry
 from .device import DeviceInfo, choose_device
 from . import _graph_ops
-from .engine import Engine, ceil_div
-from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, decode16, encode16
+from .engine import Engine
+from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, buffer_layout, decode16, encode16
 
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
 _INT32 = np.iinfo(np.int32)
@@ -135,9 +135,8 @@ class Graph(_graph_ops.Graph):
         dtype = _tensor_dtype(dtype)
         array = _host_array(data, "g.tensor")
         shape = array.shape or (1,)
-        sixteen = dtype in SIXTEEN_BIT
         # before converting: a too-large array is refused without a copy
-        self._engine.check_size(ceil_div(array.size, 2) if sixteen else array.size, np.uint32 if sixteen else dtype)
+        self._engine.check_size(*buffer_layout(array.size, dtype))
         if dtype == np.int32 and requires_grad:
             raise ValueError(f"g.tensor: an int32 tensor (shape {shape}) cannot require a gradient")
         buffer = self._engine.upload(_converted(array, dtype, "g.tensor"))
@@ -275,10 +274,8 @@ class Graph(_graph_ops.Graph):
         needs = tuple(differentiable and t.requires_grad for t in tensors) if fused else (False,) * len(tensors)
         dtypes = tuple(t.dtype for t in tensors)
         out_dtype = op.out_dtype(dtypes, **options) if op.out_dtype else np.dtype(np.float32)
-        size = math.prod(shape)
-        out_buffer = (self._engine.alloc(ceil_div(size, 2), np.uint32) if out_dtype in SIXTEEN_BIT else
-                      self._engine.alloc(size))
-        ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors), out_buffer, needs, dtypes)
+        ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors),
+                                      self._engine.alloc(*buffer_layout(math.prod(shape), out_dtype)), needs, dtypes)
         op.forward(ctx, *(t.buffer for t in tensors), **{**options, **{n: t.buffer for n, t in constants.items()}})
         for count, message in ctx.checks:
             self._record_check(count, message, ValueError)

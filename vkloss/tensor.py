@@ -11,6 +11,12 @@ BFLOAT16 = "bfloat16"  # numpy has no bfloat16: the dtype of a bfloat16 tensor i
 SIXTEEN_BIT = (np.dtype(np.float16), BFLOAT16)
 
 
+def buffer_layout(n: int, dtype) -> tuple[int, np.dtype]:
+    """(elements, dtype) of the device buffer that holds n elements of a tensor dtype: 16-bit floats two to a uint32
+    word, every other dtype as itself."""
+    return (ceil_div(n, 2), np.dtype(np.uint32)) if dtype in SIXTEEN_BIT else (n, np.dtype(dtype))
+
+
 def dtype_name(dtype) -> str:
     """A tensor dtype's name as ops' options spell it (astype's dtype): float32, float16, bfloat16 or int32."""
     return dtype if isinstance(dtype, str) else np.dtype(dtype).name
