@@ -105,8 +105,14 @@ def backward(g, root, seed, retain_graph: bool = False) -> None:
 
 
 def accumulate(g, a, b):
-    """a + b, two gradients of one tensor: in float32, and back to their dtype where they are 16-bit."""
-    if a.dtype == np.float32:
-        return g.add(a, b)
-    name = dtype_name(a.dtype)
-    return g.astype(g.add(g.astype(a, dtype="float32"), g.astype(b, dtype="float32")), dtype=name)
+    """a + b, two gradients of one tensor."""
+    return in_float32(g, g.add, a, b)
+
+
+def in_float32(g, fn, *tensors):
+    """fn(*tensors) for float32 ops: where the tensors are 16-bit, computed on float32 copies and returned in the
+    first one's dtype, as PyTorch handles 16-bit gradients."""
+    if tensors[0].dtype == np.float32:
+        return fn(*tensors)
+    widened = [g.astype(t, dtype="float32") for t in tensors]
+    return g.astype(fn(*widened), dtype=dtype_name(tensors[0].dtype))

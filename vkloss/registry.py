@@ -30,9 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import kernels, schema as schemas, shaders
+from . import autodiff, kernels, schema as schemas, shaders
 from .engine import WORKGROUP
-from .tensor import dtype_name
 
 
 class Backward(str, enum.Enum):
@@ -311,12 +310,9 @@ def _scaled_saved_grads(ctx, grad):
 
 
 def _scaled(g, saved, grad):
-    """saved * grad (no closure: one that named itself would keep the step's tensors for the cycle collector)."""
-    if saved.dtype != np.float32:  # a 16-bit gradient: scaled in float32, returned in its own dtype
-        return g.astype(_scaled(g, g.astype(saved, dtype="float32"), grad), dtype=dtype_name(saved.dtype))
-    if grad.shape == (1,):
-        return g.mul_scalar(saved, grad)
-    return g.mul(saved, grad) if grad.shape == saved.shape else g.mul_rows(saved, grad)
+    """saved * grad; a 16-bit saved gradient is scaled in float32 and returned in its own dtype."""
+    multiply = g.mul_scalar if grad.shape == (1,) else g.mul if grad.shape == saved.shape else g.mul_rows
+    return autodiff.in_float32(g, lambda s: multiply(s, grad), saved)
 
 
 def get(name: str) -> Op:
