@@ -105,8 +105,10 @@ def _forward(ctx, hidden, weight, target, bias, reduction="mean", ignore_index=-
     if ctx.want_grad:
         grads = (ctx.alloc(rows * features), ctx.alloc(classes * features), ctx.alloc(classes))  # hidden, weight, bias
     per_block = rows_per_block(ctx, rows, classes)
-    sweep = _by_rows if per_block else _by_vocabulary
-    sweep(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, mean, norm, per_block)
+    if per_block:
+        _by_rows(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, mean, norm, per_block)
+    else:
+        _by_vocabulary(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, mean, norm)
     tree_sum(ctx, row_loss, rows, ctx.out, 1.0)
     if grads is not None:
         ctx.save_for_backward(**{name: casts.in_dtype(ctx, g, sizes[i], ctx.dtypes[i])
@@ -141,7 +143,7 @@ def _by_rows(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, 
         matmul_into(ctx, ones, logits, grad_bias, 1, classes, count, accumulate=index > 0)  # d bias (+)= sum of rows
 
 
-def _by_vocabulary(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, mean, norm, per_block):
+def _by_vocabulary(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, mean, norm):
     """The vocabulary in chunks for every row: statistics first, then, with `grads`, each chunk's logits again."""
     rows, classes = push["rows"], push["classes"]
     features = ctx.shapes[0][1]
