@@ -146,11 +146,11 @@ def count_bad(ctx, bad, rows: int, classes: int, ignore_index, message: str) -> 
     ctx.check(bad_count, message.replace("{allowed}", allowed))
 
 
-def row_weight_sum(ctx, target, weight, rows: int, classes: int, ignore_index):
-    """A one-value buffer of PyTorch's mean divisor for class indices [rows]: the counted rows' summed weight[target]
-    (ROW_WEIGHT's flags of bad indices are left to the row kernels)."""
+def row_weight_sum(ctx, target, weight, rows: int, classes: int, ignore_index, bad=None):
+    """A one-value buffer of PyTorch's mean divisor for class indices [rows]: the counted rows' summed weight[target].
+    The same pass flags bad indices per row into `bad` (given where no row kernel flags them)."""
     row_weight, norm = ctx.alloc(rows), ctx.alloc(1)
-    _row_weights(ctx, target, weight, rows, classes, ignore_index, row_weight, ctx.alloc(rows))
+    _row_weights(ctx, target, weight, rows, classes, ignore_index, row_weight, ctx.alloc(rows) if bad is None else bad)
     tree_sum(ctx, row_weight, rows, norm, 1.0)
     return norm
 
@@ -166,13 +166,13 @@ def index_target_checks(ctx, target, weight, rows: int, classes: int, ignore_ind
     """For class-index targets [rows]: the device-side check of indices outside [0, classes) that are not
     ignore_index (message with {count} and {allowed}), and, with want_norm, a one-value buffer of PyTorch's mean
     divisor, the counted rows' summed weight[target] (else None)."""
-    row_weight, bad = ctx.alloc(rows), ctx.alloc(rows)
-    _row_weights(ctx, target, weight, rows, classes, ignore_index, row_weight, bad)
+    bad = ctx.alloc(rows)
+    if want_norm:
+        norm = row_weight_sum(ctx, target, weight, rows, classes, ignore_index, bad=bad)
+    else:
+        norm = None
+        _row_weights(ctx, target, weight, rows, classes, ignore_index, ctx.alloc(rows), bad)
     count_bad(ctx, bad, rows, classes, ignore_index, message)
-    if not want_norm:
-        return None
-    norm = ctx.alloc(1)
-    tree_sum(ctx, row_weight, rows, norm, 1.0)
     return norm
 
 
