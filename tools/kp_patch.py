@@ -24,6 +24,9 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
    (kp is built against whatever numpy is installed, so pip must not swap it afterwards).
 9. A timestamped Sequence resets its query pool when it begins recording: kp wrote timestamps into queries never
    reset (UNASSIGNED-CoreValidation-DrawState-QueryNotReset), which the validation layer reports.
+10. The device is created with shaderInt64 where the physical device supports it: stock kp enables no feature, so a
+    shader with 64-bit integers was invalid on any device (VUID-VkShaderModuleCreateInfo-pCode-08740). vkloss's
+    wide loads on CPU devices (shaders/include/wide.glsl) move eight floats per access as a u64vec4.
 
 All but 7 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices.
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-PATCH_LEVEL = 3
+PATCH_LEVEL = 4
 
 EDITS = {
     "setup.py": [
@@ -75,6 +78,26 @@ EDITS = {
         ("    vk::CommandPoolCreateInfo commandPoolInfo(vk::CommandPoolCreateFlags(),",
          "    vk::CommandPoolCreateInfo commandPoolInfo(\n"
          "      vk::CommandPoolCreateFlagBits::eResetCommandBuffer,"),
+    ],
+    "src/Manager.cpp": [
+        # 10
+        ("    vk::DeviceCreateInfo deviceCreateInfo(vk::DeviceCreateFlags(),\n"
+         "                                          deviceQueueCreateInfos.size(),\n"
+         "                                          deviceQueueCreateInfos.data(),\n"
+         "                                          {},\n"
+         "                                          {},\n"
+         "                                          validExtensions.size(),\n"
+         "                                          validExtensions.data());\n",
+         "    vk::PhysicalDeviceFeatures enabledFeatures;\n"
+         "    enabledFeatures.shaderInt64 = physicalDevice.getFeatures().shaderInt64;\n"
+         "    vk::DeviceCreateInfo deviceCreateInfo(vk::DeviceCreateFlags(),\n"
+         "                                          deviceQueueCreateInfos.size(),\n"
+         "                                          deviceQueueCreateInfos.data(),\n"
+         "                                          {},\n"
+         "                                          {},\n"
+         "                                          validExtensions.size(),\n"
+         "                                          validExtensions.data(),\n"
+         "                                          &enabledFeatures);\n"),
     ],
     "src/include/kompute/Sequence.hpp": [
         # 9: the pool's size, for the reset

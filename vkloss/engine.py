@@ -50,7 +50,7 @@ ROW_ONCE_VALUES = (2, 8)  # vec4s each invocation of a registers-held row keeps:
 MAX_PENDING = 1024  # submit on our own after this many recorded items, so a loop that never reads stays bounded
 ALGORITHM_CACHE_SIZE = 1024
 REPLAY_CACHE_SIZE = 16  # recorded flushes kept for replay (a training step alternates between two at most)
-KP_PATCH_LEVEL = 3  # tools/kp_patch.py's PATCH_LEVEL
+KP_PATCH_LEVEL = 4  # tools/kp_patch.py's PATCH_LEVEL
 # Share of the device's largest device-local heap that vkloss may hold (in use and pooled), and of that the share
 # the pool of freed buffers may keep. VKLOSS_MEMORY_BUDGET (bytes) overrides the first.
 MEMORY_SHARE = 0.9
@@ -560,6 +560,12 @@ class Engine:
             if workgroup <= limit:
                 return workgroup, values
         return None
+
+    def wide_loads(self) -> bool:
+        """Whether kernels move eight float32 values per access (shaders/include/wide.glsl): on CPU devices with
+        64-bit integers in shaders, where lavapipe's cost is per access, not per byte. GPUs read a vec4 per lane at
+        full bandwidth already."""
+        return self.device.type == "cpu" and self.device.shader_int64
 
     def largest_workgroup(self) -> int:
         """The widest one-dimensional workgroup the reductions (shaders/include/reduce.glsl) take here: a power of

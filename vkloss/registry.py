@@ -128,6 +128,9 @@ class ForwardContext:
     def row_once(self, vectors: int):
         return self._engine.row_once(vectors)
 
+    def wide_loads(self) -> bool:
+        return self._engine.wide_loads()
+
     def check(self, count, message: str) -> None:
         """A device-side check: a non-zero count in `count` raises ValueError(message.format(count=...)) at the
         next host read."""
