@@ -11,16 +11,16 @@
 // One pass: workgroup w reads its range of `per_workgroup` elements once, writes their gradient (WRITE_GRAD), the sum
 // of their loss terms to loss_partials[w] (with PER_ELEMENT, each term to element_loss[i] instead: reduction
 // "none"), and how many of its x (probabilities only) or y lie outside [0, 1] (NaN counts as outside) to
-// bad_partials[w]. The engine then tree-sums them. VEC4 (n and the weights' sizes % 4 == 0): four elements at a time.
+// bad_partials[w]. The engine then tree-sums them. VEC4 (n and the weights' sizes % 4 == 0): four elements at a time;
+// WIDE (% 8, float32, CPU devices): eight, one 32-byte access (wide.glsl) of each buffer as two vec4s.
 // Loops: per_workgroup / WG (/ 4) iterations per invocation, kept small by the caller.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "losses.glsl"
 #include "reduce.glsl"
 
-// Switches (LOGITS, WEIGHTED, POS_WEIGHT, PER_ELEMENT, WRITE_GRAD, VEC4, STORAGE_*, LABELS_PACKED), bindings (B_*) and
-// the push block (sizes in
-// ELEMENTs: vec4s with VEC4) come from the kernel's declaration in vkloss/ops/bce.py.
+// Switches (LOGITS, WEIGHTED, POS_WEIGHT, PER_ELEMENT, WRITE_GRAD, VEC4, WIDE, STORAGE_*, LABELS_PACKED), bindings
+// (B_*) and the push block (sizes in accesses: vec4s with VEC4, eight floats with WIDE) come from the kernel's declaration in vkloss/ops/bce.py.
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 #if VEC4
@@ -42,7 +42,7 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #define LOAD4(array, i) vec4(unpack_pair16(array[i].x), unpack_pair16(array[i].y))
 #define LOAD_X(i) LOAD4(pred, i)
 #define STORE_GRAD(i, g) grad[i] = uvec2(pack_pair16((g).xy), pack_pair16((g).zw))
-#else
+#elif !WIDE
 #define X_TYPE ELEMENT
 #define LOAD_X(i) pred[i]
 #define STORE_GRAD(i, g) grad[i] = (g)
@@ -50,21 +50,36 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #if LABELS_PACKED
 #define Y_TYPE uvec2
 #define LOAD_Y(i) LOAD4(labels, i)
-#else
+#elif !WIDE
 #define Y_TYPE ELEMENT
 #define LOAD_Y(i) labels[i]
+#endif
+// What one access of each buffer moves: PER_LOAD ELEMENTs, a STORED (WIDE: eight float32 in a u64vec4).
+#if WIDE
+#include "wide.glsl"
+#define PER_LOAD 2
+#define STORED u64vec4
+#define X_TYPE STORED
+#define Y_TYPE STORED
+#define LOAD_SPLIT(array, i, v) unpack8(array[i], v[0], v[1])
+#define STORE_JOINED(array, i, v) array[i] = pack8(v[0], v[1])
+#else
+#define PER_LOAD 1
+#define STORED ELEMENT
+#define LOAD_SPLIT(array, i, v) v[0] = array[i]
+#define STORE_JOINED(array, i, v) array[i] = v[0]
 #endif
 
 layout(set = 0, binding = B_PRED) readonly buffer Pred { X_TYPE pred[]; };
 layout(set = 0, binding = B_LABELS) readonly buffer Labels { Y_TYPE labels[]; };
 #ifdef B_WEIGHT
-layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ELEMENT weight[]; };
+layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { STORED weight[]; };
 #endif
 #ifdef B_POS_WEIGHT
-layout(set = 0, binding = B_POS_WEIGHT) readonly buffer PosWeight { ELEMENT pos_weight[]; };
+layout(set = 0, binding = B_POS_WEIGHT) readonly buffer PosWeight { STORED pos_weight[]; };
 #endif
 #ifdef B_ELEMENT_LOSS
-layout(set = 0, binding = B_ELEMENT_LOSS) writeonly buffer ElementLoss { ELEMENT element_loss[]; };
+layout(set = 0, binding = B_ELEMENT_LOSS) writeonly buffer ElementLoss { STORED element_loss[]; };
 #else
 layout(set = 0, binding = B_LOSS_PARTIALS) writeonly buffer LossPartials { float loss_partials[]; };
 #endif
@@ -73,50 +88,73 @@ layout(set = 0, binding = B_BAD_PARTIALS) writeonly buffer BadPartials { float b
 layout(set = 0, binding = B_GRAD) writeonly buffer Grad { X_TYPE grad[]; };
 #endif
 
+// One ELEMENT's loss term (its gradient in g), and how many of its values lie outside [0, 1] in `bad`.
+ELEMENT bce_term(ELEMENT x, ELEMENT y, ELEMENT pw, ELEMENT wi, inout float bad, out ELEMENT g) {
+#if LOGITS
+    bad += COUNT_OUTSIDE(y);
+#if POS_WEIGHT
+    ELEMENT log_weight = 1.0 + (pw - 1.0) * y;
+#else
+    ELEMENT log_weight = ELEMENT(1.0);
+#endif
+    // -log_sigmoid(x) = max(-x, 0) + log1p(exp(-|x|)), its exact part added to (1 - y) x first, as PyTorch does: for
+    // x = -33, y = 0, x - (x - 3.6e-15) rounds to 0 where the loss is 3.6e-15
+    ELEMENT term = ((1.0 - y) * x + log_weight * max(-x, ELEMENT(0.0))) + log_weight * log1p_accurate(exp(-abs(x)));
+#if WRITE_GRAD
+    g = log_weight / (1.0 + exp(-x)) - pw * y;
+#endif
+#else
+    bad += COUNT_OUTSIDE(x) + COUNT_OUTSIDE(y);
+    ELEMENT log_p = max(log_accurate(x), ELEMENT(-100.0));
+    ELEMENT log_1mp = max(log1p_accurate(-x), ELEMENT(-100.0));
+    ELEMENT term = -(y * log_p + (1.0 - y) * log_1mp);
+#if WRITE_GRAD
+    g = (x - y) / max(x * (1.0 - x), ELEMENT(1e-12));
+#endif
+#endif
+#if WRITE_GRAD
+    g *= wi * p.scale;
+#endif
+    return term * wi;
+}
+
 void main() {
     uint w = workgroup_index();
-    uint width = VEC4 != 0 ? 4 : 1;
+    uint width = VEC4 != 0 ? 4 * PER_LOAD : 1;  // elements per access
     uint begin = w * (p.per_workgroup / width), end = min(begin + p.per_workgroup / width, p.n / width);
     ELEMENT loss = ELEMENT(0.0);
     float bad = 0.0;  // COUNT_OUTSIDE already sums the components
     for (uint i = begin + gl_LocalInvocationID.x; i < end; i += WG) {
-        ELEMENT x = LOAD_X(i), y = LOAD_Y(i);
-#if LOGITS
-        bad += COUNT_OUTSIDE(y);
+        ELEMENT x[PER_LOAD], y[PER_LOAD], pw[PER_LOAD], wi[PER_LOAD], term[PER_LOAD], g[PER_LOAD];
+#if WIDE
+        LOAD_SPLIT(pred, i, x);
+        LOAD_SPLIT(labels, i, y);
+#else
+        x[0] = LOAD_X(i);
+        y[0] = LOAD_Y(i);
+#endif
 #if POS_WEIGHT
-        ELEMENT pw = pos_weight[i % p.pos_weight_size];
-        ELEMENT log_weight = 1.0 + (pw - 1.0) * y;
+        LOAD_SPLIT(pos_weight, i % p.pos_weight_size, pw);
 #else
-        ELEMENT pw = ELEMENT(1.0), log_weight = ELEMENT(1.0);
-#endif
-        ELEMENT log_sigmoid = min(x, ELEMENT(0.0)) - log1p_accurate(exp(-abs(x)));
-        ELEMENT term = (1.0 - y) * x - log_weight * log_sigmoid;
-#if WRITE_GRAD
-        ELEMENT g = log_weight / (1.0 + exp(-x)) - pw * y;
-#endif
-#else
-        bad += COUNT_OUTSIDE(x) + COUNT_OUTSIDE(y);
-        ELEMENT log_p = max(log_accurate(x), ELEMENT(-100.0));
-        ELEMENT log_1mp = max(log1p_accurate(-x), ELEMENT(-100.0));
-        ELEMENT term = -(y * log_p + (1.0 - y) * log_1mp);
-#if WRITE_GRAD
-        ELEMENT g = (x - y) / max(x * (1.0 - x), ELEMENT(1e-12));
-#endif
+        pw[0] = ELEMENT(1.0); pw[PER_LOAD - 1] = ELEMENT(1.0);
 #endif
 #if WEIGHTED
-        ELEMENT wi = weight[i % p.weight_size];
-        term *= wi;
-#if WRITE_GRAD
-        g *= wi;
-#endif
-#endif
-#if PER_ELEMENT
-        element_loss[i] = term;
+        LOAD_SPLIT(weight, i % p.weight_size, wi);
 #else
-        loss += term;
+        wi[0] = ELEMENT(1.0); wi[PER_LOAD - 1] = ELEMENT(1.0);
+#endif
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) term[h] = bce_term(x[h], y[h], pw[h], wi[h], bad, g[h]);
+#if PER_ELEMENT
+        STORE_JOINED(element_loss, i, term);
+#else
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) loss += term[h];
 #endif
 #if WRITE_GRAD
-        STORE_GRAD(i, g * p.scale);
+#if WIDE
+        STORE_JOINED(grad, i, g);
+#else
+        STORE_GRAD(i, g[0]);
+#endif
 #endif
     }
     vec4 sums = workgroup_sum4(vec4(HSUM(loss), bad, 0.0, 0.0));

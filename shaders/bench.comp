@@ -11,8 +11,12 @@
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 #if MODE_COPY
-// VEC4: four floats per invocation (p.rows counts vec4s then). The bench takes the faster of the two.
-#if VEC4
+// VEC4: four floats per invocation (p.rows counts vec4s then); WIDE: eight, one u64vec4 (CPU devices, wide.glsl).
+// The bench takes the fastest.
+#if WIDE
+#extension GL_ARB_gpu_shader_int64 : require
+#define ELEMENT u64vec4
+#elif VEC4
 #define ELEMENT vec4
 #else
 #define ELEMENT float

@@ -48,6 +48,15 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #define HSUM(v) (v)
 #define ONE_HOT(k, y) ((k) == uint(y) ? 1.0 : 0.0)
 #endif
+// What one access of a row buffer (logits, target, weight, gradient) moves in MODE_ROW: PER_LOAD ELEMENTs, as a
+// ROW_ELEMENT (WIDE: eight classes in a u64vec4, see wide.glsl).
+#if WIDE
+#define ROW_ELEMENT u64vec4
+#define PER_LOAD 2
+#else
+#define ROW_ELEMENT ELEMENT
+#define PER_LOAD 1
+#endif
 
 // STORAGE_F16 / STORAGE_BF16: 16-bit logits, two to a 32-bit word, and a 16-bit gradient, written whole words by
 // one invocation: four classes (two words) at a time in MODE_ROW (VEC4), one word (two elements) per invocation in
@@ -63,6 +72,10 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #else
 #define PRED_ELEMENT uint
 #endif
+#elif WIDE
+#define PACKED16 0
+#include "wide.glsl"
+#define PRED_ELEMENT u64vec4
 #else
 #define PACKED16 0
 #define PRED(i) pred[i]
@@ -74,10 +87,10 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #if TARGET_INDEX
 layout(set = 0, binding = B_TARGET) readonly buffer Target { int target_index[]; };
 #elif defined(B_TARGET)
-layout(set = 0, binding = B_TARGET) readonly buffer Target { ELEMENT target[]; };
+layout(set = 0, binding = B_TARGET) readonly buffer Target { ROW_ELEMENT target[]; };
 #endif
 #ifdef B_WEIGHT
-layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ELEMENT weight[]; };
+layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ROW_ELEMENT weight[]; };
 #endif
 #ifdef B_NORM
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
@@ -128,7 +141,7 @@ layout(set = 0, binding = B_BAD) writeonly buffer Bad { float bad[]; };
 #define FLAG_BAD(row, r)
 #endif
 
-#if !MODE_COMBINE && !MODE_ROW_WEIGHT
+#if !MODE_COMBINE && !MODE_ROW_WEIGHT && !WIDE
 // a for the k-th ELEMENT of the row (classes k or 4k .. 4k + 3), at flat ELEMENT index i of the matrix.
 ELEMENT coefficient(RowTarget r, uint i, uint k) {
 #if TARGET_INDEX
@@ -206,10 +219,49 @@ void main() {
 // One workgroup per row, two passes. First, each invocation keeps a running max of the logits it visits and rescales
 // its sums whenever that max rises (rarely after the first iterations); the workgroup then re-bases every
 // invocation's sums on the row max. Second, the gradient, the row still in cache.
-// VEC4 (classes % 4 == 0): each invocation moves four contiguous classes at a time.
+// VEC4 (classes % 4 == 0): each invocation moves four contiguous classes at a time; WIDE (classes % 8 == 0, CPU
+// devices): eight, two vec4s per access.
 // A NaN logit needs no NaN-aware max: exp(NaN - m) makes the row's sum NaN, hence its loss and gradient, as in PyTorch.
 #include "reduce.glsl"
 #define ROW_UNROLL 4
+
+// The PER_LOAD ELEMENTs of the k-th access of the row, at flat access index i of the matrix: logits v, coefficients a.
+void load_row(RowTarget r, uint i, uint k, out ELEMENT v[PER_LOAD], out ELEMENT a[PER_LOAD]) {
+#if WIDE
+    unpack8(pred[i], v[0], v[1]);
+    ELEMENT t[2];
+#if TARGET_INDEX
+    t[0] = ONE_HOT(2u * k, r.index);
+    t[1] = ONE_HOT(2u * k + 1u, r.index);
+#else
+    unpack8(target[i], t[0], t[1]);
+#endif
+#if WEIGHTED
+    ELEMENT w[2];
+    unpack8(weight[k], w[0], w[1]);
+#endif
+    [[unroll]] for (uint h = 0; h < 2; ++h) {
+        a[h] = t[h] * r.keep + r.spread;
+#if WEIGHTED
+        a[h] *= w[h];
+#endif
+    }
+#else
+    v[0] = LOAD_PRED(i);
+    a[0] = coefficient(r, i, k);
+#endif
+}
+
+#if WRITE_GRAD
+void store_row_grad(uint i, ELEMENT g[PER_LOAD]) {
+#if WIDE
+    GRAD_OUT[i] = pack8(g[0], g[1]);
+#else
+    STORE_GRAD(i, g[0]);
+#endif
+}
+#endif
+
 // raise this invocation's running max to v_max, rescaling its sums
 #define ROW_RAISE_MAX(v_max) { float raised = (v_max); if (raised > m_own) { s_own *= exp(m_own - raised); \
     a_own -= t_own == 0.0 ? 0.0 : t_own * (raised - m_own); m_own = raised; } }
@@ -219,28 +271,31 @@ void main() {
     uint row = workgroup_index();
     if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
     RowTarget r = row_target(row);
-    uint width = p.classes / (VEC4 != 0 ? 4 : 1);
+    uint width = p.classes / (VEC4 != 0 ? 4 * PER_LOAD : 1);  // accesses per row
     uint base = row * width;
     // this invocation's max, sum exp(p - max), sum a (p - max), sum a
     float m_own = NEG_INF, s_own = 0.0, a_own = 0.0, t_own = 0.0;
-    // ROW_UNROLL elements are loaded before any is used, so that many loads are in flight per invocation: a GPU row
-    // kernel with few rows has few workgroups, and one load at a time leaves most of the memory bandwidth idle.
+    // ROW_UNROLL accesses are made before any value is used, so that many loads are in flight per invocation: a GPU
+    // row kernel with few rows has few workgroups, and one load at a time leaves most of the memory bandwidth idle.
     uint k = gl_LocalInvocationID.x;
     for (; k + (ROW_UNROLL - 1) * WG < width; k += ROW_UNROLL * WG) {
-        ELEMENT v[ROW_UNROLL], a[ROW_UNROLL];
+        ELEMENT v[ROW_UNROLL][PER_LOAD], a[ROW_UNROLL][PER_LOAD];
         float v_max = NEG_INF;
         [[unroll]] for (uint j = 0; j < ROW_UNROLL; ++j) {
-            v[j] = LOAD_PRED(base + k + j * WG);
-            a[j] = coefficient(r, base + k + j * WG, k + j * WG);
-            v_max = max(v_max, HMAX(v[j]));
+            load_row(r, base + k + j * WG, k + j * WG, v[j], a[j]);
+            [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) v_max = max(v_max, HMAX(v[j][h]));
         }
         ROW_RAISE_MAX(v_max)
-        [[unroll]] for (uint j = 0; j < ROW_UNROLL; ++j) ROW_ACCUMULATE(v[j], a[j])
+        [[unroll]] for (uint j = 0; j < ROW_UNROLL; ++j)
+            [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) ROW_ACCUMULATE(v[j][h], a[j][h])
     }
     for (; k < width; k += WG) {
-        ELEMENT v = LOAD_PRED(base + k), a = coefficient(r, base + k, k);
-        ROW_RAISE_MAX(HMAX(v))
-        ROW_ACCUMULATE(v, a)
+        ELEMENT v[PER_LOAD], a[PER_LOAD];
+        load_row(r, base + k, k, v, a);
+        float v_max = NEG_INF;
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) v_max = max(v_max, HMAX(v[h]));
+        ROW_RAISE_MAX(v_max)
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) ROW_ACCUMULATE(v[h], a[h])
     }
     float m = workgroup_max(m_own);
     float rebase = t_own == 0.0 ? 0.0 : t_own * (m - m_own);
@@ -256,8 +311,11 @@ void main() {
     float scale = r.counted ? grad_scale() : 0.0;
     float a_scale = sums.z * scale;
     for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
-        ELEMENT a = coefficient(r, base + k, k);
-        STORE_GRAD(base + k, r.counted ? exp((LOAD_PRED(base + k) - m) - log_sum) * a_scale - a * scale : ELEMENT(0.0));
+        ELEMENT v[PER_LOAD], a[PER_LOAD], g[PER_LOAD];
+        load_row(r, base + k, k, v, a);
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h)
+            g[h] = r.counted ? exp((v[h] - m) - log_sum) * a_scale - a[h] * scale : ELEMENT(0.0);
+        store_row_grad(base + k, g);
     }
 #endif
 }

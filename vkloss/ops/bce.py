@@ -13,16 +13,17 @@ from .reductions import tree_sum
 
 ITEMS = 16  # loop iterations per invocation in bce.comp
 
-def _allowed(logits, pos_weight, vec4, storage, labels_packed, **_):
-    # 16-bit logits are read four at a time (and their labels with them, where of the same dtype)
-    return (logits or not pos_weight) and (storage == "F32" or (logits and vec4)) and (storage != "F32" or
-                                                                                        not labels_packed)
+def _allowed(logits, pos_weight, vec4, wide, storage, labels_packed, **_):
+    # 16-bit logits are read four at a time (and their labels with them, where of the same dtype); eight float32 at a
+    # time (wide) only on top of four
+    return ((logits or not pos_weight) and (storage == "F32" or (logits and vec4)) and
+            (storage != "F32" or not labels_packed) and (not wide or (vec4 and storage == "F32")))
 
 
 BCE = Kernel(
     "bce.comp", push="uint n, float scale, uint per_workgroup, uint weight_size = 1, uint pos_weight_size = 1",
     switches={**{flag: (False, True) for flag in ("logits", "weighted", "pos_weight", "per_element", "write_grad",
-                                                   "vec4", "labels_packed")}, "storage": ("F32", "F16", "BF16")},
+                                                   "vec4", "wide", "labels_packed")}, "storage": ("F32", "F16", "BF16")},
     allowed=_allowed,
     bindings=lambda weighted, pos_weight, per_element, write_grad, **_: (
         ["pred", "labels", *(["weight"] if weighted else []), *(["pos_weight"] if pos_weight else [])],
@@ -62,7 +63,8 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
         pred = casts.float32(ctx, pred, n, ctx.dtypes[0])  # else 16-bit: widened first
     if not labels_packed:
         labels = casts.float32(ctx, labels, n, ctx.dtypes[1])
-    width = 4 if vec4 else 1
+    wide = storage == "F32" and all(size % 8 == 0 for size in [n, *sizes]) and ctx.wide_loads()
+    width = 8 if wide else 4 if vec4 else 1  # elements per access
     workgroup = ctx.row_workgroup()  # ITEMS loop iterations per invocation
     per_workgroup = ITEMS * width * workgroup
     groups = ceil_div(n, per_workgroup)
@@ -72,7 +74,7 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
     grad = casts.alloc(ctx, n, storage) if ctx.want_grad else None
     scale = 1.0 / n if reduction == "mean" else 1.0
     variant = BCE.variant(logits=logits, weighted=weight is not None, pos_weight=pos_weight is not None,
-                          per_element=per_element, write_grad=ctx.want_grad, vec4=vec4, storage=storage,
+                          per_element=per_element, write_grad=ctx.want_grad, vec4=vec4, wide=wide, storage=storage,
                           labels_packed=labels_packed)
     push = dict(n=n, scale=scale, per_workgroup=per_workgroup,
                 weight_size=(weight.size if weight is not None else 1) // width,

@@ -18,8 +18,10 @@ MODES = ("SMALL", "ROW", "ROW_ONCE", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
 ROW_MODES = ("SMALL", "ROW", "ROW_ONCE", "COMBINE")  # one row loss per row: with class indices, they flag bad ones
 
 
-def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage):
+def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage, wide):
     if (norm_buffer and not target_index) or (inplace and not write_grad):
+        return False
+    if wide and not (mode == "ROW" and vec4 and storage == "F32"):  # eight float32 classes per access: ROW only
         return False
     if mode != "ROW" and vec4 != (mode == "ROW_ONCE"):  # ROW reads one or four classes at a time, ROW_ONCE four
         return False
@@ -31,7 +33,7 @@ def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec
             "GRAD": write_grad}.get(mode, True)
 
 
-def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage):
+def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage, wide):
     norm = ["norm"] if norm_buffer else []
     if mode == "COMBINE":
         return (["partials", *(["target"] if target_index else []), *norm],
@@ -46,7 +48,7 @@ def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, ve
 CROSS_ENTROPY = Kernel(
     "cross_entropy.comp", allowed=_allowed, bindings=_bindings,
     switches={"mode": MODES, **{flag: (False, True) for flag in ("target_index", "weighted", "norm_buffer",
-                                                                 "write_grad", "inplace", "vec4")},
+                                                                 "write_grad", "inplace", "vec4", "wide")},
               "storage": ("F32", "F16", "BF16")},
     push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, float smoothing = 0.0, "
          "int ignore_index = 0, uint ignore = 0",
@@ -104,13 +106,14 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                      ctx.groups_for(rows), push=push, row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
+        wide = classes % 8 == 0 and storage == "F32" and ctx.wide_loads()  # or eight (32 bytes), on CPU devices
         once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
         if once:
             workgroup, constants = once[0], (once[1],)
         else:
-            workgroup, constants = ctx.row_workgroup(classes // 4 if vec4 else classes), ()
+            workgroup, constants = ctx.row_workgroup(classes // (8 if wide else 4 if vec4 else 1)), ()
         ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_ONCE" if once else "ROW", write_grad=want_grad, inplace=inplace,
-                                           vec4=vec4, storage=storage, **switches),
+                                           vec4=vec4, storage=storage, wide=wide and not once, **switches),
                      ctx.grid(rows), workgroup=workgroup, constants=constants, push=push, row_loss=row_loss, bad=bad,
                      **buffers)
     else:

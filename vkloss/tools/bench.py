@@ -7,7 +7,8 @@ For each size it prints:
   overhead; the effective bandwidth over the minimal traffic (read pred and target once, write the gradient once)
   from the kernel time;
 - roofline: that bandwidth over the device's streaming bandwidth on the same bytes, measured in the same run as the
-  better of the device's own buffer copy (vkCmdCopyBuffer) and a scalar and a vec4 copy shader, all timed by
+  best of the device's own buffer copy (vkCmdCopyBuffer) and a scalar, a vec4 and (CPU devices) an eight-float copy
+  shader, all timed by
   timestamps. Where the device cannot time compute work, wall times stand in and the table says so;
 - unfused: the same loss and gradient from separate kernels (row max, row sum of exp, row dot with the target, row
   loss, gradient; for BCE loss terms, their sum, gradient), and the fused speed-up over it (kernel times);
@@ -65,8 +66,9 @@ _BENCH_BINDINGS = {
 }
 BENCH = Kernel(  # baselines, not ops: a copy shader, and CE and BCE as one kernel per step
     "bench.comp", push="uint rows, uint classes = 0, float inv_rows = 0.0",
-    switches={"mode": tuple(_BENCH_BINDINGS), "vec4": (False, True)},
-    allowed=lambda mode, vec4: mode == "COPY" or not vec4, bindings=lambda mode, vec4: _BENCH_BINDINGS[mode],
+    switches={"mode": tuple(_BENCH_BINDINGS), "vec4": (False, True), "wide": (False, True)},
+    allowed=lambda mode, vec4, wide: (mode == "COPY" or not vec4) and not (wide and not vec4),
+    bindings=lambda mode, vec4, wide: _BENCH_BINDINGS[mode],
 )
 
 CE_SIZES = [(4096, 1000), (512, 32_000), (64, 128_256)]
@@ -248,19 +250,23 @@ class Case:
 
     def copy_seconds(self, repeats, bytes_moved=None) -> dict:
         """The device's streaming bandwidth as times for reading and writing, together, `bytes_moved` (default: the
-        minimal traffic): its own buffer copy, a scalar and a vec4 copy shader. By timestamps where the device
+        minimal traffic): its own buffer copy, a scalar and a vec4 copy shader, and where the kernels read eight
+        floats an access (engine.wide_loads), an eight-float one. By timestamps where the device
         has them, else wall-clock. The roofline uses the fastest."""
         e = self.engine
-        floats = ceil_div(bytes_moved or self.minimal_bytes, 32) * 4  # read this many floats, write as many (4 | n)
+        floats = ceil_div(bytes_moved or self.minimal_bytes, 64) * 8  # read this many floats, write as many (8 | n)
         data = np.arange(floats, dtype=np.float32)
         src, dst = e.upload(data), e.alloc(floats)
         timed = e.device.timestamp_period_ns > 0
         timings = {}
         ways = {"device_copy": lambda: e.copy(src, dst)}
-        for vec4, count in ((False, floats), (True, floats // 4)):
-            ways["vec4" if vec4 else "scalar"] = (
-                lambda vec4=vec4, count=count: dispatch(e, BENCH.variant(mode="COPY", vec4=vec4),
-                                                        e.groups_for(count), push=dict(rows=count), src=src, dst=dst))
+        shapes = {"scalar": (False, False, floats), "vec4": (True, False, floats // 4)}
+        if e.wide_loads():
+            shapes["wide"] = (True, True, floats // 8)  # eight floats an access, as the kernels read there
+        for name, (vec4, wide, count) in shapes.items():
+            ways[name] = (lambda vec4=vec4, wide=wide, count=count: dispatch(
+                e, BENCH.variant(mode="COPY", vec4=vec4, wide=wide), e.groups_for(count), push=dict(rows=count),
+                src=src, dst=dst))
         for name, record in ways.items():
             e.upload_into(dst, np.zeros(floats, np.float32))  # each way proves itself from a blank target
             record()
@@ -634,7 +640,7 @@ def format_rows(device: str, rows: list[dict]) -> str:
     timed = all(r["timestamps"] for r in rows)
     out.append("kernel: device time of loss + gradient (+ the loss's copy to the host) by Vulkan timestamps; wall: the "
                "step with item(); host: wall - kernel; GB/s over read pred + read target + write grad, from kernel "
-               "time; roofline: that over the best of the device's buffer copy and two copy shaders on the same "
+               "time; roofline: that over the best of the device's buffer copy and the copy shaders on the same "
                "bytes; speed-up: unfused / fused kernel time; err: vs float64, relative"
                + ("" if timed else ". This device has no compute timestamps: GB/s, roofline and speed-up are "
                   "from wall times"))
