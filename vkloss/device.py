@@ -76,7 +76,6 @@ _STYPE_PROPERTIES_2 = 1000059001
 _STYPE_SUBGROUP_PROPERTIES = 1000094000
 _STYPE_DRIVER_PROPERTIES = 1000196000
 _STAGE_COMPUTE, _SUBGROUP_ARITHMETIC, _SUBGROUP_SHUFFLE, _HEAP_DEVICE_LOCAL = 0x20, 0x4, 0x10, 0x1
-_FEATURE_COUNT, _FEATURE_SHADER_INT64 = 55, 40  # VkPhysicalDeviceFeatures' 55 members; shaderInt64 is the 41st
 _VULKAN_1_1, _VULKAN_1_2 = (1 << 22) | (1 << 12), (1 << 22) | (2 << 12)
 
 
@@ -129,8 +128,8 @@ def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
         compute = bool(subgroup.supportedStages & _STAGE_COMPUTE)
         subgroup_arithmetic = compute and bool(subgroup.supportedOperations & _SUBGROUP_ARITHMETIC)
         subgroup_shuffle = compute and bool(subgroup.supportedOperations & _SUBGROUP_SHUFFLE)
-    features = (ctypes.c_uint32 * _FEATURE_COUNT)()  # VkPhysicalDeviceFeatures: VkBool32s in the spec's order
-    vk.vkGetPhysicalDeviceFeatures(handle, features)
+    features = vks.VkPhysicalDeviceFeatures()
+    vk.vkGetPhysicalDeviceFeatures(handle, ctypes.byref(features))
     memory = vks.VkPhysicalDeviceMemoryProperties()
     vk.vkGetPhysicalDeviceMemoryProperties(handle, ctypes.byref(memory))
     heaps = memory.memoryHeaps[: memory.memoryHeapCount]
@@ -147,7 +146,7 @@ def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
         device_memory=max(local, default=0),
         timestamp_period_ns=limits.timestampPeriod if limits.timestampComputeAndGraphics else 0.0,
         subgroup_size=subgroup_size, subgroup_arithmetic=subgroup_arithmetic, subgroup_shuffle=subgroup_shuffle,
-        shader_int64=bool(features[_FEATURE_SHADER_INT64]),
+        shader_int64=bool(features.shaderInt64),
     )
 
 

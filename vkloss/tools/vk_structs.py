@@ -9,7 +9,8 @@ from pathlib import Path
 HEADER = Path("/usr/include/vulkan/vulkan_core.h")
 TARGET = Path(__file__).resolve().parent.parent / "_vk_structs.py"
 ROOTS = ("VkApplicationInfo", "VkInstanceCreateInfo", "VkPhysicalDeviceProperties", "VkPhysicalDeviceProperties2",
-         "VkPhysicalDeviceSubgroupProperties", "VkPhysicalDeviceDriverProperties", "VkPhysicalDeviceMemoryProperties")
+         "VkPhysicalDeviceSubgroupProperties", "VkPhysicalDeviceDriverProperties", "VkPhysicalDeviceMemoryProperties",
+         "VkPhysicalDeviceFeatures")
 _SCALARS = {"uint32_t": "c_uint32", "int32_t": "c_int32", "uint64_t": "c_uint64", "uint8_t": "c_uint8",
             "float": "c_float", "size_t": "c_size_t", "char": "c_char", "VkBool32": "c_uint32",
             "VkDeviceSize": "c_uint64", "VkSampleCountFlags": "c_uint32"}
