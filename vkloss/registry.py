@@ -128,8 +128,10 @@ class ForwardContext:
     def row_once(self, vectors: int):
         return self._engine.row_once(vectors)
 
-    def wide_loads(self) -> bool:
-        return self._engine.wide_loads()
+    def wide_loads(self, *sizes: int) -> bool:
+        """Whether a kernel over float32 arrays of these sizes moves eight values per access
+        (shaders/include/wide.glsl): where the engine takes such accesses and every size is a multiple of 8."""
+        return all(size % 8 == 0 for size in sizes) and self._engine.wide_loads()
 
     def check(self, count, message: str) -> None:
         """A device-side check: a non-zero count in `count` raises ValueError(message.format(count=...)) at the

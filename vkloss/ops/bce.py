@@ -23,7 +23,8 @@ def _allowed(logits, pos_weight, vec4, wide, storage, labels_packed, **_):
 BCE = Kernel(
     "bce.comp", push="uint n, float scale, uint per_workgroup, uint weight_size = 1, uint pos_weight_size = 1",
     switches={**{flag: (False, True) for flag in ("logits", "weighted", "pos_weight", "per_element", "write_grad",
-                                                   "vec4", "wide", "labels_packed")}, "storage": ("F32", "F16", "BF16")},
+                                                   "vec4", "wide", "labels_packed")},
+              "storage": ("F32", "F16", "BF16")},
     allowed=_allowed,
     bindings=lambda weighted, pos_weight, per_element, write_grad, **_: (
         ["pred", "labels", *(["weight"] if weighted else []), *(["pos_weight"] if pos_weight else [])],
@@ -63,7 +64,7 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
         pred = casts.float32(ctx, pred, n, ctx.dtypes[0])  # else 16-bit: widened first
     if not labels_packed:
         labels = casts.float32(ctx, labels, n, ctx.dtypes[1])
-    wide = storage == "F32" and all(size % 8 == 0 for size in [n, *sizes]) and ctx.wide_loads()
+    wide = storage == "F32" and ctx.wide_loads(n, *sizes)
     width = 8 if wide else 4 if vec4 else 1  # elements per access
     workgroup = ctx.row_workgroup()  # ITEMS loop iterations per invocation
     per_workgroup = ITEMS * width * workgroup

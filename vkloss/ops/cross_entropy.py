@@ -106,7 +106,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                      ctx.groups_for(rows), push=push, row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
-        wide = classes % 8 == 0 and storage == "F32" and ctx.wide_loads()  # or eight (32 bytes), on CPU devices
+        wide = storage == "F32" and ctx.wide_loads(classes)  # or eight (32 bytes), on CPU devices
         once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
         if once:
             workgroup, constants = once[0], (once[1],)
