@@ -13,14 +13,15 @@
 // "none"), and how many of its x (probabilities only) or y lie outside [0, 1] (NaN counts as outside) to
 // bad_partials[w]. The engine then tree-sums them. VEC4 (n and the weights' sizes % 4 == 0): four elements at a time;
 // WIDE (% 8, float32, CPU devices): eight, one 32-byte access (wide.glsl) of each buffer as two vec4s.
-// Loops: per_workgroup / WG (/ 4) iterations per invocation, kept small by the caller.
+// Loops: per_workgroup / WG (/ 4, / 8) iterations per invocation, kept small by the caller.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "losses.glsl"
 #include "reduce.glsl"
 
 // Switches (LOGITS, WEIGHTED, POS_WEIGHT, PER_ELEMENT, WRITE_GRAD, VEC4, WIDE, STORAGE_*, LABELS_PACKED), bindings
-// (B_*) and the push block (sizes in accesses: vec4s with VEC4, eight floats with WIDE) come from the kernel's declaration in vkloss/ops/bce.py.
+// (B_*) and the push block (sizes in accesses: vec4s with VEC4, eight floats with WIDE) come from the kernel's
+// declaration in vkloss/ops/bce.py.
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 #if VEC4
@@ -34,33 +35,16 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #define COUNT_OUTSIDE(v) ((v) >= 0.0 && (v) <= 1.0 ? 0.0 : 1.0)
 #endif
 
-// STORAGE_F16 / STORAGE_BF16 (with LOGITS and VEC4): 16-bit logits, four (two words) at a time, and their gradient in
-// the same dtype; LABELS_PACKED: labels of that dtype too. The maths stays float32.
-#if STORAGE_F16 || STORAGE_BF16
-#include "storage16.glsl"
-#define X_TYPE uvec2
-#define LOAD4(array, i) vec4(unpack_pair16(array[i].x), unpack_pair16(array[i].y))
-#define LOAD_X(i) LOAD4(pred, i)
-#define STORE_GRAD(i, g) grad[i] = uvec2(pack_pair16((g).xy), pack_pair16((g).zw))
-#elif !WIDE
-#define X_TYPE ELEMENT
-#define LOAD_X(i) pred[i]
-#define STORE_GRAD(i, g) grad[i] = (g)
-#endif
-#if LABELS_PACKED
-#define Y_TYPE uvec2
-#define LOAD_Y(i) LOAD4(labels, i)
-#elif !WIDE
-#define Y_TYPE ELEMENT
-#define LOAD_Y(i) labels[i]
-#endif
-// What one access of each buffer moves: PER_LOAD ELEMENTs, a STORED (WIDE: eight float32 in a u64vec4).
+// One access of a buffer moves PER_LOAD ELEMENTs, read into or written from an array of them:
+//   weight, pos_weight, element_loss: a STORED: an ELEMENT, or with WIDE eight float32 in a u64vec4 (wide.glsl);
+//   pred and grad: STORAGE_F16 / STORAGE_BF16 (with LOGITS and VEC4): four 16-bit values in two words, the gradient
+//   in the same dtype; else a STORED;
+//   labels: LABELS_PACKED: four 16-bit values like pred; else a STORED.
+// The maths stays float32.
 #if WIDE
 #include "wide.glsl"
 #define PER_LOAD 2
 #define STORED u64vec4
-#define X_TYPE STORED
-#define Y_TYPE STORED
 #define LOAD_SPLIT(array, i, v) unpack8(array[i], v[0], v[1])
 #define STORE_JOINED(array, i, v) array[i] = pack8(v[0], v[1])
 #else
@@ -68,6 +52,24 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #define STORED ELEMENT
 #define LOAD_SPLIT(array, i, v) v[0] = array[i]
 #define STORE_JOINED(array, i, v) array[i] = v[0]
+#endif
+#if STORAGE_F16 || STORAGE_BF16
+#include "storage16.glsl"
+#define LOAD4(array, i, v) v[0] = vec4(unpack_pair16(array[i].x), unpack_pair16(array[i].y))
+#define X_TYPE uvec2
+#define LOAD_X(i, v) LOAD4(pred, i, v)
+#define STORE_GRAD(i, g) grad[i] = uvec2(pack_pair16(g[0].xy), pack_pair16(g[0].zw))
+#else
+#define X_TYPE STORED
+#define LOAD_X(i, v) LOAD_SPLIT(pred, i, v)
+#define STORE_GRAD(i, g) STORE_JOINED(grad, i, g)
+#endif
+#if LABELS_PACKED
+#define Y_TYPE uvec2
+#define LOAD_Y(i, v) LOAD4(labels, i, v)
+#else
+#define Y_TYPE STORED
+#define LOAD_Y(i, v) LOAD_SPLIT(labels, i, v)
 #endif
 
 layout(set = 0, binding = B_PRED) readonly buffer Pred { X_TYPE pred[]; };
@@ -126,22 +128,17 @@ void main() {
     float bad = 0.0;  // COUNT_OUTSIDE already sums the components
     for (uint i = begin + gl_LocalInvocationID.x; i < end; i += WG) {
         ELEMENT x[PER_LOAD], y[PER_LOAD], pw[PER_LOAD], wi[PER_LOAD], term[PER_LOAD], g[PER_LOAD];
-#if WIDE
-        LOAD_SPLIT(pred, i, x);
-        LOAD_SPLIT(labels, i, y);
-#else
-        x[0] = LOAD_X(i);
-        y[0] = LOAD_Y(i);
-#endif
+        LOAD_X(i, x);
+        LOAD_Y(i, y);
 #if POS_WEIGHT
         LOAD_SPLIT(pos_weight, i % p.pos_weight_size, pw);
 #else
-        pw[0] = ELEMENT(1.0); pw[PER_LOAD - 1] = ELEMENT(1.0);
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) pw[h] = ELEMENT(1.0);
 #endif
 #if WEIGHTED
         LOAD_SPLIT(weight, i % p.weight_size, wi);
 #else
-        wi[0] = ELEMENT(1.0); wi[PER_LOAD - 1] = ELEMENT(1.0);
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) wi[h] = ELEMENT(1.0);
 #endif
         [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) term[h] = bce_term(x[h], y[h], pw[h], wi[h], bad, g[h]);
 #if PER_ELEMENT
@@ -150,11 +147,7 @@ void main() {
         [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) loss += term[h];
 #endif
 #if WRITE_GRAD
-#if WIDE
-        STORE_JOINED(grad, i, g);
-#else
-        STORE_GRAD(i, g[0]);
-#endif
+        STORE_GRAD(i, g);
 #endif
     }
     vec4 sums = workgroup_sum4(vec4(HSUM(loss), bad, 0.0, 0.0));

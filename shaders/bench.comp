@@ -14,7 +14,7 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 // VEC4: four floats per invocation (p.rows counts vec4s then); WIDE: eight, one u64vec4 (CPU devices, wide.glsl).
 // The bench takes the fastest.
 #if WIDE
-#extension GL_ARB_gpu_shader_int64 : require
+#include "wide.glsl"
 #define ELEMENT u64vec4
 #elif VEC4
 #define ELEMENT vec4

@@ -141,6 +141,17 @@ layout(set = 0, binding = B_BAD) writeonly buffer Bad { float bad[]; };
 #define FLAG_BAD(row, r)
 #endif
 
+#if !MODE_COMBINE && !MODE_ROW_WEIGHT
+// a from a target value t (a probability, or the one-hot of the row's index) and, WEIGHTED, its class weight w.
+ELEMENT coefficient_of(RowTarget r, ELEMENT t, ELEMENT w) {
+    ELEMENT a = t * r.keep + r.spread;
+#if WEIGHTED
+    a *= w;
+#endif
+    return a;
+}
+#endif
+
 #if !MODE_COMBINE && !MODE_ROW_WEIGHT && !WIDE
 // a for the k-th ELEMENT of the row (classes k or 4k .. 4k + 3), at flat ELEMENT index i of the matrix.
 ELEMENT coefficient(RowTarget r, uint i, uint k) {
@@ -149,11 +160,11 @@ ELEMENT coefficient(RowTarget r, uint i, uint k) {
 #else
     ELEMENT t = target[i];
 #endif
-    ELEMENT a = t * r.keep + r.spread;
 #if WEIGHTED
-    a *= weight[k];
+    return coefficient_of(r, t, weight[k]);
+#else
+    return coefficient_of(r, t, ELEMENT(1.0));
 #endif
-    return a;
 }
 #endif
 
@@ -229,7 +240,7 @@ void main() {
 void load_row(RowTarget r, uint i, uint k, out ELEMENT v[PER_LOAD], out ELEMENT a[PER_LOAD]) {
 #if WIDE
     unpack8(pred[i], v[0], v[1]);
-    ELEMENT t[2];
+    ELEMENT t[2], w[2] = ELEMENT[2](ELEMENT(1.0), ELEMENT(1.0));
 #if TARGET_INDEX
     t[0] = ONE_HOT(2u * k, r.index);
     t[1] = ONE_HOT(2u * k + 1u, r.index);
@@ -237,15 +248,9 @@ void load_row(RowTarget r, uint i, uint k, out ELEMENT v[PER_LOAD], out ELEMENT 
     unpack8(target[i], t[0], t[1]);
 #endif
 #if WEIGHTED
-    ELEMENT w[2];
     unpack8(weight[k], w[0], w[1]);
 #endif
-    [[unroll]] for (uint h = 0; h < 2; ++h) {
-        a[h] = t[h] * r.keep + r.spread;
-#if WEIGHTED
-        a[h] *= w[h];
-#endif
-    }
+    [[unroll]] for (uint h = 0; h < 2; ++h) a[h] = coefficient_of(r, t[h], w[h]);
 #else
     v[0] = LOAD_PRED(i);
     a[0] = coefficient(r, i, k);
