@@ -299,11 +299,8 @@ class Graph(_graph_ops.Graph):
         """`tensor`, or its float32 copy where it is 16-bit (made without a check of its own: the caller checks)."""
         if tensor.dtype not in SIXTEEN_BIT:
             return tensor
-        checking, self.check_finite = self.check_finite, False
-        try:
+        with self._unchecked():
             return self.astype(tensor, dtype="float32")
-        finally:
-            self.check_finite = checking
 
     def _record_check(self, count, message: str, error) -> None:
         """A device-side check, read with the next host read. One already pending with the same message takes the
@@ -315,13 +312,18 @@ class Graph(_graph_ops.Graph):
             self._check_positions[message, error] = len(self._checks)
             self._checks.append((count, message, error))
             return
-        checking, self.check_finite = self.check_finite, False  # the sum of two counts is finite
+        with self._unchecked(), self.no_grad():  # the sum of two counts is finite
+            total = self.add(Tensor(self, (1,), self._checks[index][0]), Tensor(self, (1,), count))
+        self._checks[index] = (total.buffer, message, error)
+
+    @contextlib.contextmanager
+    def _unchecked(self):
+        """Within it, ops add no check_finite count of their own: the checks' own bookkeeping."""
+        checking, self.check_finite = self.check_finite, False
         try:
-            with self.no_grad():
-                total = self.add(Tensor(self, (1,), self._checks[index][0]), Tensor(self, (1,), count))
+            yield
         finally:
             self.check_finite = checking
-        self._checks[index] = (total.buffer, message, error)
 
     @staticmethod
     def _check_in_place(op, tensors, constants) -> None:
