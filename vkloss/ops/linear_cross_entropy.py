@@ -203,7 +203,7 @@ register_op(
         "in blocks of whole rows (their logits made once, their loss, and with a gradient d hidden for those rows, "
         "d weight and d bias added up block by block; backward hands them over), or where not one row fits, the "
         "vocabulary in chunks with an online log-sum-exp, swept twice. Device memory: the inputs, their gradients "
-        "and a workspace of 32 MiB (256 MiB on GPUs). reduction 'mean' divides by the counted rows' summed class weight, as "
-        "PyTorch does. hidden, weight and bias may be 16-bit tensors (float16, bfloat16): they are widened to "
+        "and a workspace of 32 MiB (256 MiB on GPUs). reduction 'mean' divides by the counted rows' summed class "
+        "weight, as PyTorch does. hidden, weight and bias may be 16-bit tensors (float16, bfloat16): they are widened to "
         "float32 on the device (a float32 copy of each) and their gradients come back in their own dtype.",
 )

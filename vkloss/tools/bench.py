@@ -8,8 +8,8 @@ For each size it prints:
   from the kernel time;
 - roofline: that bandwidth over the device's streaming bandwidth on the same bytes, measured in the same run as the
   best of the device's own buffer copy (vkCmdCopyBuffer) and a scalar, a vec4 and (CPU devices) an eight-float copy
-  shader, all timed by
-  timestamps. Where the device cannot time compute work, wall times stand in and the table says so;
+  shader, all timed by timestamps. Where the device cannot time compute work, wall times stand in and the table says
+  so;
 - unfused: the same loss and gradient from separate kernels (row max, row sum of exp, row dot with the target, row
   loss, gradient; for BCE loss terms, their sum, gradient), and the fused speed-up over it (kernel times);
 - torch: PyTorch's CPU time for the same work, where PyTorch is installed; with CUDA, PyTorch CUDA eager for
@@ -251,8 +251,8 @@ class Case:
     def copy_seconds(self, repeats, bytes_moved=None) -> dict:
         """The device's streaming bandwidth as times for reading and writing, together, `bytes_moved` (default: the
         minimal traffic): its own buffer copy, a scalar and a vec4 copy shader, and where the kernels read eight
-        floats an access (engine.wide_loads), an eight-float one. By timestamps where the device
-        has them, else wall-clock. The roofline uses the fastest."""
+        floats an access (engine.wide_loads), an eight-float one. By timestamps where the device has them, else
+        wall-clock. The roofline uses the fastest."""
         e = self.engine
         floats = ceil_div(bytes_moved or self.minimal_bytes, 64) * 8  # read this many floats, write as many (8 | n)
         data = np.arange(floats, dtype=np.float32)
