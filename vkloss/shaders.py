@@ -241,19 +241,25 @@ def forget_loaded() -> None:
     _loaded.clear()
 
 
+def in_parallel(fn, items) -> list:
+    """[fn(item) for item in items], one at a time per CPU: each compiles or validates in a process of its own
+    (glslangValidator, spirv-val), so threads suffice. The first exception raises."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(fn, list(items)))
+
+
 def compile_all(variants) -> list[tuple[Variant, str]]:
     """Compile every variant afresh into the cache, one compiler process per CPU at a time; return (variant, key)
     pairs in the order given. The first compile error raises."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def build(v: Variant) -> tuple[Variant, str]:
         key = v.key()
         _write_entry(key, compile_variant(v))
         _record_latest(v, key)
         return v, key
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(build, list(variants)))
+    return in_parallel(build, variants)
 
 
 def validate(spirv: bytes, label: str) -> None:

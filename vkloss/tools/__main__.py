@@ -6,7 +6,6 @@ import argparse
 import importlib
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 from .. import kernels, registry, shaders
 from . import bench, generate
@@ -29,8 +28,8 @@ def all_variants() -> list[shaders.Variant]:
 def binding_mismatches() -> list[str]:
     """Kernel variants whose compiled shader declares another number of bindings than their table lists."""
     variants = [v for kernel in kernels.catalog() for v in kernel.variants()]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # compiles what the cache lacks, side by side
-        declared = list(pool.map(lambda v: shaders.binding_count(shaders.load(v.shader)), variants))
+    # compiles what the cache lacks, side by side
+    declared = shaders.in_parallel(lambda v: shaders.binding_count(shaders.load(v.shader)), variants)
     return [f"{v.name}: the shader declares {count} bindings, its table {v.reads + v.writes}"
             for v, count in zip(variants, declared) if count != len(v.reads + v.writes)]
 
@@ -57,13 +56,12 @@ def cmd_check(args) -> int:
         except (ShaderCheckError, ShaderCompileError) as e:
             return e
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # spirv-val processes side by side
-        for v, error in zip(variants, pool.map(checked, variants)):
-            if error is None:
-                print(f"ok      {v.name}")
-            else:
-                failures += 1
-                print(f"FAILED  {error}", file=sys.stderr)
+    for v, error in zip(variants, shaders.in_parallel(checked, variants)):  # spirv-val processes side by side
+        if error is None:
+            print(f"ok      {v.name}")
+        else:
+            failures += 1
+            print(f"FAILED  {error}", file=sys.stderr)
     for problem in binding_mismatches() if not failures else ():
         failures += 1
         print(f"FAILED  {problem}", file=sys.stderr)
