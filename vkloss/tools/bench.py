@@ -17,6 +17,9 @@ For each size it prints:
 - err: the largest difference of each result from a float64 numpy reference, relative to the reference's largest
   magnitude. A timing is shown only after its result checked out: a kernel cut short looks fast.
 
+Then the primitives (primitives): neg, add (also a bias row), mul_scalar, mul_rows, sigmoid, relu_backward, mean_all,
+expand, and mse_loss with its backward, on one matrix: kernel time and the roofline over the bytes each must move.
+
 Then, for cross-entropy, the target forms and the in-place mode:
 - index: class-index targets (an int32 device tensor) instead of one-hot rows: the kernel reads no target matrix;
   its roofline counts read pred + write grad;
@@ -78,7 +81,7 @@ BCE_SIZES = [(1 << 20,), (1 << 24,)]
 QUICK_CE_SIZES, QUICK_BCE_SIZES = [(16, 3000)], [(50_000,)]
 ERROR_LIMIT = 1e-4  # relative to the reference's largest magnitude; a result further off is not timed
 TORCH_CPU_LIMIT = 1 << 25  # elements above which PyTorch's CPU time is left out: seconds a run, and beside a GPU
-SECTIONS = ("losses", "target_forms", "sixteen_bit", "memory", "engine", "linear")
+SECTIONS = ("losses", "primitives", "target_forms", "sixteen_bit", "memory", "engine", "linear")
 
 
 def ce_sizes(g: Graph, quick: bool, index: bool = False) -> list:
@@ -183,6 +186,33 @@ def ms_or_dash(seconds, width: int) -> str:
     return f"{seconds * 1e3:{width}.1f}" if seconds is not None else f"{'-':>{width}}"
 
 
+def copy_seconds(e, bytes_moved: int, repeats: int) -> dict:
+    """The device's streaming bandwidth as times for reading and writing, together, `bytes_moved`: its own buffer
+    copy, a scalar and a vec4 copy shader, and where the kernels read eight floats an access (engine.wide_loads), an
+    eight-float one. By timestamps where the device has them, else wall-clock. The roofline uses the fastest."""
+    floats = ceil_div(bytes_moved, 64) * 8  # read this many floats, write as many (8 | n)
+    data = np.arange(floats, dtype=np.float32)
+    src, dst = e.upload(data), e.alloc(floats)
+    timed = e.device.timestamp_period_ns > 0
+    timings = {}
+    ways = {"device_copy": lambda: e.copy(src, dst)}
+    shapes = {"scalar": (False, False, floats), "vec4": (True, False, floats // 4)}
+    if e.wide_loads():
+        shapes["wide"] = (True, True, floats // 8)  # eight floats an access, as the kernels read there
+    for name, (vec4, wide, count) in shapes.items():
+        ways[name] = (lambda vec4=vec4, wide=wide, count=count: dispatch(
+            e, BENCH.variant(mode="COPY", vec4=vec4, wide=wide), e.groups_for(count), push=dict(rows=count),
+            src=src, dst=dst))
+    for name, record in ways.items():
+        e.upload_into(dst, np.zeros(floats, np.float32))  # each way proves itself from a blank target
+        record()
+        if not np.array_equal(e.read([dst])[0], data):  # every element: a copy cut short looks fast
+            raise RuntimeError(f"the {name} copy did not copy every element")
+        timings[name] = (kernel_seconds(e, record, repeats) if timed else
+                         median_seconds(lambda: (record(), e.flush()), repeats))
+    return timings
+
+
 class Case:
     """One loss at one size: the device tensors and the three ways to compute loss and gradient."""
 
@@ -248,34 +278,6 @@ class Case:
         value, gradient = e.read([loss, grad])
         return float(value[0]), gradient
 
-    def copy_seconds(self, repeats, bytes_moved=None) -> dict:
-        """The device's streaming bandwidth as times for reading and writing, together, `bytes_moved` (default: the
-        minimal traffic): its own buffer copy, a scalar and a vec4 copy shader, and where the kernels read eight
-        floats an access (engine.wide_loads), an eight-float one. By timestamps where the device has them, else
-        wall-clock. The roofline uses the fastest."""
-        e = self.engine
-        floats = ceil_div(bytes_moved or self.minimal_bytes, 64) * 8  # read this many floats, write as many (8 | n)
-        data = np.arange(floats, dtype=np.float32)
-        src, dst = e.upload(data), e.alloc(floats)
-        timed = e.device.timestamp_period_ns > 0
-        timings = {}
-        ways = {"device_copy": lambda: e.copy(src, dst)}
-        shapes = {"scalar": (False, False, floats), "vec4": (True, False, floats // 4)}
-        if e.wide_loads():
-            shapes["wide"] = (True, True, floats // 8)  # eight floats an access, as the kernels read there
-        for name, (vec4, wide, count) in shapes.items():
-            ways[name] = (lambda vec4=vec4, wide=wide, count=count: dispatch(
-                e, BENCH.variant(mode="COPY", vec4=vec4, wide=wide), e.groups_for(count), push=dict(rows=count),
-                src=src, dst=dst))
-        for name, record in ways.items():
-            e.upload_into(dst, np.zeros(floats, np.float32))  # each way proves itself from a blank target
-            record()
-            if not np.array_equal(e.read([dst])[0], data):  # every element: a copy cut short looks fast
-                raise RuntimeError(f"the {name} copy did not copy every element")
-            timings[name] = (kernel_seconds(e, record, repeats) if timed else
-                             median_seconds(lambda: (record(), e.flush()), repeats))
-        return timings
-
     def torch_seconds(self, repeats):
         return torch_seconds("cross_entropy" if self.loss == "cross_entropy_loss" else "binary_cross_entropy",
                              self.p, self.t, repeats)
@@ -312,7 +314,7 @@ def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> lis
         fused = kernel if timed else wall
         unfused = (kernel_seconds(g.engine, lambda: case.unfused(read=False), repeats) if timed else
                    median_seconds(case.unfused, repeats))
-        copies = case.copy_seconds(repeats)
+        copies = copy_seconds(g.engine, case.minimal_bytes, repeats)
         copy = min(copies.values())
         torch_s = case.torch_seconds(repeats)
         gbps = case.minimal_bytes / fused / 1e9
@@ -329,6 +331,73 @@ def bench(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 0) -> lis
                      "rel_error_fused": errors["fused"], "rel_error_unfused": errors["unfused"]})
         case = None  # its device buffers go before the next size's come
     return rows
+
+
+PRIMITIVE_SHAPE, QUICK_PRIMITIVE_SHAPE = (4096, 4096), (64, 1000)
+
+
+def bench_primitives(g: Graph, quick: bool = False, repeats: int = 5, seed: int = 6) -> list[dict]:
+    """The elementwise and reduction primitives, and mse_loss made of them, on one [rows, cols] matrix: each op's
+    kernel time, the bytes it must move (its operands read once, its result written once), and the roofline over a
+    copy of as many bytes. Each result is checked against float64 first."""
+    rng = np.random.default_rng(seed)
+    rows, cols = QUICK_PRIMITIVE_SHAPE if quick else PRIMITIVE_SHAPE
+    n = rows * cols
+    a, b = (rng.standard_normal((rows, cols), dtype=np.float32) for _ in range(2))
+    bias, scales = rng.standard_normal(cols, dtype=np.float32), rng.standard_normal(rows, dtype=np.float32)
+    x, y, row, per_row, half = (g.tensor(v) for v in (a, b, bias, scales, np.float32(0.5)))
+    pred = g.tensor(a, requires_grad=True)
+    x64, y64 = a.astype(np.float64), b.astype(np.float64)
+
+    def mse_step():
+        pred.grad = None
+        loss = g.mse_loss(pred, y)
+        g.backward(loss)
+        return loss, pred.grad
+
+    cases = {  # name: (the op's results, their float64 references, float32 values it reads and writes)
+        "neg": (lambda: g.neg(x), lambda: -x64, 2 * n),
+        "add": (lambda: g.add(x, y), lambda: x64 + y64, 3 * n),
+        "add (bias row)": (lambda: g.add(x, row), lambda: x64 + bias, 2 * n + cols),
+        "mul_scalar": (lambda: g.mul_scalar(x, half), lambda: x64 * 0.5, 2 * n + 1),
+        "mul_rows": (lambda: g.mul_rows(x, per_row), lambda: x64 * scales[:, None].astype(np.float64), 2 * n + rows),
+        "sigmoid": (lambda: g.sigmoid(x), lambda: 1 / (1 + np.exp(-x64)), 2 * n),
+        "relu_backward": (lambda: g.relu_backward(y, x), lambda: np.where(x64 > 0, y64, 0.0), 3 * n),
+        "mean_all": (lambda: g.mean_all(x), lambda: np.array([x64.mean()]), n),
+        "expand": (lambda: g.expand(half, shape=(rows, cols)), lambda: np.full((rows, cols), 0.5), n + 1),
+        "mse_loss + backward": (mse_step, lambda: (np.array([np.mean((x64 - y64) ** 2)]), 2 * (x64 - y64) / n),
+                                3 * n),  # read pred and target, write the gradient: what a fused kernel would move
+    }
+    results = []
+    for name, (run, reference_of, values) in cases.items():
+        got, want = run(), reference_of()
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        error = max(float(np.abs(t.numpy().reshape(w.shape) - w).max() / max(np.abs(w).max(), 1e-30))
+                    for t, w in zip(got, want))
+        if not error <= ERROR_LIMIT:
+            raise RuntimeError(f"{name} {rows} x {cols}: off by {error:.1e} relative: not timing it")
+        held = {}
+        kernel = kernel_seconds(g.engine, lambda: held.update(out=run()), repeats)
+        wall = median_seconds(lambda: (held.update(out=run()), g.engine.flush()), repeats)
+        best_copy = min(copy_seconds(g.engine, values * 4, repeats).values())
+        results.append({"op": name, "shape": [rows, cols], "bytes": values * 4, "rel_error": error,
+                        "kernel_ms": kernel * 1e3 if kernel is not None else None, "wall_ms": wall * 1e3,
+                        "roofline": best_copy / (kernel if kernel is not None else wall)})
+        held.clear()
+    return results
+
+
+def format_primitives(rows: list[dict]) -> str:
+    out = ["", f"primitives on a {shape_text(rows[0]['shape'])} matrix (float32):",
+           f"{'op':<22}{'kernel ms':>10}{'wall ms':>9}{'MB moved':>9}{'GB/s':>8}{'roofline':>9}{'err':>9}"]
+    for r in rows:
+        seconds = (r["kernel_ms"] if r["kernel_ms"] is not None else r["wall_ms"]) / 1e3
+        out.append(f"{r['op']:<22}{cell(r['kernel_ms'], 10)}{r['wall_ms']:9.2f}{r['bytes'] / 1e6:9.1f}"
+                   f"{r['bytes'] / seconds / 1e9:8.2f}{r['roofline']:9.2f}{r['rel_error']:9.1e}")
+    out.append("kernel: device time by Vulkan timestamps; wall: recorded, submitted and waited for (no read); MB moved: "
+               "operands read once and the result written once (mse_loss: pred and target read, the gradient "
+               "written, as a fused kernel would); roofline: a copy of as many bytes over the kernel time")
+    return "\n".join(out)
 
 
 class TargetForms:
@@ -380,7 +449,7 @@ def bench_target_forms(g: Graph, quick: bool = False, repeats: int = 5, seed: in
         seconds = {name: median_seconds(run, repeats) for name, run in runs.items()}
         n = math.prod(shape)
         index_kernel = kernel_seconds(g.engine, lambda: case.run(case.index, read=False), repeats)
-        copy = min(Case(g, "cross_entropy_loss", shape, rng).copy_seconds(repeats, bytes_moved=2 * n * 4).values())
+        copy = min(copy_seconds(g.engine, 2 * n * 4, repeats).values())
         rows.append({"shape": list(shape), **{f"{name}_s": t for name, t in seconds.items()},
                      "index_kernel_ms": index_kernel * 1e3 if index_kernel is not None else None,
                      "index_speedup": seconds["probabilities"] / seconds["index"],
@@ -409,7 +478,6 @@ def bench_sixteen_bit(g: Graph, quick: bool = False, repeats: int = 5, seed: int
         x = rng.standard_normal(shape, dtype=np.float32) * 2
         ce = loss_name == "cross_entropy_loss"
         labels = rng.integers(0, shape[-1], shape[0]) if ce else rng.uniform(0, 1, shape).astype(np.float32)
-        copy = Case(g, "cross_entropy_loss" if ce else "bce_loss", shape, rng)
         for dtype in SIXTEEN_BIT_DTYPES:
             width = 4 if dtype == np.float32 else 2
             pred = g.tensor(x, dtype=dtype, requires_grad=True)
@@ -434,13 +502,12 @@ def bench_sixteen_bit(g: Graph, quick: bool = False, repeats: int = 5, seed: int
             moved = n * width * (2 if ce else 3)  # read pred (and labels), write the gradient
             kernel = kernel_seconds(g.engine, lambda: step(read=False), repeats)
             wall = median_seconds(step, repeats)
-            best_copy = min(copy.copy_seconds(repeats, bytes_moved=moved).values())
+            best_copy = min(copy_seconds(g.engine, moved, repeats).values())
             rows.append({"loss": loss_name, "shape": list(shape), "dtype": str(np.dtype(dtype)) if dtype != "bfloat16"
                          else "bfloat16", "loss_error": error, "bytes": moved, "wall_ms": wall * 1e3,
                          "kernel_ms": kernel * 1e3 if kernel is not None else None,
                          "roofline": best_copy / (kernel if kernel is not None else wall)})
             pred = target = None
-        del copy
     return rows
 
 
@@ -756,6 +823,10 @@ def main(args) -> int:
         if "losses" in sections:
             rows = bench(g, quick=args.quick, repeats=args.repeats)
             done("rows", rows, format_rows(report["device"], rows))
+    if "primitives" in sections:
+        with Graph(args.device) as g:
+            primitives = bench_primitives(g, quick=args.quick, repeats=args.repeats)
+        done("primitives", primitives, format_primitives(primitives))
     if "target_forms" in sections:
         with Graph(args.device) as g:  # a fresh one: the first part's pooled buffers measurably slowed the second
             forms = bench_target_forms(g, quick=args.quick, repeats=args.repeats)
