@@ -24,35 +24,20 @@
 // declaration in vkloss/ops/bce.py.
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
+#include "access.glsl"
 #if VEC4
-#define ELEMENT vec4
-#define HSUM(v) dot(v, vec4(1.0))
 // NaN compares false, so it counts as outside
 #define COUNT_OUTSIDE(v) (4.0 - dot(vec4(greaterThanEqual(v, vec4(0.0))) * vec4(lessThanEqual(v, vec4(1.0))), vec4(1.0)))
 #else
-#define ELEMENT float
-#define HSUM(v) (v)
 #define COUNT_OUTSIDE(v) ((v) >= 0.0 && (v) <= 1.0 ? 0.0 : 1.0)
 #endif
 
 // One access of a buffer moves PER_LOAD ELEMENTs, read into or written from an array of them:
-//   weight, pos_weight, element_loss: a STORED: an ELEMENT, or with WIDE eight float32 in a u64vec4 (wide.glsl);
+//   weight, pos_weight, element_loss: a STORED (access.glsl): an ELEMENT, or with WIDE eight float32 in a u64vec4;
 //   pred and grad: STORAGE_F16 / STORAGE_BF16 (with LOGITS and VEC4): four 16-bit values in two words, the gradient
 //   in the same dtype; else a STORED;
 //   labels: LABELS_PACKED: four 16-bit values like pred; else a STORED.
 // The maths stays float32.
-#if WIDE
-#include "wide.glsl"
-#define PER_LOAD 2
-#define STORED u64vec4
-#define LOAD_SPLIT(array, i, v) unpack8(array[i], v[0], v[1])
-#define STORE_JOINED(array, i, v) array[i] = pack8(v[0], v[1])
-#else
-#define PER_LOAD 1
-#define STORED ELEMENT
-#define LOAD_SPLIT(array, i, v) v[0] = array[i]
-#define STORE_JOINED(array, i, v) array[i] = v[0]
-#endif
 #if STORAGE_F16 || STORAGE_BF16
 #include "storage16.glsl"
 #define LOAD4(array, i, v) v[0] = vec4(unpack_pair16(array[i].x), unpack_pair16(array[i].y))
@@ -122,8 +107,8 @@ ELEMENT bce_term(ELEMENT x, ELEMENT y, ELEMENT pw, ELEMENT wi, inout float bad, 
 
 void main() {
     uint w = workgroup_index();
-    uint width = VEC4 != 0 ? 4 * PER_LOAD : 1;  // elements per access
-    uint begin = w * (p.per_workgroup / width), end = min(begin + p.per_workgroup / width, p.n / width);
+    uint begin = w * (p.per_workgroup / ACCESS_WIDTH), end = min(begin + p.per_workgroup / ACCESS_WIDTH,
+                                                                  p.n / ACCESS_WIDTH);
     ELEMENT loss = ELEMENT(0.0);
     float bad = 0.0;  // COUNT_OUTSIDE already sums the components
     for (uint i = begin + gl_LocalInvocationID.x; i < end; i += WG) {

@@ -11,18 +11,11 @@
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 #if MODE_COPY
-// VEC4: four floats per invocation (p.rows counts vec4s then); WIDE: eight, one u64vec4 (CPU devices, wide.glsl).
-// The bench takes the fastest.
-#if WIDE
-#include "wide.glsl"
-#define ELEMENT u64vec4
-#elif VEC4
-#define ELEMENT vec4
-#else
-#define ELEMENT float
-#endif
-layout(set = 0, binding = B_SRC) readonly buffer Src { ELEMENT src[]; };
-layout(set = 0, binding = B_DST) writeonly buffer Dst { ELEMENT dst[]; };
+// One access per invocation (access.glsl): VEC4, four floats (p.rows counts accesses); WIDE, eight in a u64vec4
+// (CPU devices). The bench takes the fastest.
+#include "access.glsl"
+layout(set = 0, binding = B_SRC) readonly buffer Src { STORED src[]; };
+layout(set = 0, binding = B_DST) writeonly buffer Dst { STORED dst[]; };
 void main() {
     uint i = global_index();
     if (i < p.rows) dst[i] = src[i];

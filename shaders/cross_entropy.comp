@@ -37,25 +37,15 @@
 // block come from the kernel's declaration in vkloss/ops/cross_entropy.py.
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
+// What one access of a row buffer (logits, target, weight, gradient) moves in MODE_ROW: PER_LOAD ELEMENTs, as a
+// STORED (access.glsl; WIDE: eight classes in a u64vec4).
+#include "access.glsl"
 #if VEC4
-#define ELEMENT vec4
 #define HMAX(v) max(max(v.x, v.y), max(v.z, v.w))
-#define HSUM(v) dot(v, vec4(1.0))
 #define ONE_HOT(k, y) vec4(equal(uvec4(4u * (k)) + uvec4(0u, 1u, 2u, 3u), uvec4(uint(y))))
 #else
-#define ELEMENT float
 #define HMAX(v) (v)
-#define HSUM(v) (v)
 #define ONE_HOT(k, y) ((k) == uint(y) ? 1.0 : 0.0)
-#endif
-// What one access of a row buffer (logits, target, weight, gradient) moves in MODE_ROW: PER_LOAD ELEMENTs, as a
-// ROW_ELEMENT (WIDE: eight classes in a u64vec4, see wide.glsl).
-#if WIDE
-#define ROW_ELEMENT u64vec4
-#define PER_LOAD 2
-#else
-#define ROW_ELEMENT ELEMENT
-#define PER_LOAD 1
 #endif
 
 // STORAGE_F16 / STORAGE_BF16: 16-bit logits, two to a 32-bit word, and a 16-bit gradient, written whole words by
@@ -87,10 +77,10 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #if TARGET_INDEX
 layout(set = 0, binding = B_TARGET) readonly buffer Target { int target_index[]; };
 #elif defined(B_TARGET)
-layout(set = 0, binding = B_TARGET) readonly buffer Target { ROW_ELEMENT target[]; };
+layout(set = 0, binding = B_TARGET) readonly buffer Target { STORED target[]; };
 #endif
 #ifdef B_WEIGHT
-layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { ROW_ELEMENT weight[]; };
+layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { STORED weight[]; };
 #endif
 #ifdef B_NORM
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
@@ -276,7 +266,7 @@ void main() {
     uint row = workgroup_index();
     if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
     RowTarget r = row_target(row);
-    uint width = p.classes / (VEC4 != 0 ? 4 * PER_LOAD : 1);  // accesses per row
+    uint width = p.classes / ACCESS_WIDTH;  // accesses per row
     uint base = row * width;
     // this invocation's max, sum exp(p - max), sum a (p - max), sum a
     float m_own = NEG_INF, s_own = 0.0, a_own = 0.0, t_own = 0.0;

@@ -55,6 +55,23 @@ def g():
     graph.close()
 
 
+@pytest.fixture(params=[False, True], ids=["four", "eight"])
+def forced(request):
+    """A Graph whose engine answers wide_loads() (eight floats an access, else four where sizes allow) as the
+    parameter says, recording the names of the variants it dispatches in g.names."""
+    import vkloss
+
+    with vkloss.Graph() as g:
+        if request.param and not g.device.shader_int64:
+            pytest.skip(f"{g.device.name} has no 64-bit integers in shaders")
+        g.engine.wide_loads = lambda: request.param
+        names, dispatch = [], g.engine.dispatch
+        g.engine.dispatch = lambda variant, *args, **kwargs: names.append(variant.name) or dispatch(variant, *args,
+                                                                                                   **kwargs)
+        g.wide, g.names = request.param, names
+        yield g
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -243,7 +243,7 @@ def test_fused_losses_on_a_two_dimensional_grid(rng):
         assert_matches(run(g, "bce_loss", p, y), bce_reference(p, y))
 
 
-@pytest.mark.parametrize("workgroup", [4, 8, 32, 256])  # GPUs use 256; lavapipe its SIMD width, 32 for tree sums
+@pytest.mark.parametrize("workgroup", [4, 8, 32, 256])  # GPUs use 256; lavapipe its SIMD width
 def test_every_path_at_every_workgroup_size(rng, workgroup):
     with vkloss.Graph() as g:
         def row_workgroup(items=0):  # the engine's rule against lavapipe's loop limit, from `workgroup` up

@@ -1,10 +1,10 @@
 """Eight float32 values per access (shaders/include/wide.glsl), which the cross-entropy row kernel and BCE take on CPU
 devices with 64-bit shader integers where the sizes are multiples of 8, and four (vec4) otherwise: both sides of
-that choice, forced either way, against float64 and PyTorch, with every option that reads a row buffer."""
+that choice, forced either way (conftest.py's `forced`), against float64 and PyTorch, with every option that reads a
+row buffer."""
 import numpy as np
 import pytest
 
-import vkloss
 from vkloss import reference
 from test_row_once import check_every_index_option
 
@@ -13,20 +13,6 @@ try:
     import torch.nn.functional as F
 except ImportError:
     torch = None
-
-
-@pytest.fixture(params=[False, True], ids=["four", "eight"])
-def forced(request):
-    """A Graph whose engine answers wide_loads() as the parameter says, recording the variants it dispatches."""
-    with vkloss.Graph() as g:
-        if request.param and not g.device.shader_int64:
-            pytest.skip(f"{g.device.name} has no 64-bit integers in shaders")
-        g.engine.wide_loads = lambda: request.param
-        names, dispatch = [], g.engine.dispatch
-        g.engine.dispatch = lambda variant, *args, **kwargs: names.append(variant.name) or dispatch(variant, *args,
-                                                                                                   **kwargs)
-        g.wide, g.names = request.param, names
-        yield g
 
 
 def wide_dispatches(g, family):

@@ -537,8 +537,7 @@ class Engine:
         if self.device.type != "cpu":
             widest = self.largest_workgroup()
             return widest if items >= LONG_ROW_PER_INVOCATION * widest else WORKGROUP
-        size = self.device.subgroup_size
-        workgroup = size if 4 <= size <= WORKGROUP and size & (size - 1) == 0 else 32
+        workgroup = self._simd_batch()
         while workgroup < WORKGROUP and items > workgroup * MAX_LOOP_PER_PASS:
             workgroup *= 2
         return workgroup
@@ -577,10 +576,17 @@ class Engine:
         return workgroup
 
     def reduction_workgroup(self) -> int:
-        """Workgroup size for a tree-sum pass (16 values per invocation, then the workgroup's tree): 256 on GPUs;
-        32 on a CPU implementation, measured best or within 5% of it from 2^16 to 2^24 values on lavapipe (8 makes
-        too many workgroups, 256 too many coroutine switches)."""
-        return WORKGROUP if self.device.type != "cpu" else 32
+        """Workgroup size for a tree-sum pass (16 accesses per invocation, then the workgroup's tree): 256 on GPUs;
+        one SIMD batch on a CPU implementation, which then never switches coroutines at the tree's barriers. Measured
+        on lavapipe (8-wide, 2-core AMD EPYC), mean_all of 2^24 floats: 6.2 ms at 8 against 11.7 at 32; no slower
+        from 2^16 to 2^20, with and without eight-float accesses."""
+        return WORKGROUP if self.device.type != "cpu" else self._simd_batch()
+
+    def _simd_batch(self) -> int:
+        """How many invocations a CPU implementation runs as one SIMD batch: its subgroup size where that is a power
+        of two from 4 to WORKGROUP, else 32."""
+        size = self.device.subgroup_size
+        return size if 4 <= size <= WORKGROUP and size & (size - 1) == 0 else 32
 
     def groups_for(self, invocations: int, workgroup: int = WORKGROUP) -> tuple[int, int, int]:
         return self.grid(ceil_div(invocations, workgroup))

@@ -133,6 +133,13 @@ class ForwardContext:
         (shaders/include/wide.glsl): where the engine takes such accesses and every size is a multiple of 8."""
         return all(size % 8 == 0 for size in sizes) and self._engine.wide_loads()
 
+    def access_width(self, *sizes: int) -> int:
+        """Float32 values a kernel over arrays of these sizes moves per access (shaders/include/access.glsl): eight
+        where wide_loads(*sizes), four (a vec4) where every size is a multiple of 4, else one."""
+        if self.wide_loads(*sizes):
+            return 8
+        return 4 if all(size % 4 == 0 for size in sizes) else 1
+
     def check(self, count, message: str) -> None:
         """A device-side check: a non-zero count in `count` raises ValueError(message.format(count=...)) at the
         next host read."""

@@ -11,6 +11,9 @@
 #ifndef VEC4
 #define VEC4 0
 #endif
+#ifndef WIDE
+#define WIDE 0
+#endif
 #ifndef WRITE_GRAD
 #define WRITE_GRAD 0
 #endif

@@ -8,8 +8,10 @@ UNARY = ("neg", "abs", "sigmoid", "relu")
 BINARY = ("add", "add_row", "mul", "mul_scalar", "mul_rows", "abs_backward", "relu_backward", "sigmoid_backward")
 
 ELEMENTWISE = Kernel(
-    "elementwise.comp", push="uint n, uint cols = 0", switches={"op": UNARY + BINARY},
-    bindings=lambda op: ((["x"] if op in UNARY else ["a", "b"]), ["y"]),
+    "elementwise.comp", push="uint n, uint cols = 0",
+    switches={"op": UNARY + BINARY, "vec4": (False, True), "wide": (False, True)},
+    allowed=lambda op, vec4, wide: vec4 or not wide,  # eight floats an access are two vec4s
+    bindings=lambda op, **_: ((["x"] if op in UNARY else ["a", "b"]), ["y"]),
 )
 
 
@@ -20,8 +22,12 @@ def same_shape(name, a, b):
 
 
 def _dispatch(ctx, op: str, cols: int = 0, **operands):
+    """One invocation per access of `width` elements: a broadcast row of `cols` (add_row's bias, mul_rows' rows)
+    must hold whole accesses."""
     n = ctx.out.size
-    ctx.dispatch(ELEMENTWISE.variant(op=op), ctx.groups_for(n), push={"n": n, "cols": cols}, y=ctx.out, **operands)
+    width = ctx.access_width(n, *([cols] if cols else []))
+    ctx.dispatch(ELEMENTWISE.variant(op=op, vec4=width >= 4, wide=width == 8), ctx.groups_for(n // width),
+                 push={"n": n // width, "cols": cols // width}, y=ctx.out, **operands)
 
 
 def elementwise(name, schema, doc, backward=Backward.NONE, shape=None, op=None):
@@ -43,8 +49,10 @@ def _add_shape(a, b):
 
 
 def _add_forward(ctx, a, b):
-    broadcast = ctx.shapes[0] != ctx.shapes[1]
-    _dispatch(ctx, "add_row" if broadcast else "add", cols=ctx.shapes[0][-1], a=a, b=b)
+    if ctx.shapes[0] != ctx.shapes[1]:  # b broadcast over the rows
+        _dispatch(ctx, "add_row", cols=ctx.shapes[0][-1], a=a, b=b)
+    else:
+        _dispatch(ctx, "add", a=a, b=b)
 
 
 def _add_backward(ctx, grad):

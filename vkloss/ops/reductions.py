@@ -7,34 +7,41 @@ from ..engine import ceil_div
 from ..kernels import Kernel
 from ..registry import register_op
 
-ITEMS = 16  # values each invocation sums before the workgroup's tree: the shader's ITEMS define comes from here
+ITEMS = 16  # accesses each invocation sums before the workgroup's tree: the shader's ITEMS define comes from here
 REDUCTIONS = Kernel(
     "reductions.comp", push="uint n, float scale", defines={"ITEMS": ITEMS},
-    switches={"mode": ("SUM", "FILL"), "count_nonfinite": (False, True)},
-    allowed=lambda mode, count_nonfinite: mode == "SUM" or not count_nonfinite,
+    switches={"mode": ("SUM", "FILL"), "count_nonfinite": (False, True), "vec4": (False, True),
+              "wide": (False, True)},
+    # counting is a first pass of a sum; eight floats an access are two vec4s
+    allowed=lambda mode, count_nonfinite, vec4, wide: (mode == "SUM" or not count_nonfinite) and (vec4 or not wide),
     bindings=lambda **_: (["src"], ["dst"]),
 )
-SUM_PASS = REDUCTIONS.variant(mode="SUM")
 
 
-def tree_sum(ctx, source, n: int, out, scale: float, first_pass=SUM_PASS) -> None:
-    """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/(16 WG) -> ... -> 1.
+def _access(ctx, n: int, **switches):
+    """The variant that moves as many floats an access as n allows (ForwardContext.access_width), and n in accesses."""
+    width = ctx.access_width(n)
+    return REDUCTIONS.variant(**switches, vec4=width >= 4, wide=width == 8), n // width
+
+
+def tree_sum(ctx, source, n: int, out, scale: float, count_nonfinite: bool = False) -> None:
+    """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/(16 WG width) -> ... -> 1, each pass
+    reading `width` floats an access as far as its n allows.
 
     Each pass is one dispatch with 16 unrolled loads per invocation (no lavapipe loop limit), its workgroups
-    spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes. `first_pass` may count
-    instead of sum (REDUCTIONS.variant(count_nonfinite=True)). ctx: an op's ForwardContext."""
+    spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes. With `count_nonfinite` the
+    first pass counts NaN and infinite values instead of summing. ctx: an op's ForwardContext."""
     workgroup = ctx.reduction_workgroup()
-    variant = first_pass
     while True:
-        groups = ceil_div(n, ITEMS * workgroup)
+        variant, accesses = _access(ctx, n, mode="SUM", count_nonfinite=count_nonfinite)
+        groups = ceil_div(accesses, ITEMS * workgroup)
         last = groups == 1
         target = out if last else ctx.alloc(groups)
-        ctx.dispatch(variant, ctx.grid(groups), workgroup=workgroup, push={"n": n, "scale": scale if last else 1.0},
-                     src=source, dst=target)
-        variant = SUM_PASS
+        ctx.dispatch(variant, ctx.grid(groups), workgroup=workgroup,
+                     push={"n": accesses, "scale": scale if last else 1.0}, src=source, dst=target)
         if last:
             return
-        source, n = target, groups
+        source, n, count_nonfinite = target, groups, False
 
 
 def _expand_shape(s, shape, scale=1.0):
@@ -46,8 +53,8 @@ def _expand_shape(s, shape, scale=1.0):
 
 
 def _expand_forward(ctx, s, shape, scale=1.0):
-    n = ctx.out.size
-    ctx.dispatch(REDUCTIONS.variant(mode="FILL"), ctx.groups_for(n), push={"n": n, "scale": scale}, src=s, dst=ctx.out)
+    variant, accesses = _access(ctx, ctx.out.size, mode="FILL")
+    ctx.dispatch(variant, ctx.groups_for(accesses), push={"n": accesses, "scale": scale}, src=s, dst=ctx.out)
 
 
 register_op(
@@ -75,5 +82,5 @@ register_op(
     doc="(1,): how many elements of x are NaN or infinite (Graph(check_finite=True) runs it after every op). Not "
         "differentiable.",
     shape=lambda s: (1,),
-    forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0, REDUCTIONS.variant(count_nonfinite=True)),
+    forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0, count_nonfinite=True),
 )

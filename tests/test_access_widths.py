@@ -1,0 +1,100 @@
+"""The elementwise ops and the reductions at every access width (shaders/include/access.glsl): eight floats an access
+where the engine takes wide loads and the sizes are multiples of 8, a vec4 where they are multiples of 4, else one
+float. Each test runs with wide loads forced off and on (conftest.py's `forced`), at sizes on both sides of each
+threshold, against float64, and checks which width was dispatched."""
+import re
+
+import numpy as np
+import pytest
+
+from helpers import sigmoid64
+
+
+def widths(g, family):
+    """The floats an access of each dispatched `family` variant moved, in dispatch order."""
+    found = []
+    for name in g.names:
+        if name.startswith(family + "["):
+            switches = dict(re.findall(r"(\w+)=(\d+)", name))
+            found.append(8 if switches.get("WIDE") == "1" else 4 if switches.get("VEC4") == "1" else 1)
+    return found
+
+
+def width_for(g, *sizes):
+    if g.wide and all(s % 8 == 0 for s in sizes):
+        return 8
+    return 4 if all(s % 4 == 0 for s in sizes) else 1
+
+
+def special(rng, shape):
+    """Normal values with zeros, signed zeros and infinities where the vector lanes are: the first, fifth and last."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[0], flat[-1] = 0.0, -0.0
+    if flat.size > 5:
+        flat[4], flat[5] = np.inf, -np.inf
+    return x
+
+
+UNARY = {"neg": lambda x: -x, "abs": np.abs, "relu": lambda x: np.maximum(x, 0), "sigmoid": sigmoid64}
+BINARY = {
+    "add": lambda a, b: a + b, "mul": lambda a, b: a * b,
+    "abs_backward": lambda grad, x: grad * np.sign(x),
+    "relu_backward": lambda grad, x: np.where(x > 0, grad, 0.0),
+    "sigmoid_backward": lambda grad, y: grad * y * (1 - y),
+}
+
+
+# n = 24 (eight), 20 (four), 21 (one), and 3 x 1000 (eight: several workgroups)
+@pytest.mark.parametrize("shape", [(3, 8), (5, 4), (3, 7), (3, 1000)])
+def test_elementwise_ops_at_every_width(forced, rng, shape):
+    g = forced
+    x, other = special(rng, shape), rng.standard_normal(shape).astype(np.float32)
+    tx, tother = g.tensor(x), g.tensor(other)
+    x64, other64 = x.astype(np.float64), other.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, reference in UNARY.items():
+            rtol = 1e-6 if name == "sigmoid" else 2e-7  # exp's error, not the access's
+            np.testing.assert_allclose(getattr(g, name)(tx).numpy(), reference(x64), rtol=rtol, err_msg=name)
+        for name, reference in BINARY.items():
+            got = getattr(g, name)(tother, tx).numpy()
+            np.testing.assert_allclose(got, reference(other64, x64), rtol=2e-7, atol=1e-30, err_msg=name)
+    assert np.signbit(g.neg(tx).numpy().reshape(-1)[-1]) == 0  # -(-0) = +0
+    assert set(widths(g, "elementwise")) == {width_for(g, x.size)}
+
+
+# a bias row [cols] added to every row, and a scale per row: an access must stay within a row, so cols decides too.
+# (3, 8): eight; (6, 4): n = 24 but cols 4: four; (8, 3): n = 24 but cols 3: one; (16, 12): four
+@pytest.mark.parametrize("rows, cols", [(3, 8), (6, 4), (8, 3), (16, 12)])
+def test_broadcast_ops_keep_each_access_within_a_row(forced, rng, rows, cols):
+    g = forced
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    bias, scales = rng.standard_normal(cols).astype(np.float32), rng.standard_normal(rows).astype(np.float32)
+    tx = g.tensor(x)
+    np.testing.assert_allclose(g.add(tx, g.tensor(bias)).numpy(), x.astype(np.float64) + bias, rtol=2e-7)
+    np.testing.assert_allclose(g.mul_rows(tx, g.tensor(scales)).numpy(), x.astype(np.float64) * scales[:, None],
+                               rtol=2e-7)
+    assert widths(g, "elementwise") == [width_for(g, rows * cols, cols)] * 2
+    g.names.clear()
+    np.testing.assert_allclose(g.mul_scalar(tx, g.tensor(-0.5)).numpy(), x.astype(np.float64) * -0.5, rtol=2e-7)
+    assert widths(g, "elementwise") == [width_for(g, rows * cols)]  # one scale for everything: n alone decides
+
+
+# one pass (8, 12, 13 values) and three (2^17 + 8, + 4, + 1: the first pass eight, four or one float an access,
+# the later ones whatever their partial counts allow)
+@pytest.mark.parametrize("n", [8, 12, 13, (1 << 17) + 8, (1 << 17) + 4, (1 << 17) + 1])
+def test_sums_counts_and_fills_at_every_width(forced, rng, n):
+    g = forced
+    x = rng.standard_normal(n).astype(np.float32) + 0.25
+    tx = g.tensor(x)
+    exact = x.astype(np.float64)
+    scale = 1e-6 * np.abs(exact).sum()  # a float32 pairwise tree, against float64
+    assert g.mean_all(tx).item() == pytest.approx(exact.mean(), abs=scale / n)
+    assert g.sum_all(tx, scale=-2.0).item() == pytest.approx(-2 * exact.sum(), abs=2 * scale)
+    assert widths(g, "reductions")[0] == width_for(g, n)
+    g.names.clear()
+    np.testing.assert_array_equal(g.expand(g.tensor(1.5), shape=(n,), scale=-2.0).numpy(), np.full(n, -3.0))
+    assert widths(g, "reductions") == [width_for(g, n)]
+    bad = x.copy()
+    bad[[1, 5, n - 1]] = [np.nan, np.inf, -np.inf]  # in either half of an eight-float access, and the last
+    assert g.count_nonfinite(g.tensor(bad)).item() == (3 if n > 5 else 2)
