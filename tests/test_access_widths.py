@@ -7,7 +7,9 @@ import re
 import numpy as np
 import pytest
 
+import vkloss
 from helpers import sigmoid64
+from test_training_ops import adam64
 
 
 def widths(g, family):
@@ -98,3 +100,24 @@ def test_sums_counts_and_fills_at_every_width(forced, rng, n):
     bad = x.copy()
     bad[[1, 5, n - 1]] = [np.nan, np.inf, -np.inf]  # in either half of an eight-float access, and the last
     assert g.count_nonfinite(g.tensor(bad)).item() == (3 if n > 5 else 2)
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (5, 4), (3, 7)])  # eight, four and one float an access
+def test_optimizer_updates_at_every_width(forced, rng, shape):
+    g = forced
+    w0 = rng.standard_normal(shape).astype(np.float32)
+    for name in ("sgd", "adam"):
+        w = g.tensor(w0, requires_grad=True)
+        opt = vkloss.optim.SGD([w], lr=0.1, momentum=0.9) if name == "sgd" else vkloss.optim.Adam([w], lr=0.1)
+        grads, exact, velocity = [], w0.astype(np.float64), 0.0
+        for _ in range(3):
+            opt.zero_grad()
+            grads.append([2 * w.numpy().astype(np.float64)])  # the gradient of sum(w * w), at this step's w
+            g.backward(g.sum_all(g.mul(w, w)))
+            opt.step()
+            velocity = 0.9 * velocity + grads[-1][0]
+            exact = exact - 0.1 * velocity
+        want = exact if name == "sgd" else adam64([w0], grads)[0]
+        # Adam's m / sqrt(v) cancels where the gradient changed sign: 1e-4 of a step of 0.1
+        np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6 if name == "sgd" else 1e-5, err_msg=name)
+    assert set(widths(g, "optim")) == {width_for(g, w0.size)}

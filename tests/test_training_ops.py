@@ -132,6 +132,12 @@ def test_optimizer_argument_errors(g):
         vkloss.optim.SGD([w], momentum=1.5)
     with pytest.raises(ValueError, match="no parameters"):
         vkloss.optim.Adam([])
+    # a 16-bit parameter (its gradient comes back 16-bit from cross-entropy) would be read as float32: refused
+    half = g.tensor(np.ones((2, 4)), dtype="bfloat16", requires_grad=True)
+    with pytest.raises(TypeError, match=r"SGD: parameter 1, of shape \(2, 4\), is bfloat16; optimizers update float32"):
+        vkloss.optim.SGD([w, half], lr=0.1)
+    w.grad = None
+    vkloss.optim.SGD([w], lr=0.1).step()  # the Graph and the parameter still work
 
 
 def test_copy_refills_a_tensor_in_place(g):

@@ -566,6 +566,14 @@ class Engine:
         full bandwidth already."""
         return self.device.type == "cpu" and self.device.shader_int64
 
+    def access_width(self, *sizes: int) -> int:
+        """Float32 values a kernel over arrays of these sizes moves per access (shaders/include/access.glsl): eight
+        where wide_loads() and every size is a multiple of 8, four (a vec4) where every size is a multiple of 4,
+        else one."""
+        if self.wide_loads() and all(size % 8 == 0 for size in sizes):
+            return 8
+        return 4 if all(size % 4 == 0 for size in sizes) else 1
+
     def largest_workgroup(self) -> int:
         """The widest one-dimensional workgroup the reductions (shaders/include/reduce.glsl) take here: a power of
         two up to 1,024, within the device's invocation and size limits and with its vec4 tree in shared memory."""

@@ -16,12 +16,21 @@ from . import kernels
 from .tensor import Tensor
 
 OPTIM = kernels.Kernel(
-    "optim.comp", switches={"mode": ("SGD", "ADAM")},
+    "optim.comp", switches={"mode": ("SGD", "ADAM"), "vec4": (False, True), "wide": (False, True)},
+    allowed=lambda mode, vec4, wide: vec4 or not wide,  # eight floats an access are two vec4s
     push="uint n, float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
          "uint index = 0",
-    bindings=lambda mode: ((["grad", "corrections"], ["param", "state1", "state2"]) if mode == "ADAM" else
-                           (["grad"], ["param", "state1"])),
+    bindings=lambda mode, **_: ((["grad", "corrections"], ["param", "state1", "state2"]) if mode == "ADAM" else
+                                (["grad"], ["param", "state1"])),
 )
+
+
+def _update(engine, mode: str, param, push: dict, **buffers) -> None:
+    """One parameter's update, an access of as many floats as its size allows (engine.access_width) per invocation."""
+    width = engine.access_width(param.size)
+    kernels.dispatch(engine, OPTIM.variant(mode=mode, vec4=width >= 4, wide=width == 8),
+                     engine.groups_for(param.size // width), push=dict(push, n=param.size // width),
+                     grad=param.grad.buffer, param=param.buffer, **buffers)
 
 
 class Optimizer:
@@ -33,6 +42,10 @@ class Optimizer:
             if not isinstance(param, Tensor) or not param.requires_grad or not param.is_leaf:
                 raise ValueError(f"{type(self).__name__}: parameter {position} must be a leaf Tensor with "
                                  f"requires_grad=True, got {param!r}")
+            if param.dtype != np.float32:
+                raise TypeError(f"{type(self).__name__}: parameter {position}, of shape {tuple(param.shape)}, is "
+                                f"{param.dtype}; optimizers update float32 parameters (keep a float32 master copy, "
+                                f"and use g.astype for a 16-bit one)")
             if param.graph is not self.params[0].graph:
                 raise ValueError(f"{type(self).__name__}: parameter {position} belongs to another Graph")
         if not 0 < lr < float("inf"):
@@ -84,9 +97,7 @@ class SGD(Optimizer):
         self.velocity = [self._state(p) for p in self.params]
 
     def _update(self, index, param):
-        kernels.dispatch(self.engine, OPTIM.variant(mode="SGD"), self.engine.groups_for(param.size),
-                         push=dict(n=param.size, lr=self.lr, momentum=self.momentum), grad=param.grad.buffer,
-                         param=param.buffer, state1=self.velocity[index])
+        _update(self.engine, "SGD", param, dict(lr=self.lr, momentum=self.momentum), state1=self.velocity[index])
 
 
 class Adam(Optimizer):
@@ -110,7 +121,6 @@ class Adam(Optimizer):
         self.engine.upload_into(self.corrections, corrections.astype(np.float32))
 
     def _update(self, index, param):
-        kernels.dispatch(self.engine, OPTIM.variant(mode="ADAM"), self.engine.groups_for(param.size),
-                         push=dict(n=param.size, lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-                                   index=index), grad=param.grad.buffer, corrections=self.corrections,
-                         param=param.buffer, state1=self.m[index], state2=self.v[index])
+        _update(self.engine, "ADAM", param, dict(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                                                 index=index),
+                corrections=self.corrections, state1=self.m[index], state2=self.v[index])

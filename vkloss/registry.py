@@ -131,14 +131,11 @@ class ForwardContext:
     def wide_loads(self, *sizes: int) -> bool:
         """Whether a kernel over float32 arrays of these sizes moves eight values per access
         (shaders/include/wide.glsl): where the engine takes such accesses and every size is a multiple of 8."""
-        return all(size % 8 == 0 for size in sizes) and self._engine.wide_loads()
+        return self.access_width(*sizes) == 8
 
     def access_width(self, *sizes: int) -> int:
-        """Float32 values a kernel over arrays of these sizes moves per access (shaders/include/access.glsl): eight
-        where wide_loads(*sizes), four (a vec4) where every size is a multiple of 4, else one."""
-        if self.wide_loads(*sizes):
-            return 8
-        return 4 if all(size % 4 == 0 for size in sizes) else 1
+        """Float32 values a kernel over arrays of these sizes moves per access: 8, 4 or 1 (Engine.access_width)."""
+        return self._engine.access_width(*sizes)
 
     def check(self, count, message: str) -> None:
         """A device-side check: a non-zero count in `count` raises ValueError(message.format(count=...)) at the
