@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import vkloss
-from helpers import sigmoid64
+from vkloss.ops import matmul
+from helpers import f32, sigmoid64
 from test_training_ops import adam64
 
 
@@ -121,3 +122,20 @@ def test_optimizer_updates_at_every_width(forced, rng, shape):
         # Adam's m / sqrt(v) cancels where the gradient changed sign: 1e-4 of a step of 0.1
         np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6 if name == "sgd" else 1e-5, err_msg=name)
     assert set(widths(g, "optim")) == {width_for(g, w0.size)}
+
+
+# The register-block matmul (CPU devices) reads each operand as many floats an access as its offset and its row
+# length along the way it is stored allow: all multiples of 8; of 4; m odd (scalar where a is transposed); k odd
+# (scalar where k is contiguous; else zeros past k_end in the last access of k); and k in three slices.
+@pytest.mark.parametrize("m, k, n", [(16, 24, 32), (12, 20, 28), (9, 16, 24), (16, 13, 24), (8, 120, 16)])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_at_every_width(forced, rng, monkeypatch, m, k, n, trans_a, trans_b):
+    g = forced
+    if k == 120:
+        monkeypatch.setattr(matmul, "K_SLICE", 48)  # three dispatches, each added to the last
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    out = g.matmul_transposed(g.tensor(a.T if trans_a else a), g.tensor(b.T if trans_b else b), trans_a=trans_a,
+                              trans_b=trans_b)
+    np.testing.assert_allclose(out.numpy(), f32(a) @ f32(b), rtol=1e-5, atol=1e-5)
+    want = 1 if matmul.use_tiles(g.device) else width_for(g, m if trans_a else k, k if trans_b else n)
+    assert set(widths(g, "matmul")) == {want}

@@ -10,12 +10,14 @@ from ..registry import register_op
 BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
 TILE = 64  # the tiled variant's output tile per workgroup of 256 (the shader's TILE)
 MATMUL = Kernel(
-    "matmul.comp", defines={"BLOCK": BLOCK}, bindings=lambda tiled: (["a", "b"], ["out"]),
-    switches={"tiled": (False, True)},
+    "matmul.comp", defines={"BLOCK": BLOCK}, bindings=lambda **_: (["a", "b"], ["out"]),
+    switches={"tiled": (False, True), "vec4": (False, True), "wide": (False, True)},
+    # wider reads are the register-block kernel's; eight floats an access are two vec4s
+    allowed=lambda tiled, vec4, wide: not (tiled and vec4) and (vec4 or not wide),
     push="uint m, uint n, uint k, uint k_begin, uint k_end, uint trans_a, uint trans_b, uint accumulate, "
          "uint a_offset, uint b_offset, uint out_offset",
 )
-K_SLICE = 16384  # k one dispatch sums: one loop iteration each, far below lavapipe's limit of about 65,535
+K_SLICE = 16384  # k one dispatch sums: at most one loop iteration each, far below lavapipe's limit of about 65,535
 
 
 def use_tiles(device) -> bool:
@@ -24,11 +26,21 @@ def use_tiles(device) -> bool:
     return device.type != "cpu"
 
 
+def operand_width(ctx, m: int, n: int, k: int, trans_a: bool, trans_b: bool, offsets) -> int:
+    """Floats an access the register-block kernel may read of both operands (ForwardContext.access_width: 8, 4 or
+    1): each operand's offset, and its row length along the way it is stored (k for a [m, k] a or a transposed b,
+    else m or n), must be multiples of it."""
+    slices = [K_SLICE] if k > K_SLICE else []  # a slice's first step of k starts an access of a k-contiguous operand
+    return ctx.access_width(m if trans_a else k, k if trans_b else n, offsets[0], offsets[1], *slices)
+
+
 def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=False, accumulate=False,
                 offsets=(0, 0, 0)) -> None:
     """out[m, n] (+)= op(a) @ op(b) on the device, k split into slices of K_SLICE, each added to the last.
     `offsets`: where a, b and out start in their buffers (in elements), so row blocks are operands."""
     tiled = use_tiles(ctx.device)
+    width = 1 if tiled else operand_width(ctx, m, n, k, trans_a, trans_b, offsets)
+    variant = MATMUL.variant(tiled=tiled, vec4=width >= 4, wide=width == 8)
     grid = ctx.grid(ceil_div(m, TILE) * ceil_div(n, TILE)) if tiled else \
         ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK))
     for k_begin in range(0, k, K_SLICE):
@@ -36,7 +48,7 @@ def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=F
                     trans_b=trans_b, accumulate=accumulate or k_begin > 0, a_offset=offsets[0], b_offset=offsets[1],
                     out_offset=offsets[2])
         # out is read too when accumulating: the binding table lists it as written, so the engine orders the slices
-        ctx.dispatch(MATMUL.variant(tiled=tiled), grid, push=push, a=a, b=b, out=out)
+        ctx.dispatch(variant, grid, push=push, a=a, b=b, out=out)
 
 
 def _matmul_shape(a, b):
