@@ -12,7 +12,7 @@
 // of their loss terms to loss_partials[w] (with PER_ELEMENT, each term to element_loss[i] instead: reduction
 // "none"), and how many of its x (probabilities only) or y lie outside [0, 1] (NaN counts as outside) to
 // bad_partials[w]. The engine then tree-sums them. VEC4 (n and the weights' sizes % 4 == 0): four elements at a time;
-// WIDE (% 8, float32, CPU devices): eight, one 32-byte access (wide.glsl) of each buffer as two vec4s.
+// WIDE (% 8, CPU devices): eight, one access of each buffer (32 bytes of float32, 16 of 16-bit values).
 // Loops: per_workgroup / WG (/ 4, / 8) iterations per invocation, kept small by the caller.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -34,24 +34,23 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 
 // One access of a buffer moves PER_LOAD ELEMENTs, read into or written from an array of them:
 //   weight, pos_weight, element_loss: a STORED (access.glsl): an ELEMENT, or with WIDE eight float32 in a u64vec4;
-//   pred and grad: STORAGE_F16 / STORAGE_BF16 (with LOGITS and VEC4): four 16-bit values in two words, the gradient
-//   in the same dtype; else a STORED;
-//   labels: LABELS_PACKED: four 16-bit values like pred; else a STORED.
+//   pred and grad: STORAGE_F16 / STORAGE_BF16 (with LOGITS and VEC4): a PACKED_ACCESS (storage16.glsl) of four 16-bit
+//   values in two words, or with WIDE eight in four, the gradient in the same dtype; else a STORED;
+//   labels: LABELS_PACKED: 16-bit values like pred; else a STORED.
 // The maths stays float32.
 #if STORAGE_F16 || STORAGE_BF16
 #include "storage16.glsl"
-#define LOAD4(array, i, v) v[0] = vec4(unpack_pair16(array[i].x), unpack_pair16(array[i].y))
-#define X_TYPE uvec2
-#define LOAD_X(i, v) LOAD4(pred, i, v)
-#define STORE_GRAD(i, g) grad[i] = uvec2(pack_pair16(g[0].xy), pack_pair16(g[0].zw))
+#define X_TYPE PACKED_ACCESS
+#define LOAD_X(i, v) LOAD_PACKED(pred, i, v)
+#define STORE_GRAD(i, g) STORE_PACKED(grad, i, g)
 #else
 #define X_TYPE STORED
 #define LOAD_X(i, v) LOAD_SPLIT(pred, i, v)
 #define STORE_GRAD(i, g) STORE_JOINED(grad, i, g)
 #endif
 #if LABELS_PACKED
-#define Y_TYPE uvec2
-#define LOAD_Y(i, v) LOAD4(labels, i, v)
+#define Y_TYPE PACKED_ACCESS
+#define LOAD_Y(i, v) LOAD_PACKED(labels, i, v)
 #else
 #define Y_TYPE STORED
 #define LOAD_Y(i, v) LOAD_SPLIT(labels, i, v)

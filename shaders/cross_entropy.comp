@@ -49,29 +49,37 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #endif
 
 // STORAGE_F16 / STORAGE_BF16: 16-bit logits, two to a 32-bit word, and a 16-bit gradient, written whole words by
-// one invocation: four classes (two words) at a time in MODE_ROW (VEC4), one word (two elements) per invocation in
-// MODE_GRAD; MODE_STATS reads elements. The maths stays float32.
+// one invocation: four classes (two words) at a time in MODE_ROW (VEC4), eight (four words) with WIDE, one word (two
+// elements) per invocation in MODE_GRAD; MODE_STATS reads elements. The maths stays float32.
+// MODE_ROW reads the logits and writes the gradient an access at a time, PER_LOAD ELEMENTs each:
+// LOAD_PRED_SPLIT(i, v) and STORE_GRAD_JOINED(i, g), as access.glsl's LOAD_SPLIT and STORE_JOINED for float32.
 #if STORAGE_F16 || STORAGE_BF16
 #define PACKED16 1
 #include "storage16.glsl"
 #define PRED(i) LOAD16(pred, i)
 #if VEC4
-#define PRED_ELEMENT uvec2
-#define LOAD_PRED(k) vec4(unpack_pair16(pred[k].x), unpack_pair16(pred[k].y))
+#define PRED_ELEMENT PACKED_ACCESS
+#define LOAD_PRED_SPLIT(i, v) LOAD_PACKED(pred, i, v)
+#define STORE_GRAD_JOINED(i, g) STORE_PACKED(GRAD_OUT, i, g)
+#define LOAD_PRED(k) vec4(unpack_pair16(pred[k].x), unpack_pair16(pred[k].y))  // MODE_ROW_ONCE (never WIDE)
 #define STORE_GRAD(k, g) GRAD_OUT[k] = uvec2(pack_pair16((g).xy), pack_pair16((g).zw))
 #else
 #define PRED_ELEMENT uint
 #endif
-#elif WIDE
-#define PACKED16 0
-#include "wide.glsl"
-#define PRED_ELEMENT u64vec4
 #else
 #define PACKED16 0
 #define PRED(i) pred[i]
-#define PRED_ELEMENT ELEMENT
+#define PRED_ELEMENT STORED
 #define LOAD_PRED(k) pred[k]
 #define STORE_GRAD(k, g) GRAD_OUT[k] = (g)
+#if WIDE
+#define LOAD_PRED_SPLIT(i, v) LOAD_SPLIT(pred, i, v)
+#define STORE_GRAD_JOINED(i, g) STORE_JOINED(GRAD_OUT, i, g)
+#endif
+#endif
+#ifndef LOAD_PRED_SPLIT
+#define LOAD_PRED_SPLIT(i, v) v[0] = LOAD_PRED(i)
+#define STORE_GRAD_JOINED(i, g) STORE_GRAD(i, g[0])
 #endif
 
 #if TARGET_INDEX
@@ -228,32 +236,27 @@ void main() {
 
 // The PER_LOAD ELEMENTs of the k-th access of the row, at flat access index i of the matrix: logits v, coefficients a.
 void load_row(RowTarget r, uint i, uint k, out ELEMENT v[PER_LOAD], out ELEMENT a[PER_LOAD]) {
+    LOAD_PRED_SPLIT(i, v);
 #if WIDE
-    unpack8(pred[i], v[0], v[1]);
     ELEMENT t[2], w[2] = ELEMENT[2](ELEMENT(1.0), ELEMENT(1.0));
 #if TARGET_INDEX
     t[0] = ONE_HOT(2u * k, r.index);
     t[1] = ONE_HOT(2u * k + 1u, r.index);
 #else
-    unpack8(target[i], t[0], t[1]);
+    LOAD_SPLIT(target, i, t);
 #endif
 #if WEIGHTED
-    unpack8(weight[k], w[0], w[1]);
+    LOAD_SPLIT(weight, k, w);
 #endif
     [[unroll]] for (uint h = 0; h < 2; ++h) a[h] = coefficient_of(r, t[h], w[h]);
 #else
-    v[0] = LOAD_PRED(i);
     a[0] = coefficient(r, i, k);
 #endif
 }
 
 #if WRITE_GRAD
 void store_row_grad(uint i, ELEMENT g[PER_LOAD]) {
-#if WIDE
-    GRAD_OUT[i] = pack8(g[0], g[1]);
-#else
-    STORE_GRAD(i, g[0]);
-#endif
+    STORE_GRAD_JOINED(i, g);
 }
 #endif
 

@@ -7,6 +7,7 @@ import pytest
 
 from vkloss import reference
 from test_row_once import check_every_index_option
+from test_sixteen_bit import assert_within_one_rounding
 
 try:
     import torch
@@ -104,3 +105,38 @@ def test_bce_on_probabilities_and_logits_with_broadcast_weights(forced, rng, row
                                                   pos_weight=torch.tensor(pw), reduction="none")
         np.testing.assert_allclose(per_element.numpy(), want.numpy(), rtol=1e-5, atol=1e-6 * np.abs(zz).max())
     assert bool(wide_dispatches(g, "bce")) == (g.wide and n % 8 == 0 and size % 8 == 0)
+
+
+# 16-bit logits: eight values (four words, 16 bytes) an access where the class count, or every size, is a multiple of
+# 8; four (two words) where it is a multiple of 4
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+@pytest.mark.parametrize("classes", [72, 76])
+def test_cross_entropy_on_16_bit_logits(forced, rng, dtype, classes):
+    g = forced
+    x = (rng.standard_normal((5, classes)) * 3).astype(np.float32)
+    labels = rng.integers(0, classes, 5)
+    p = g.tensor(x, dtype=dtype, requires_grad=True)
+    loss = g.cross_entropy_loss(p, labels, label_smoothing=0.1)
+    g.backward(loss)
+    ref_loss, ref_grad = reference.cross_entropy(p.numpy().astype(np.float64), labels, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
+    assert_within_one_rounding(p.grad.numpy(), ref_grad, dtype)
+    assert bool(wide_dispatches(g, "cross_entropy")) == (g.wide and classes % 8 == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+@pytest.mark.parametrize("rows, size", [(64, 8), (65, 4)])  # eight at a time; four (260 values, pos_weight of 4)
+def test_bce_with_logits_on_16_bit_inputs(forced, rng, dtype, rows, size):
+    g = forced
+    z = (rng.standard_normal((rows, size)) * 4).astype(np.float32)
+    y = rng.random((rows, size)).astype(np.float32)
+    pos_weight = rng.uniform(0.5, 3.0, size).astype(np.float32)
+    tz, ty = g.tensor(z, dtype=dtype, requires_grad=True), g.tensor(y, dtype=dtype)  # labels packed like the logits
+    loss = g.bce_with_logits_loss(tz, ty, pos_weight=pos_weight)
+    g.backward(loss)
+    zz, yy, pw = tz.numpy().astype(np.float64), ty.numpy().astype(np.float64), pos_weight.astype(np.float64)
+    log_weight = 1 + (pw - 1) * yy
+    ref = ((1 - yy) * zz + log_weight * (np.maximum(-zz, 0) + np.log1p(np.exp(-np.abs(zz))))).mean()
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+    assert_within_one_rounding(tz.grad.numpy(), (log_weight / (1 + np.exp(-zz)) - pw * yy) / zz.size, dtype)
+    assert bool(wide_dispatches(g, "bce")) == (g.wide and size % 8 == 0)

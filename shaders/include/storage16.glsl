@@ -30,4 +30,22 @@ uint pack_pair16(vec2 v) {
 // element i of a packed array
 #define LOAD16(words, i) (unpack_pair16((words)[(i) >> 1])[(i) & 1u])
 
+// With access.glsl and VEC4: one access of PER_LOAD vec4s of 16-bit values, a PACKED_ACCESS of words (a uvec2 of
+// four values; with WIDE a uvec4 of eight), read by LOAD_PACKED(array, i, v) into vec4 v[PER_LOAD] and written by
+// STORE_PACKED(array, i, v) from them.
+#if defined(ACCESS_GLSL) && VEC4
+#if WIDE
+#define PACKED_ACCESS uvec4
+#define LOAD_PACKED(array, i, v) { uvec4 words = (array)[i]; v[0] = vec4(unpack_pair16(words.x), \
+    unpack_pair16(words.y)); v[1] = vec4(unpack_pair16(words.z), unpack_pair16(words.w)); }
+#define STORE_PACKED(array, i, v) (array)[i] = uvec4(pack_pair16(v[0].xy), pack_pair16(v[0].zw), \
+    pack_pair16(v[1].xy), pack_pair16(v[1].zw))
+#else
+#define PACKED_ACCESS uvec2
+#define LOAD_PACKED(array, i, v) { uvec2 words = (array)[i]; v[0] = vec4(unpack_pair16(words.x), \
+    unpack_pair16(words.y)); }
+#define STORE_PACKED(array, i, v) (array)[i] = uvec2(pack_pair16(v[0].xy), pack_pair16(v[0].zw))
+#endif
+#endif
+
 #endif

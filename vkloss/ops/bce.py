@@ -14,10 +14,10 @@ from .reductions import tree_sum
 ITEMS = 16  # loop iterations per invocation in bce.comp
 
 def _allowed(logits, pos_weight, vec4, wide, storage, labels_packed, **_):
-    # 16-bit logits are read four at a time (and their labels with them, where of the same dtype); eight float32 at a
-    # time (wide) only on top of four
+    # 16-bit logits are read four at a time (and their labels with them, where of the same dtype); eight at a time
+    # (wide) only on top of four
     return ((logits or not pos_weight) and (storage == "F32" or (logits and vec4)) and
-            (storage != "F32" or not labels_packed) and (not wide or (vec4 and storage == "F32")))
+            (storage != "F32" or not labels_packed) and (not wide or vec4))
 
 
 BCE = Kernel(
@@ -64,7 +64,7 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
         pred = casts.float32(ctx, pred, n, ctx.dtypes[0])  # else 16-bit: widened first
     if not labels_packed:
         labels = casts.float32(ctx, labels, n, ctx.dtypes[1])
-    wide = storage == "F32" and ctx.wide_loads(n, *sizes)
+    wide = vec4 and ctx.wide_loads(n, *sizes)  # float32: 32 bytes an access; 16-bit: 16
     width = 8 if wide else 4 if vec4 else 1  # elements per access
     workgroup = ctx.row_workgroup()  # ITEMS loop iterations per invocation
     per_workgroup = ITEMS * width * workgroup

@@ -21,7 +21,7 @@ ROW_MODES = ("SMALL", "ROW", "ROW_ONCE", "COMBINE")  # one row loss per row: wit
 def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage, wide):
     if (norm_buffer and not target_index) or (inplace and not write_grad):
         return False
-    if wide and not (mode == "ROW" and vec4 and storage == "F32"):  # eight float32 classes per access: ROW only
+    if wide and not (mode == "ROW" and vec4):  # eight classes per access (32 or 16 bytes): ROW only
         return False
     if mode != "ROW" and vec4 != (mode == "ROW_ONCE"):  # ROW reads one or four classes at a time, ROW_ONCE four
         return False
@@ -106,7 +106,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
                      ctx.groups_for(rows), push=push, row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
-        wide = storage == "F32" and ctx.wide_loads(classes)  # or eight (32 bytes), on CPU devices
+        wide = ctx.wide_loads(classes)  # or eight (float32: 32 bytes, 16-bit: 16), on CPU devices
         once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
         if once:
             workgroup, constants = once[0], (once[1],)
