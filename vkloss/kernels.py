@@ -68,6 +68,21 @@ class KernelVariant:
         return self.shader.name
 
 
+ACCESS_SWITCHES = {"vec4": (False, True), "wide": (False, True)}  # shaders/include/access.glsl's VEC4 and WIDE
+
+
+def access_switches(width: int) -> dict:
+    """The VEC4 and WIDE switches (shaders/include/access.glsl) for `width` float32 values an access: 1, 4 or 8."""
+    if width not in (1, 4, 8):
+        raise ValueError(f"an access moves 1, 4 or 8 float32 values, not {width}")
+    return {"vec4": width >= 4, "wide": width == 8}
+
+
+def access_allowed(vec4: bool, wide: bool) -> bool:
+    """Whether access.glsl takes this pair: eight floats an access are two vec4s, so WIDE needs VEC4."""
+    return vec4 or not wide
+
+
 class Kernel:
     def __init__(self, source: str, *, push: str, bindings: Callable[..., tuple], switches: dict | None = None,
                  allowed: Callable[..., bool] | None = None, defines: dict | None = None):

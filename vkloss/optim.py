@@ -16,8 +16,8 @@ from . import kernels
 from .tensor import Tensor
 
 OPTIM = kernels.Kernel(
-    "optim.comp", switches={"mode": ("SGD", "ADAM"), "vec4": (False, True), "wide": (False, True)},
-    allowed=lambda mode, vec4, wide: vec4 or not wide,  # eight floats an access are two vec4s
+    "optim.comp", switches={"mode": ("SGD", "ADAM"), **kernels.ACCESS_SWITCHES},
+    allowed=lambda mode, vec4, wide: kernels.access_allowed(vec4, wide),
     push="uint n, float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
          "uint index = 0",
     bindings=lambda mode, **_: ((["grad", "corrections"], ["param", "state1", "state2"]) if mode == "ADAM" else
@@ -28,7 +28,7 @@ OPTIM = kernels.Kernel(
 def _update(engine, mode: str, param, push: dict, **buffers) -> None:
     """One parameter's update, an access of as many floats as its size allows (engine.access_width) per invocation."""
     width = engine.access_width(param.size)
-    kernels.dispatch(engine, OPTIM.variant(mode=mode, vec4=width >= 4, wide=width == 8),
+    kernels.dispatch(engine, OPTIM.variant(mode=mode, **kernels.access_switches(width)),
                      engine.groups_for(param.size // width), push=dict(push, n=param.size // width),
                      grad=param.grad.buffer, param=param.buffer, **buffers)
 

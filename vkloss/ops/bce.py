@@ -6,7 +6,7 @@ import functools
 import math
 
 from ..engine import ceil_div
-from ..kernels import Kernel
+from ..kernels import Kernel, access_allowed
 from ..registry import Backward, register_op
 from . import casts
 from .reductions import tree_sum
@@ -17,7 +17,7 @@ def _allowed(logits, pos_weight, vec4, wide, storage, labels_packed, **_):
     # 16-bit logits are read four at a time (and their labels with them, where of the same dtype); eight at a time
     # (wide) only on top of four
     return ((logits or not pos_weight) and (storage == "F32" or (logits and vec4)) and
-            (storage != "F32" or not labels_packed) and (not wide or vec4))
+            (storage != "F32" or not labels_packed) and access_allowed(vec4, wide))
 
 
 BCE = Kernel(

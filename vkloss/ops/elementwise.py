@@ -1,7 +1,7 @@
 """Elementwise ops: one kernel family, shaders/elementwise.comp, one variant per op (its OP switch)."""
 from __future__ import annotations
 
-from ..kernels import Kernel
+from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches
 from ..registry import Backward, register_op
 
 UNARY = ("neg", "abs", "sigmoid", "relu")
@@ -9,8 +9,7 @@ BINARY = ("add", "add_row", "mul", "mul_scalar", "mul_rows", "abs_backward", "re
 
 ELEMENTWISE = Kernel(
     "elementwise.comp", push="uint n, uint cols = 0",
-    switches={"op": UNARY + BINARY, "vec4": (False, True), "wide": (False, True)},
-    allowed=lambda op, vec4, wide: vec4 or not wide,  # eight floats an access are two vec4s
+    switches={"op": UNARY + BINARY, **ACCESS_SWITCHES}, allowed=lambda op, vec4, wide: access_allowed(vec4, wide),
     bindings=lambda op, **_: ((["x"] if op in UNARY else ["a", "b"]), ["y"]),
 )
 
@@ -26,7 +25,7 @@ def _dispatch(ctx, op: str, cols: int = 0, **operands):
     must hold whole accesses."""
     n = ctx.out.size
     width = ctx.access_width(n, *([cols] if cols else []))
-    ctx.dispatch(ELEMENTWISE.variant(op=op, vec4=width >= 4, wide=width == 8), ctx.groups_for(n // width),
+    ctx.dispatch(ELEMENTWISE.variant(op=op, **access_switches(width)), ctx.groups_for(n // width),
                  push={"n": n // width, "cols": cols // width}, y=ctx.out, **operands)
 
 

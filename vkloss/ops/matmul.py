@@ -4,16 +4,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import ceil_div
-from ..kernels import Kernel
+from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches
 from ..registry import register_op
 
 BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
 TILE = 64  # the tiled variant's output tile per workgroup of 256 (the shader's TILE)
 MATMUL = Kernel(
     "matmul.comp", defines={"BLOCK": BLOCK}, bindings=lambda **_: (["a", "b"], ["out"]),
-    switches={"tiled": (False, True), "vec4": (False, True), "wide": (False, True)},
-    # wider reads are the register-block kernel's; eight floats an access are two vec4s
-    allowed=lambda tiled, vec4, wide: not (tiled and vec4) and (vec4 or not wide),
+    switches={"tiled": (False, True), **ACCESS_SWITCHES},
+    allowed=lambda tiled, vec4, wide: not (tiled and vec4) and access_allowed(vec4, wide),  # wider: register blocks
     push="uint m, uint n, uint k, uint k_begin, uint k_end, uint trans_a, uint trans_b, uint accumulate, "
          "uint a_offset, uint b_offset, uint out_offset",
 )
@@ -40,7 +39,7 @@ def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=F
     `offsets`: where a, b and out start in their buffers (in elements), so row blocks are operands."""
     tiled = use_tiles(ctx.device)
     width = 1 if tiled else operand_width(ctx, m, n, k, trans_a, trans_b, offsets)
-    variant = MATMUL.variant(tiled=tiled, vec4=width >= 4, wide=width == 8)
+    variant = MATMUL.variant(tiled=tiled, **access_switches(width))
     grid = ctx.grid(ceil_div(m, TILE) * ceil_div(n, TILE)) if tiled else \
         ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK))
     for k_begin in range(0, k, K_SLICE):

@@ -4,16 +4,16 @@ from __future__ import annotations
 import math
 
 from ..engine import ceil_div
-from ..kernels import Kernel
+from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches
 from ..registry import register_op
 
 ITEMS = 16  # accesses each invocation sums before the workgroup's tree: the shader's ITEMS define comes from here
 REDUCTIONS = Kernel(
     "reductions.comp", push="uint n, float scale", defines={"ITEMS": ITEMS},
-    switches={"mode": ("SUM", "FILL"), "count_nonfinite": (False, True), "vec4": (False, True),
-              "wide": (False, True)},
-    # counting is a first pass of a sum; eight floats an access are two vec4s
-    allowed=lambda mode, count_nonfinite, vec4, wide: (mode == "SUM" or not count_nonfinite) and (vec4 or not wide),
+    switches={"mode": ("SUM", "FILL"), "count_nonfinite": (False, True), **ACCESS_SWITCHES},
+    # counting is a first pass of a sum
+    allowed=lambda mode, count_nonfinite, vec4, wide: ((mode == "SUM" or not count_nonfinite) and
+                                                       access_allowed(vec4, wide)),
     bindings=lambda **_: (["src"], ["dst"]),
 )
 
@@ -21,7 +21,7 @@ REDUCTIONS = Kernel(
 def _access(ctx, n: int, **switches):
     """The variant that moves as many floats an access as n allows (ForwardContext.access_width), and n in accesses."""
     width = ctx.access_width(n)
-    return REDUCTIONS.variant(**switches, vec4=width >= 4, wide=width == 8), n // width
+    return REDUCTIONS.variant(**switches, **access_switches(width)), n // width
 
 
 def tree_sum(ctx, source, n: int, out, scale: float, count_nonfinite: bool = False) -> None:

@@ -57,7 +57,7 @@ import numpy as np
 from .. import reference
 from ..engine import ceil_div
 from ..graph import Graph
-from ..kernels import Kernel, dispatch
+from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches, dispatch
 from ..ops.reductions import tree_sum
 from ..registry import ForwardContext
 
@@ -69,8 +69,8 @@ _BENCH_BINDINGS = {
 }
 BENCH = Kernel(  # baselines, not ops: a copy shader, and CE and BCE as one kernel per step
     "bench.comp", push="uint rows, uint classes = 0, float inv_rows = 0.0",
-    switches={"mode": tuple(_BENCH_BINDINGS), "vec4": (False, True), "wide": (False, True)},
-    allowed=lambda mode, vec4, wide: (mode == "COPY" or not vec4) and not (wide and not vec4),
+    switches={"mode": tuple(_BENCH_BINDINGS), **ACCESS_SWITCHES},
+    allowed=lambda mode, vec4, wide: (mode == "COPY" or not vec4) and access_allowed(vec4, wide),
     bindings=lambda mode, vec4, wide: _BENCH_BINDINGS[mode],
 )
 
@@ -196,13 +196,11 @@ def copy_seconds(e, bytes_moved: int, repeats: int) -> dict:
     timed = e.device.timestamp_period_ns > 0
     timings = {}
     ways = {"device_copy": lambda: e.copy(src, dst)}
-    shapes = {"scalar": (False, False, floats), "vec4": (True, False, floats // 4)}
-    if e.wide_loads():
-        shapes["wide"] = (True, True, floats // 8)  # eight floats an access, as the kernels read there
-    for name, (vec4, wide, count) in shapes.items():
-        ways[name] = (lambda vec4=vec4, wide=wide, count=count: dispatch(
-            e, BENCH.variant(mode="COPY", vec4=vec4, wide=wide), e.groups_for(count), push=dict(rows=count),
-            src=src, dst=dst))
+    widths = {"scalar": 1, "vec4": 4, **({"wide": 8} if e.wide_loads() else {})}  # wide: as the kernels read there
+    for name, width in widths.items():
+        ways[name] = (lambda width=width: dispatch(
+            e, BENCH.variant(mode="COPY", **access_switches(width)), e.groups_for(floats // width),
+            push=dict(rows=floats // width), src=src, dst=dst))
     for name, record in ways.items():
         e.upload_into(dst, np.zeros(floats, np.float32))  # each way proves itself from a blank target
         record()
