@@ -4,8 +4,8 @@
 // MODE_SUM: one pass of a tree sum: workgroup w writes the sum of accesses [w*ITEMS*WG, (w+1)*ITEMS*WG) of src times
 //   `scale` to out[w]. Each invocation first sums its ITEMS accesses as a pairwise tree in registers (an access's two
 //   vec4s first, with WIDE), then the components, then the workgroup's tree: pairwise all the way, and few barriers
-//   per element. The engine chains passes (n -> n/512 -> ... -> 1) with a barrier between them; the last pass scales
-//   by 1/N.
+//   per element. The engine chains passes (n -> n / (ITEMS WG ACCESS_WIDTH) -> ... -> 1) with a barrier between
+//   them; the last pass scales by 1/N.
 //   COUNT_NONFINITE: the first pass counts NaN and infinite values instead of summing (Graph(check_finite=True)).
 // MODE_FILL: out[i] = in[0] * scale (the backward of mean_all: each element gets grad / N).
 #extension GL_GOOGLE_include_directive : require

@@ -144,6 +144,9 @@ def test_bench_quick_prints_ratios_and_writes_json(tmp_path):
     for r in rows:
         assert r["roofline"] > 0 and r["speedup_over_unfused"] > 0 and r["rel_error_fused"] < 1e-4
         assert r["wall_ms"] > 0 and r["copy_GBs"] > 0 and r["timestamps"] and r["kernel_ms"] > 0
+    assert {r["op"] for r in report["primitives"]} >= {"neg", "add", "mean_all", "mse_loss + backward"}
+    for r in report["primitives"]:
+        assert r["roofline"] > 0 and r["kernel_ms"] > 0 and r["rel_error"] < 1e-4
     assert "in-place" in done.stdout and "peak device memory" in done.stdout
     for r in report["target_forms"]:
         assert r["index_s"] > 0 and r["index_in_place_s"] > 0 and r["index_roofline"] > 0
