@@ -81,8 +81,8 @@ void main() {
 // values of k) per row or column of the block; one stored along the block gives BLOCK / STEPS accesses (its rows or
 // columns) per step of k. Either way BLOCK accesses per operand per STEPS steps of k, where the scalar kernel makes
 // STEPS BLOCK: on lavapipe, whose cost is per access, that is what matters. Measured there (2-core AMD EPYC), the
-// three products of a linear cross-entropy block (256 rows, 64 features, 32,000 classes): 900 ms scalar, 383 with
-// vec4s, 270 with eight floats an access.
+// three products of a linear cross-entropy block (262 rows, 64 features, 32,000 classes): 900 ms scalar, 383 with
+// vec4s, 282 with eight floats an access.
 #define STEPS ACCESS_WIDTH
 #if BLOCK % 8 != 0
 #error "matmul.comp: the VEC4 kernel reads a block's rows or columns as whole accesses of 4 or 8"
