@@ -11,10 +11,15 @@ BFLOAT16 = "bfloat16"  # numpy has no bfloat16: the dtype of a bfloat16 tensor i
 SIXTEEN_BIT = (np.dtype(np.float16), BFLOAT16)
 
 
+def packed_words(n: int) -> int:
+    """The uint32 words that hold n 16-bit values, two to a word."""
+    return ceil_div(n, 2)
+
+
 def buffer_layout(n: int, dtype) -> tuple[int, np.dtype]:
     """(elements, dtype) of the device buffer that holds n elements of a tensor dtype: 16-bit floats two to a uint32
     word, every other dtype as itself."""
-    return (ceil_div(n, 2), np.dtype(np.uint32)) if dtype in SIXTEEN_BIT else (n, np.dtype(dtype))
+    return (packed_words(n), np.dtype(np.uint32)) if dtype in SIXTEEN_BIT else (n, np.dtype(dtype))
 
 
 def dtype_name(dtype) -> str:

@@ -9,12 +9,12 @@ import math
 
 import numpy as np
 
-from ..engine import ceil_div
 from ..kernels import Kernel
 from ..registry import register_op
-from ..tensor import BFLOAT16, dtype_name
+from ..tensor import BFLOAT16, buffer_layout, dtype_name, packed_words
 
 STORAGE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", BFLOAT16: "BF16"}
+STORED_DTYPE = {switch: dtype for dtype, switch in STORAGE.items()}  # a storage switch's tensor dtype
 DTYPES = {dtype_name(dtype): dtype for dtype in STORAGE}  # astype's names: float32, float16, bfloat16
 
 CASTS = Kernel(
@@ -28,19 +28,15 @@ def storage(dtype) -> str:
     return STORAGE[dtype if dtype == BFLOAT16 else np.dtype(dtype)]
 
 
-def words(n: int) -> int:
-    return ceil_div(n, 2)
-
-
 def alloc(ctx, n: int, storage_switch: str):
     """A buffer for n values stored as `storage_switch` (F32, or F16/BF16 packed two to a word)."""
-    return ctx.alloc(n) if storage_switch == "F32" else ctx.alloc(words(n), np.uint32)
+    return ctx.alloc(*buffer_layout(n, STORED_DTYPE[storage_switch]))
 
 
 def widen(ctx, packed, n: int, dtype, values=None):
     """A float32 buffer (`values`, else a new one) of the n 16-bit elements in `packed`."""
     values = ctx.alloc(n) if values is None else values
-    ctx.dispatch(CASTS.variant(mode="WIDEN", storage=storage(dtype)), ctx.groups_for(words(n)), push={"n": n},
+    ctx.dispatch(CASTS.variant(mode="WIDEN", storage=storage(dtype)), ctx.groups_for(packed_words(n)), push={"n": n},
                  words=packed, values=values)
     return values
 
@@ -49,7 +45,7 @@ def narrow(ctx, values, n: int, dtype, packed=None):
     """The n float32 values of `values`, rounded to `dtype` (float16 or bfloat16), packed two to a word (into
     `packed`, else a new buffer)."""
     packed = alloc(ctx, n, storage(dtype)) if packed is None else packed
-    ctx.dispatch(CASTS.variant(mode="NARROW", storage=storage(dtype)), ctx.groups_for(words(n)), push={"n": n},
+    ctx.dispatch(CASTS.variant(mode="NARROW", storage=storage(dtype)), ctx.groups_for(packed_words(n)), push={"n": n},
                  values=values, words=packed)
     return packed
 

@@ -7,6 +7,7 @@ import numpy as np
 from ..engine import WORKGROUP, ceil_div
 from ..kernels import Kernel
 from ..registry import Backward, register_op
+from ..tensor import packed_words
 from . import casts
 from .reductions import tree_sum
 
@@ -129,7 +130,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
         if want_grad:
             ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, storage=storage,
                                                **switches),
-                         ctx.groups_for(rows * classes if storage == "F32" else casts.words(rows * classes)), push=push,
+                         ctx.groups_for(rows * classes if storage == "F32" else packed_words(rows * classes)), push=push,
                          row_stats=row_stats, **buffers)
     if index:
         count_bad(ctx, bad, rows, classes, ignore_index, f"cross_entropy_loss: {{count}} class indices of target "
