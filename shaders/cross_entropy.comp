@@ -254,12 +254,6 @@ void load_row(RowTarget r, uint i, uint k, out ELEMENT v[PER_LOAD], out ELEMENT 
 #endif
 }
 
-#if WRITE_GRAD
-void store_row_grad(uint i, ELEMENT g[PER_LOAD]) {
-    STORE_GRAD_JOINED(i, g);
-}
-#endif
-
 // raise this invocation's running max to v_max, rescaling its sums
 #define ROW_RAISE_MAX(v_max) { float raised = (v_max); if (raised > m_own) { s_own *= exp(m_own - raised); \
     a_own -= t_own == 0.0 ? 0.0 : t_own * (raised - m_own); m_own = raised; } }
@@ -313,7 +307,7 @@ void main() {
         load_row(r, base + k, k, v, a);
         [[unroll]] for (uint h = 0; h < PER_LOAD; ++h)
             g[h] = r.counted ? exp((v[h] - m) - log_sum) * a_scale - a[h] * scale : ELEMENT(0.0);
-        store_row_grad(base + k, g);
+        STORE_GRAD_JOINED(base + k, g);
     }
 #endif
 }
