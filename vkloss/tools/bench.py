@@ -363,7 +363,7 @@ def bench_primitives(g: Graph, quick: bool = False, repeats: int = 5, seed: int 
         "relu_backward": (lambda: g.relu_backward(y, x), lambda: np.where(x64 > 0, y64, 0.0), 3 * n),
         "mean_all": (lambda: g.mean_all(x), lambda: np.array([x64.mean()]), n),
         "expand": (lambda: g.expand(half, shape=(rows, cols)), lambda: np.full((rows, cols), 0.5), n + 1),
-        "mse_loss + backward": (mse_step, lambda: (np.array([np.mean((x64 - y64) ** 2)]), 2 * (x64 - y64) / n),
+        "mse_loss + backward": (mse_step, lambda: reference.loss_and_output_grad("mse_loss", x64, y64),
                                 3 * n),  # read pred and target, write the gradient: what a fused kernel would move
     }
     results = []
@@ -493,7 +493,7 @@ def bench_sixteen_bit(g: Graph, quick: bool = False, repeats: int = 5, seed: int
 
             got = step()
             ref = (reference.cross_entropy(exact, labels)[0] if ce else
-                   float(np.mean((1 - target.numpy()) * exact + np.logaddexp(0, -exact))))
+                   reference.binary_cross_entropy_with_logits(exact, target.numpy())[0])
             error = abs(got - ref) / abs(ref)
             if not error <= 1e-4:
                 raise RuntimeError(f"{loss_name} {shape} {dtype}: loss off by {error:.1e}: not timing it")
