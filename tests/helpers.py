@@ -1,4 +1,6 @@
 """Float64 references and the device gradients of a function, shared by the tests."""
+import re
+
 import numpy as np
 
 
@@ -15,3 +17,14 @@ def device_gradients(g, fn, arrays):
     tensors = [g.tensor(a, requires_grad=True) for a in arrays]
     g.backward(fn(*tensors))
     return [t.grad.numpy().astype(np.float64) for t in tensors]
+
+
+def dispatched_widths(g, family):
+    """The float32 values an access of each dispatched `family` variant moved (8, 4 or 1), in dispatch order, from
+    the names conftest.py's `forced` Graph records in g.names."""
+    found = []
+    for name in g.names:
+        if name.startswith(family + "["):
+            switches = dict(re.findall(r"(\w+)=(\d+)", name))
+            found.append(8 if switches.get("WIDE") == "1" else 4 if switches.get("VEC4") == "1" else 1)
+    return found

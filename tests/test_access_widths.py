@@ -2,25 +2,13 @@
 where the engine takes wide loads and the sizes are multiples of 8, a vec4 where they are multiples of 4, else one
 float. Each test runs with wide loads forced off and on (conftest.py's `forced`), at sizes on both sides of each
 threshold, against float64, and checks which width was dispatched."""
-import re
-
 import numpy as np
 import pytest
 
 import vkloss
 from vkloss.ops import matmul
-from helpers import f32, sigmoid64
+from helpers import dispatched_widths as widths, f32, sigmoid64
 from test_training_ops import adam64
-
-
-def widths(g, family):
-    """The floats an access of each dispatched `family` variant moved, in dispatch order."""
-    found = []
-    for name in g.names:
-        if name.startswith(family + "["):
-            switches = dict(re.findall(r"(\w+)=(\d+)", name))
-            found.append(8 if switches.get("WIDE") == "1" else 4 if switches.get("VEC4") == "1" else 1)
-    return found
 
 
 def width_for(g, *sizes):

@@ -8,6 +8,7 @@ import pytest
 from vkloss import reference
 from test_row_once import check_every_index_option
 from test_sixteen_bit import assert_within_one_rounding
+from helpers import dispatched_widths
 
 try:
     import torch
@@ -16,8 +17,9 @@ except ImportError:
     torch = None
 
 
-def wide_dispatches(g, family):
-    return [name for name in g.names if name.startswith(family) and "WIDE=1" in name]
+def eight_wide(g, family):
+    """Whether any dispatched `family` variant moved eight values an access."""
+    return 8 in dispatched_widths(g, family)
 
 
 def test_cpu_devices_with_int64_take_eight(g):
@@ -47,13 +49,13 @@ def test_cross_entropy_probability_targets_with_weights_and_smoothing(forced, rn
         F.cross_entropy(t, torch.tensor(soft, dtype=torch.float64), weight=torch.tensor(weight, dtype=torch.float64),
                         label_smoothing=0.2, reduction="sum").backward()
         np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=1e-4, atol=1e-6 * np.abs(ref_grad).max())
-    assert bool(wide_dispatches(g, "cross_entropy")) == (g.wide and classes % 8 == 0)
+    assert eight_wide(g, "cross_entropy") == (g.wide and classes % 8 == 0)
 
 
 @pytest.mark.parametrize("classes", [72, 76, 4000])
 def test_cross_entropy_index_targets_with_every_option(forced, rng, classes):
     check_every_index_option(forced, rng, classes, np.float32)
-    assert bool(wide_dispatches(forced, "cross_entropy")) == (forced.wide and classes % 8 == 0)
+    assert eight_wide(forced, "cross_entropy") == (forced.wide and classes % 8 == 0)
 
 
 def test_cross_entropy_gradient_in_place(forced, rng):
@@ -65,7 +67,7 @@ def test_cross_entropy_gradient_in_place(forced, rng):
     ref_loss, ref_grad = reference.cross_entropy(x.astype(np.float64), target)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
     np.testing.assert_allclose(leaf.grad.numpy(), ref_grad, rtol=1e-4, atol=1e-6 * np.abs(ref_grad).max())
-    assert bool(wide_dispatches(forced, "cross_entropy")) == forced.wide
+    assert eight_wide(forced, "cross_entropy") == forced.wide
 
 
 # pred [rows, size] with weights of shape (size,), broadcast over the rows: eight at a time where n and size are
@@ -104,7 +106,7 @@ def test_bce_on_probabilities_and_logits_with_broadcast_weights(forced, rng, row
         want = F.binary_cross_entropy_with_logits(torch.tensor(zz), torch.tensor(y, dtype=torch.float64),
                                                   pos_weight=torch.tensor(pw), reduction="none")
         np.testing.assert_allclose(per_element.numpy(), want.numpy(), rtol=1e-5, atol=1e-6 * np.abs(zz).max())
-    assert bool(wide_dispatches(g, "bce")) == (g.wide and n % 8 == 0 and size % 8 == 0)
+    assert eight_wide(g, "bce") == (g.wide and n % 8 == 0 and size % 8 == 0)
 
 
 # 16-bit logits: eight values (four words, 16 bytes) an access where the class count, or every size, is a multiple of
@@ -121,7 +123,7 @@ def test_cross_entropy_on_16_bit_logits(forced, rng, dtype, classes):
     ref_loss, ref_grad = reference.cross_entropy(p.numpy().astype(np.float64), labels, label_smoothing=0.1)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
     assert_within_one_rounding(p.grad.numpy(), ref_grad, dtype)
-    assert bool(wide_dispatches(g, "cross_entropy")) == (g.wide and classes % 8 == 0)
+    assert eight_wide(g, "cross_entropy") == (g.wide and classes % 8 == 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
@@ -137,4 +139,4 @@ def test_bce_with_logits_on_16_bit_inputs(forced, rng, dtype, rows, size):
     ref_loss, ref_grad = reference.binary_cross_entropy_with_logits(tz.numpy(), ty.numpy(), pos_weight=pos_weight)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
     assert_within_one_rounding(tz.grad.numpy(), ref_grad, dtype)
-    assert bool(wide_dispatches(g, "bce")) == (g.wide and size % 8 == 0)
+    assert eight_wide(g, "bce") == (g.wide and size % 8 == 0)
