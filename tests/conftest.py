@@ -64,7 +64,7 @@ def forced(request):
     with vkloss.Graph() as g:
         if request.param and not g.device.shader_int64:
             pytest.skip(f"{g.device.name} has no 64-bit integers in shaders")
-        g.engine.wide_loads = lambda: request.param
+        g.engine.launch.wide_loads = lambda: request.param
         names, dispatch = [], g.engine.dispatch
         g.engine.dispatch = lambda variant, *args, **kwargs: names.append(variant.name) or dispatch(variant, *args,
                                                                                                    **kwargs)

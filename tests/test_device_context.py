@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vkloss
-from vkloss import engine
+from vkloss import runtime
 
 from helpers import f32
 
@@ -22,7 +22,7 @@ def test_one_device_context_however_many_graphs():
             assert g.engine.context is first.engine.context
             assert g.neg(g.tensor([2.0])).item() == -2.0
     first.close()
-    assert engine.contexts_made() == 1
+    assert runtime.contexts_made() == 1
 
 
 def test_everything_that_holds_device_state_refuses_use_after_close():
@@ -117,7 +117,7 @@ def test_a_request_beyond_the_devices_memory_is_a_memory_error_and_the_graph_sta
     with vkloss.Graph() as g:
         context = g.engine.context
         # a device with 3 MiB left once every Graph's pooled leftovers (other tests' too) are given back
-        pooled = sum(e.live_counts()["pooled_bytes"] for e in list(engine._engines) if e.context is context)
+        pooled = sum(e.live_counts()["pooled_bytes"] for e in runtime.engines_on(context))
         monkeypatch.setattr(context, "budget", context.used - pooled + (3 << 20))
         with pytest.raises(vkloss.DeviceMemoryError, match=r"needs 8,000,000 bytes of device memory, but only 3,14[\d,]+ of"):
             g.tensor(np.zeros(2_000_000))
@@ -138,8 +138,7 @@ def test_another_graphs_pooled_leftovers_make_room_too(monkeypatch):
         first.flush()
         del leftover
         # 1 MiB left beside the first graph's 2 MB pooled, once other tests' leftovers are given back
-        others = sum(e.live_counts()["pooled_bytes"] for e in list(engine._engines)
-                     if e.context is context and e is not first.engine)
+        others = sum(e.live_counts()["pooled_bytes"] for e in runtime.engines_on(context) if e is not first.engine)
         monkeypatch.setattr(context, "budget", context.used - others + (1 << 20))
         assert second.sum_all(second.tensor(np.ones(600_000))).item() == 600_000.0  # 2.4 MB: fits once freed
         assert first.engine.live_counts()["pooled_buffers"] == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import vkloss
-from vkloss import engine
+from vkloss import launch
 from helpers import f32
 
 try:
@@ -232,7 +232,7 @@ def test_bce_on_five_million_elements_checks_every_gradient(g, rng):
 
 def test_fused_losses_on_a_two_dimensional_grid(rng):
     with vkloss.Graph() as g:
-        g.engine.max_groups_x = 3  # shrink the limit the engine sizes dispatches by
+        g.engine.launch.max_groups_x = 3  # shrink the limit the engine sizes dispatches by
         p, t = rng.standard_normal((40, 300)).astype(np.float32), one_hot(rng, 40, 300)
         assert_matches(run(g, "cross_entropy_loss", p, t), ce_reference(p, t))
         p, t = rng.standard_normal((5000, 3)).astype(np.float32), one_hot(rng, 5000, 3)
@@ -248,12 +248,12 @@ def test_every_path_at_every_workgroup_size(rng, workgroup):
     with vkloss.Graph() as g:
         def row_workgroup(items=0):  # the engine's rule against lavapipe's loop limit, from `workgroup` up
             size = workgroup
-            while size < engine.WORKGROUP and items > size * engine.MAX_LOOP_PER_PASS:
+            while size < launch.WORKGROUP and items > size * launch.MAX_LOOP_PER_PASS:
                 size *= 2
             return size
 
-        g.engine.row_workgroup = row_workgroup
-        g.engine.reduction_workgroup = lambda: workgroup
+        g.engine.launch.row_workgroup = row_workgroup
+        g.engine.launch.reduction_workgroup = lambda: workgroup
         for shape in [(9, 5), (6, 999), (5, 4000), (3, 1001), (2, 300_001)]:
             p, t = rng.standard_normal(shape).astype(np.float32), rng.random(shape).astype(np.float32)
             assert_matches(run(g, "cross_entropy_loss", p, t), ce_reference(p, t))

@@ -216,7 +216,7 @@ def test_class_indices_out_of_range_raise_at_the_next_read(g, kind):
 def test_class_indices_out_of_range_in_every_row_kernel(rng, classes, dtype, registers, options):
     with vkloss.Graph() as g:  # its own: the session's graph is not patched
         if registers:  # MODE_ROW_ONCE (256 invocations of 2 vec4s: 2,048 classes), which CPU devices leave to MODE_ROW
-            g.engine.row_once = lambda vectors: (256, 2) if vectors <= 512 else None
+            g.engine.launch.row_once = lambda vectors: (256, 2) if vectors <= 512 else None
         check_bad_indices(g, rng, classes, dtype, options)
 
 

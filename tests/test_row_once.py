@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import vkloss
-from vkloss import engine, reference
+from vkloss import launch, reference
 
 try:
     import torch
@@ -18,7 +18,7 @@ except ImportError:
 
 def gpu_rule(vectors):
     """engine.row_once as a GPU with 1,024 invocations a workgroup answers it."""
-    for values in engine.ROW_ONCE_VALUES:
+    for values in launch.ROW_ONCE_VALUES:
         workgroup = 32
         while workgroup * values < vectors:
             workgroup *= 2
@@ -31,7 +31,7 @@ def gpu_rule(vectors):
 def gpu_like():
     with vkloss.Graph() as g:
         chosen = []
-        g.engine.row_once = lambda vectors: chosen.append(gpu_rule(vectors)) or chosen[-1]
+        g.engine.launch.row_once = lambda vectors: chosen.append(gpu_rule(vectors)) or chosen[-1]
         g.chosen = chosen
         yield g
 
@@ -43,7 +43,7 @@ def test_the_rule_on_both_sides_of_each_threshold():
 
 
 def test_cpu_devices_keep_the_two_pass_kernel(g):
-    assert g.device.type != "cpu" or g.engine.row_once(100) is None
+    assert g.device.type != "cpu" or g.engine.launch.row_once(100) is None
 
 
 # classes: 4 * (64, 65, 2048, 2049, 8192) vec4s, and 8196 (one vector more: the two-pass kernel)
@@ -128,21 +128,20 @@ def test_the_same_row_gives_the_same_bits(gpu_like, rng):
 # multiple of 4. On GPUs engine.row_workgroup widens its workgroup for long rows, so that a few rows still keep
 # many loads in flight; lavapipe keeps its narrow workgroups, so these tests force the GPU's choice.
 def gpu_limits(g, **limits):
-    """g's engine with a GPU's device description (limits as given, else an H100's)."""
-    g.engine.device = dataclasses.replace(g.engine.device, **{
+    """The launch policy of a GPU's device description (limits as given, else an H100's) beside g's device."""
+    return launch.LaunchPolicy(dataclasses.replace(g.device, **{
         "type": "discrete", "max_workgroup_invocations": 1024, "max_workgroup_size": 1024,
-        "max_shared_memory": 49152, **limits})
-    return g.engine
+        "max_shared_memory": 49152, **limits}))
 
 
 def test_gpu_row_workgroup_widens_for_long_rows_within_the_limits():
     with vkloss.Graph() as g:
         e = gpu_limits(g)
-        per = engine.LONG_ROW_PER_INVOCATION
-        assert e.row_workgroup(per * 1024 - 1) == engine.WORKGROUP and e.row_workgroup(per * 1024) == 1024
+        per = launch.LONG_ROW_PER_INVOCATION
+        assert e.row_workgroup(per * 1024 - 1) == launch.WORKGROUP and e.row_workgroup(per * 1024) == 1024
         assert gpu_limits(g, max_shared_memory=16384).row_workgroup(per * 1024) == 512  # a vec4 tree of 1,024: 16 KiB + 16
         assert gpu_limits(g, max_workgroup_size=512).row_workgroup(per * 512) == 512
-        assert gpu_limits(g, max_workgroup_invocations=256).row_workgroup(10 ** 6) == engine.WORKGROUP
+        assert gpu_limits(g, max_workgroup_invocations=256).row_workgroup(10 ** 6) == launch.WORKGROUP
 
 
 # scalar and vec4 rows in workgroups of 1,024 (16-bit rows whose length is not a multiple of 4 go to the chunked kernels)
@@ -151,7 +150,7 @@ def test_gpu_row_workgroup_widens_for_long_rows_within_the_limits():
 def test_two_pass_rows_in_the_widest_workgroup(rng, classes, dtype):
     with vkloss.Graph() as g:
         widths = []
-        g.engine.row_workgroup = lambda items=0: widths.append(items) or 1024
+        g.engine.launch.row_workgroup = lambda items=0: widths.append(items) or 1024
         x = check_every_index_option(g, rng, classes, dtype)
         assert widths == [classes // 4 if classes % 4 == 0 else classes]
         soft = rng.dirichlet(np.ones(classes), 3).astype(np.float32)  # probability targets, the same kernel

@@ -186,8 +186,8 @@ def test_a_dispatch_binds_buffers_by_name(g):
     e = g.engine
     a, out = e.upload(np.array([1.0, -2.0], np.float32)), e.alloc(2)
     with pytest.raises(ValueError, match=r"missing \['x'\], not bound \['a'\]"):
-        kernels.dispatch(e, ELEMENTWISE.variant(op="neg"), e.groups_for(2), push={"n": 2}, a=a, y=out)
-    kernels.dispatch(e, ELEMENTWISE.variant(op="neg"), e.groups_for(2), push={"n": 2}, x=a, y=out)
+        kernels.dispatch(e, ELEMENTWISE.variant(op="neg"), e.launch.groups_for(2), push={"n": 2}, a=a, y=out)
+    kernels.dispatch(e, ELEMENTWISE.variant(op="neg"), e.launch.groups_for(2), push={"n": 2}, x=a, y=out)
     np.testing.assert_array_equal(e.read([out])[0], [-1.0, 2.0])
 
 

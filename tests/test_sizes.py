@@ -97,7 +97,7 @@ def test_every_op_at_odd_sizes(g, n):
 def test_two_dimensional_grid_when_the_device_allows_few_workgroups_per_dimension():
     # Shrink the per-dimension limit so that small sizes take the 2-D grid path large ones take on real limits.
     with vkloss.Graph() as g:
-        g.engine.max_groups_x = 3  # shrink the limit the engine sizes dispatches by
+        g.engine.launch.max_groups_x = 3  # shrink the limit the engine sizes dispatches by
         rng = np.random.default_rng(0)
         n = 10_007
         a = rng.standard_normal(n).astype(np.float32)

@@ -23,7 +23,7 @@ def eight_wide(g, family):
 
 
 def test_cpu_devices_with_int64_take_eight(g):
-    assert g.engine.wide_loads() == (g.device.type == "cpu" and g.device.shader_int64)
+    assert g.engine.launch.wide_loads() == (g.device.type == "cpu" and g.device.shader_int64)
 
 
 # 72 and 4000 classes: eight at a time where allowed; 76 and 4004: four

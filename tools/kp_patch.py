@@ -27,6 +27,9 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
 10. The device is created with shaderInt64 where the physical device supports it: stock kp enables no feature, so a
     shader with 64-bit integers was invalid on any device (VUID-VkShaderModuleCreateInfo-pCode-08740). vkloss's
     wide loads on CPU devices (shaders/include/wide.glsl) move eight floats per access as a u64vec4.
+11. `Sequence.is_complete()`: whether the submission in flight has finished, by the fence's status, without
+    waiting (vkGetFenceStatus). kp's `is_running()` only says whether `eval_await()` was called since, so a
+    deferred host copy could not tell that its values had arrived: a `while not copy.done()` loop never ended.
 
 All but 7 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices.
 """
@@ -35,7 +38,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-PATCH_LEVEL = 4
+PATCH_LEVEL = 5
 
 EDITS = {
     "setup.py": [
@@ -78,6 +81,14 @@ EDITS = {
         ("    vk::CommandPoolCreateInfo commandPoolInfo(vk::CommandPoolCreateFlags(),",
          "    vk::CommandPoolCreateInfo commandPoolInfo(\n"
          "      vk::CommandPoolCreateFlagBits::eResetCommandBuffer,"),
+        # 11
+        ("bool\nSequence::isRecording() const\n",
+         "bool\nSequence::isComplete() const\n"
+         "{\n"
+         "    return !this->mIsRunning ||\n"
+         "           this->mDevice->getFenceStatus(this->mFence) == vk::Result::eSuccess;\n"
+         "}\n\n"
+         "bool\nSequence::isRecording() const\n"),
     ],
     "src/Manager.cpp": [
         # 10
@@ -104,6 +115,11 @@ EDITS = {
         ("    std::shared_ptr<vk::QueryPool> timestampQueryPool = nullptr;\n",
          "    std::shared_ptr<vk::QueryPool> timestampQueryPool = nullptr;\n"
          "    uint32_t mTimestampCount = 0;\n"),
+        # 11
+        ("    bool isRunning() const;\n",
+         "    bool isRunning() const;\n\n"
+         "    /** Whether the submission in flight has finished (its fence is signaled); true when none is. */\n"
+         "    bool isComplete() const;\n"),
     ],
     "src/Tensor.cpp": [
         # 5
@@ -143,6 +159,10 @@ EDITS = {
          "           py::arg(\"tensors\"), py::arg(\"src_access\"), py::arg(\"dst_access\"),\n"
          "           py::arg(\"src_stage\"), py::arg(\"dst_stage\"));\n\n"
          "    py::class_<kp::OpAlgoDispatch,\n"),
+        # 11
+        ("      .def(\"is_running\", &kp::Sequence::isRunning, DOC(kp, Sequence, isRunning))\n",
+         "      .def(\"is_running\", &kp::Sequence::isRunning, DOC(kp, Sequence, isRunning))\n"
+         "      .def(\"is_complete\", &kp::Sequence::isComplete)\n"),
         # 7
         ("    py::module_ np = py::module_::import(\"numpy\");\n",
          "    py::module_ np = py::module_::import(\"numpy\");\n"

@@ -14,7 +14,8 @@ import numpy as np
 from . import autodiff, registry
 from .device import DeviceInfo, choose_device
 from . import _graph_ops
-from .engine import Engine
+from .host_copy import DeviceChecks, HostCopy
+from .runtime import Engine
 from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, buffer_layout, decode16, encode16
 
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
@@ -63,34 +64,6 @@ def _converted(array: np.ndarray, dtype, where: str) -> np.ndarray:
     return array.astype(np.int32, copy=False)
 
 
-class HostCopy:
-    """A tensor's values on their way to the host: `Tensor.numpy_async()` and `item_async()` return one.
-
-    Like a `concurrent.futures.Future`: `done()` says whether the values have arrived, without waiting; `result()`
-    returns them (a numpy array of the tensor's shape, or a float for `item_async`), waiting only if the copy has
-    not finished, and raises what the device-side checks recorded before the read found (NaN with
-    `check_finite`, bad labels or class indices). The copy is submitted with the next flush, which a training loop
-    triggers at its next step: read step k's loss while step k + 1 runs."""
-
-    def __init__(self, pending, checks, shape, scalar: bool = False, decode=None):
-        self._pending, self._checks, self._shape, self._scalar = pending, checks, shape, scalar
-        self._decode = decode  # words -> values, for 16-bit tensors
-
-    def done(self) -> bool:
-        return self._pending.done()
-
-    def result(self):
-        values = self._pending.result()
-        for (message, error), count in zip(self._checks, values[1:]):  # in recording order: the first op to fail
-            if count[0] != 0:
-                raise error(message.format(count=int(count[0])))
-        data = values[0] if self._decode is None else self._decode(values[0])
-        return float(data[0]) if self._scalar else data.reshape(self._shape)
-
-    def __repr__(self) -> str:
-        return f"HostCopy(shape={self._shape}, done={self.done()})"
-
-
 class Graph(_graph_ops.Graph):
     """A device and the tensors and ops on it.
 
@@ -104,18 +77,17 @@ class Graph(_graph_ops.Graph):
         self.device: DeviceInfo = choose_device(device)
         self._engine = Engine(self.device)
         self._grad_enabled = True
-        # Device-side checks, read back with the next host read: (count buffer, message, exception class).
-        self._checks: list[tuple] = []
-        self._check_positions: dict = {}  # (message, error class) -> its place in _checks
+        self._checks = DeviceChecks()  # device-side checks, read back with the next host copy
         self.check_finite = bool(check_finite)
         self._thread = threading.get_ident()
         self._modified: dict = {}  # while a backward rule runs: inputs of its op modified in place since
         self._backward_op = None
         self._seed = None  # the buffer of backward's d(loss)/d(loss) = 1, uploaded once
 
-    def _usable(self, what: str) -> None:
-        """A Graph is used from the thread that made it, until closed: its tape, checks and engine state are not
-        shared across threads (make one Graph per thread; they are independent)."""
+    def require_usable(self, what: str) -> None:
+        """Raise RuntimeError unless this Graph may be used here: it is used from the thread that made it, until
+        closed. Its tape, checks and engine state are not shared across threads (make one Graph per thread; they
+        are independent). Optimizers ask it before a step."""
         if self._engine.closed:
             raise RuntimeError(f"{what}: this Graph is closed")
         if threading.get_ident() != self._thread:
@@ -131,7 +103,7 @@ class Graph(_graph_ops.Graph):
 
         A 0-d value becomes shape (1,). Bool, complex, object and string arrays raise TypeError; empty arrays
         raise ValueError."""
-        self._usable("g.tensor")
+        self.require_usable("g.tensor")
         dtype = _tensor_dtype(dtype)
         array = _host_array(data, "g.tensor")
         shape = array.shape or (1,)
@@ -143,7 +115,7 @@ class Graph(_graph_ops.Graph):
         return Tensor(self, shape, buffer, requires_grad=bool(requires_grad), dtype=dtype)
 
     def _copy_into(self, tensor: Tensor, data) -> Tensor:
-        self._usable("copy_")
+        self.require_usable("copy_")
         array = _host_array(data, "copy_")
         if (array.shape or (1,)) != tensor.shape:
             raise ValueError(f"copy_: data of shape {array.shape} into a tensor of shape {tensor.shape}")
@@ -158,18 +130,16 @@ class Graph(_graph_ops.Graph):
         optimizer updates it in place."""
         return self.tensor(data, requires_grad=True)
 
-    def _read(self, tensor: Tensor) -> np.ndarray:
-        return self._read_async(tensor).result()
-
-    def _read_async(self, tensor: Tensor, scalar: bool = False) -> "HostCopy":
-        """A host copy of `tensor` that the next submission makes, with the device-side checks recorded so far
-        (which raise from `result()`)."""
-        self._usable("reading a tensor")
-        checks, self._checks, self._check_positions = self._checks, [], {}
-        pending = self._engine.read_async([tensor.buffer] + [count for count, _, _ in checks])
+    def host_copy(self, tensor: Tensor, scalar: bool = False) -> HostCopy:
+        """A host copy of `tensor` as it is now, made by the next submission, carrying the device-side checks
+        recorded so far (what `Tensor.numpy_async()` and `item_async()` return)."""
+        self.require_usable("reading a tensor")
+        counts, entries = self._checks.take()
+        pending = self._engine.read_async([tensor.buffer] + counts)
         decode = (lambda words, n=tensor.size, dtype=tensor.dtype: decode16(words, n, dtype)) \
             if tensor.dtype in SIXTEEN_BIT else None
-        return HostCopy(pending, [(message, error) for _, message, error in checks], tensor.shape, scalar, decode)
+        return HostCopy(self._checks, pending, self._checks.carried_by(pending, entries), tensor.shape, scalar,
+                        decode)
 
     # ---- ops -----------------------------------------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -191,7 +161,7 @@ class Graph(_graph_ops.Graph):
         return self._run_op(op, op.schema.checked(arguments))
 
     def _run_op(self, op, bound: dict) -> Tensor:
-        self._usable(f"g.{op.name}")
+        self.require_usable(f"g.{op.name}")
         operands = [self._operand(op, position, p, bound.pop(p.name)) for position, p in
                     enumerate(op.schema.operands, 1)]
         for p in op.schema.constant_tensors:
@@ -307,14 +277,15 @@ class Graph(_graph_ops.Graph):
         new count into its own (an add on the device): a loop that calls a checked op many times before it reads
         keeps one count buffer per message, not one per call, so its buffers and kernels stay the same from call
         to call."""
-        index = self._check_positions.get((message, error))
+        checks = self._checks
+        index = checks.positions.get((message, error))
         if index is None:
-            self._check_positions[message, error] = len(self._checks)
-            self._checks.append((count, message, error))
+            checks.positions[message, error] = len(checks.waiting)
+            checks.waiting.append((count, message, error))
             return
         with self._unchecked(), self.no_grad():  # the sum of two counts is finite
-            total = self.add(Tensor(self, (1,), self._checks[index][0]), Tensor(self, (1,), count))
-        self._checks[index] = (total.buffer, message, error)
+            total = self.add(Tensor(self, (1,), checks.waiting[index][0]), Tensor(self, (1,), count))
+        checks.waiting[index] = (total.buffer, message, error)
 
     @contextlib.contextmanager
     def _unchecked(self):
@@ -342,7 +313,7 @@ class Graph(_graph_ops.Graph):
         Gradients add up over repeated calls, as in PyTorch; set `t.grad = None` to start again. The graph behind
         the loss is freed as backward walks it; retain_graph=True keeps it for another backward through it (of this
         loss or of another that shares part of it), as in PyTorch."""
-        self._usable("backward")
+        self.require_usable("backward")
         if not isinstance(loss, Tensor) or loss.graph is not self:
             raise ValueError("backward takes a Tensor of this Graph")
         if loss.shape != (1,):
@@ -377,7 +348,7 @@ class Graph(_graph_ops.Graph):
     # ---- lifetime ------------------------------------------------------------------------------------------
     def flush(self) -> None:
         """Run all recorded work now."""
-        self._usable("flush")
+        self.require_usable("flush")
         self._engine.flush()
 
     @property
@@ -397,18 +368,31 @@ class Graph(_graph_ops.Graph):
     def close(self) -> None:
         """Run what is recorded, then free the device's buffers and kernels. Using the graph or its tensors
         afterwards raises RuntimeError; closing twice is harmless. Like every other use, only from the thread that
-        made the graph."""
+        made the graph. A device-side check that failed and that no read has reported yet raises here, once the
+        graph is closed."""
+        self._close(report=True)
+
+    def _close(self, report: bool) -> None:
         if threading.get_ident() != self._thread:
             raise RuntimeError("close: this Graph belongs to the thread that made it; close it there")
-        self._checks.clear()
-        self._check_positions.clear()
-        self._engine.close()
+        if self._engine.closed:
+            return
+        try:
+            if report and self._checks.waiting:  # checks no copy carried yet: one read for them
+                with self.no_grad():
+                    self.host_copy(Tensor(self, (1,), self._checks.waiting[0][0]))
+            self._engine.flush()
+        finally:
+            self._engine.close()
+            checks, self._checks = self._checks, DeviceChecks()
+        if report:
+            checks.raise_unreported()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, kind, error, traceback):
+        self._close(report=error is None)  # an exception on its way out is not replaced by a check's
 
     def __repr__(self) -> str:
         return f"Graph(device={self.device})"

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from . import shaders
-from .engine import WORKGROUP
+from .launch import WORKGROUP
 
 _CATALOG: list["Kernel"] = []
 _PUSH_FIELD = re.compile(r"^(uint|int|float)\s+([A-Za-z_]\w*)(?:\s*=\s*(\S+))?$")

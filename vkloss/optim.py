@@ -26,10 +26,10 @@ OPTIM = kernels.Kernel(
 
 
 def _update(engine, mode: str, param, push: dict, **buffers) -> None:
-    """One parameter's update, an access of as many floats as its size allows (engine.access_width) per invocation."""
-    width = engine.access_width(param.size)
+    """One parameter's update, an access of as many floats as its size allows (LaunchPolicy.access_width) per invocation."""
+    width = engine.launch.access_width(param.size)
     kernels.dispatch(engine, OPTIM.variant(mode=mode, **kernels.access_switches(width)),
-                     engine.groups_for(param.size // width), push=dict(push, n=param.size // width),
+                     engine.launch.groups_for(param.size // width), push=dict(push, n=param.size // width),
                      grad=param.grad.buffer, param=param.buffer, **buffers)
 
 
@@ -73,6 +73,7 @@ class Optimizer:
         host read or, failing that, before the next step allocates: its buffers then return to the pool, and the
         next step reuses them and the kernels bound to them."""
         self._check_open("step()")
+        self.graph.require_usable(f"{type(self).__name__}.step()")
         stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
         for index in stepped:
             self.steps[index] += 1

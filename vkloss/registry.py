@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from . import autodiff, kernels, schema as schemas, shaders
-from .engine import WORKGROUP
+from .launch import WORKGROUP
 
 
 class Backward(str, enum.Enum):
@@ -78,16 +78,14 @@ class Op:
         return {p.name: p for p in self.schema.options}
 
 
-class ForwardContext:
-    """What an op's forward gets besides its operands' buffers: the output buffer `out`, the operands' shapes,
-    which operands need a gradient, and the device work it may do. It keeps the engine to itself."""
+class KernelContext:
+    """Device work without an op around it: buffers, dispatches by kernel-catalog name, and the device's launch
+    policy (vkloss/launch.py). Tools and benchmarks that run kernels themselves use one; every op's forward gets a
+    ForwardContext, which is one too. It keeps the engine to itself."""
 
-    def __init__(self, engine, op: Op, shapes: tuple, out, needs: tuple, dtypes: tuple = ()):
-        self._engine, self.op, self.shapes, self.out, self.needs = engine, op, shapes, out, needs
-        self.dtypes = dtypes  # the operands' dtypes: float32, int32, float16 or "bfloat16" (schema type Float)
-        self.want_grad = any(needs)
-        self.saved: dict = {}
-        self.checks: list = []  # (count buffer, message): a non-zero count raises ValueError at the next read
+    def __init__(self, engine):
+        self._engine = engine
+        self.launch = engine.launch
 
     @property
     def device(self):
@@ -114,28 +112,41 @@ class ForwardContext:
         self._engine.dispatch(variant, reads, writes, push, grid)
 
     def grid(self, groups: int):
-        return self._engine.grid(groups)
+        return self.launch.grid(groups)
 
     def groups_for(self, invocations: int, workgroup: int = WORKGROUP):
-        return self._engine.groups_for(invocations, workgroup)
+        return self.launch.groups_for(invocations, workgroup)
 
     def row_workgroup(self, items: int = 0) -> int:
-        return self._engine.row_workgroup(items)
+        return self.launch.row_workgroup(items)
 
     def reduction_workgroup(self) -> int:
-        return self._engine.reduction_workgroup()
+        return self.launch.reduction_workgroup()
 
     def row_once(self, vectors: int):
-        return self._engine.row_once(vectors)
+        return self.launch.row_once(vectors)
 
     def wide_loads(self, *sizes: int) -> bool:
         """Whether a kernel over float32 arrays of these sizes moves eight values per access
-        (shaders/include/wide.glsl): where the engine takes such accesses and every size is a multiple of 8."""
+        (shaders/include/access.glsl): where the device takes such accesses and every size is a multiple of 8."""
         return self.access_width(*sizes) == 8
 
     def access_width(self, *sizes: int) -> int:
-        """Float32 values a kernel over arrays of these sizes moves per access: 8, 4 or 1 (Engine.access_width)."""
-        return self._engine.access_width(*sizes)
+        """Float32 values a kernel over arrays of these sizes moves per access: 8, 4 or 1 (LaunchPolicy)."""
+        return self.launch.access_width(*sizes)
+
+
+class ForwardContext(KernelContext):
+    """What an op's forward gets besides its operands' buffers: the output buffer `out`, the operands' shapes,
+    which operands need a gradient, and the device work it may do."""
+
+    def __init__(self, engine, op: Op, shapes: tuple, out, needs: tuple, dtypes: tuple = ()):
+        super().__init__(engine)
+        self.op, self.shapes, self.out, self.needs = op, shapes, out, needs
+        self.dtypes = dtypes  # the operands' dtypes: float32, int32, float16 or "bfloat16" (schema type Float)
+        self.want_grad = any(needs)
+        self.saved: dict = {}
+        self.checks: list = []  # (count buffer, message): a non-zero count raises ValueError at the next read
 
     def check(self, count, message: str) -> None:
         """A device-side check: a non-zero count in `count` raises ValueError(message.format(count=...)) at the
@@ -352,5 +363,5 @@ def _load_plugins() -> None:
             entry.load()
 
 
-__all__ = ["Backward", "ForwardContext", "Op", "register_op", "unregister_op", "get", "all_ops", "on_register",
+__all__ = ["Backward", "ForwardContext", "KernelContext", "Op", "register_op", "unregister_op", "get", "all_ops", "on_register",
            "NOT_DIFFERENTIABLE"]

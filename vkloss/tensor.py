@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .engine import ceil_div
+from .launch import ceil_div
 
 BFLOAT16 = "bfloat16"  # numpy has no bfloat16: the dtype of a bfloat16 tensor is this string
 SIXTEEN_BIT = (np.dtype(np.float16), BFLOAT16)
@@ -102,7 +102,7 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """A host copy of this tensor's shape: float32, int32 for an index tensor, float16, or float32 holding the
         values of a bfloat16 tensor exactly (numpy has no bfloat16)."""
-        return self.graph._read(self).reshape(self.shape)
+        return self.graph.host_copy(self).result()
 
     def item(self) -> float:
         if self.size != 1:
@@ -112,14 +112,14 @@ class Tensor:
     def numpy_async(self):
         """A `HostCopy` of this tensor: submitted with the next flush, without waiting for it. `.result()` gives
         what `.numpy()` would have given at this point of the program, even if later ops overwrite the buffer."""
-        return self.graph._read_async(self)
+        return self.graph.host_copy(self)
 
     def item_async(self):
         """`item()` without the wait: a `HostCopy` whose `.result()` is the float. A training loop keeps the loss
         of each step this way and reads it a step later, so the host never waits for the device mid-loop."""
         if self.size != 1:
             raise ValueError(f"item_async() needs a tensor of one element, this one has shape {self.shape}")
-        return self.graph._read_async(self, scalar=True)
+        return self.graph.host_copy(self, scalar=True)
 
     def copy_(self, data) -> "Tensor":
         """Overwrite this tensor's values with `data` (same shape; converted to float32), like PyTorch's copy_.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
-from ..engine import ceil_div
+from ..launch import ceil_div
 from ..kernels import Kernel, access_allowed
 from ..registry import Backward, register_op
 from . import casts

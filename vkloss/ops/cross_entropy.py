@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import WORKGROUP, ceil_div
+from ..launch import WORKGROUP, ceil_div
 from ..kernels import Kernel
 from ..registry import Backward, register_op
 from ..tensor import packed_words
@@ -13,7 +13,7 @@ from .reductions import tree_sum
 
 SMALL_ROW = 64  # classes up to which one invocation handles a whole row
 ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: 2 passes of at most 2^11 iterations each
-                     # (engine.row_workgroup widens the workgroup to keep them there)
+                     # (LaunchPolicy.row_workgroup widens the workgroup to keep them there)
 CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
 MODES = ("SMALL", "ROW", "ROW_ONCE", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
 ROW_MODES = ("SMALL", "ROW", "ROW_ONCE", "COMBINE")  # one row loss per row: with class indices, they flag bad ones

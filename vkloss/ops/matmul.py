@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import ceil_div
+from ..launch import ceil_div
 from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches
 from ..registry import register_op
 

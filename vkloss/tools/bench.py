@@ -55,11 +55,11 @@ import time
 import numpy as np
 
 from .. import reference
-from ..engine import ceil_div
+from ..launch import ceil_div
 from ..graph import Graph
 from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches, dispatch
 from ..ops.reductions import tree_sum
-from ..registry import ForwardContext
+from ..registry import KernelContext
 
 _BENCH_BINDINGS = {
     "COPY": (["src"], ["dst"]), "ROW_MAX": (["pred"], ["row_max"]), "ROW_SUMEXP": (["pred", "row_max"], ["row_sum"]),
@@ -188,7 +188,7 @@ def ms_or_dash(seconds, width: int) -> str:
 
 def copy_seconds(e, bytes_moved: int, repeats: int) -> dict:
     """The device's streaming bandwidth as times for reading and writing, together, `bytes_moved`: its own buffer
-    copy, a scalar and a vec4 copy shader, and where the kernels read eight floats an access (engine.wide_loads), an
+    copy, a scalar and a vec4 copy shader, and where the kernels read eight floats an access (LaunchPolicy.wide_loads), an
     eight-float one. By timestamps where the device has them, else wall-clock. The roofline uses the fastest."""
     floats = ceil_div(bytes_moved, 64) * 8  # read this many floats, write as many (8 | n)
     data = np.arange(floats, dtype=np.float32)
@@ -196,10 +196,10 @@ def copy_seconds(e, bytes_moved: int, repeats: int) -> dict:
     timed = e.device.timestamp_period_ns > 0
     timings = {}
     ways = {"device_copy": lambda: e.copy(src, dst)}
-    widths = {"scalar": 1, "vec4": 4, **({"wide": 8} if e.wide_loads() else {})}  # wide: as the kernels read there
+    widths = {"scalar": 1, "vec4": 4, **({"wide": 8} if e.launch.wide_loads() else {})}  # wide: as the kernels read there
     for name, width in widths.items():
         ways[name] = (lambda width=width: dispatch(
-            e, BENCH.variant(mode="COPY", **access_switches(width)), e.groups_for(floats // width),
+            e, BENCH.variant(mode="COPY", **access_switches(width)), e.launch.groups_for(floats // width),
             push=dict(rows=floats // width), src=src, dst=dst))
     for name, record in ways.items():
         e.upload_into(dst, np.zeros(floats, np.float32))  # each way proves itself from a blank target
@@ -252,24 +252,24 @@ class Case:
             rows, classes = self.shape
             push = dict(rows=rows, classes=classes, inv_rows=1.0 / rows)
             row_max, row_sum, row_tdot, row_loss = e.alloc(rows), e.alloc(rows), e.alloc(2 * rows), e.alloc(rows)
-            rowwise = dict(grid=e.grid(rows), workgroup=e.row_workgroup(classes))  # the fused kernel's choice: fair
+            rowwise = dict(grid=e.launch.grid(rows), workgroup=e.launch.row_workgroup(classes))  # the fused kernel's choice: fair
             dispatch(e, BENCH.variant(mode="ROW_MAX"), **rowwise, push=push, pred=pred, row_max=row_max)
             dispatch(e, BENCH.variant(mode="ROW_SUMEXP"), **rowwise, push=push, pred=pred, row_max=row_max,
                      row_sum=row_sum)
             dispatch(e, BENCH.variant(mode="ROW_TDOT"), **rowwise, push=push, pred=pred, target=target,
                      row_tdot=row_tdot)
-            dispatch(e, BENCH.variant(mode="ROW_LOSS"), e.groups_for(rows), push=push, row_max=row_max,
+            dispatch(e, BENCH.variant(mode="ROW_LOSS"), e.launch.groups_for(rows), push=push, row_max=row_max,
                      row_sum=row_sum, row_tdot=row_tdot, row_loss=row_loss)
-            dispatch(e, BENCH.variant(mode="CE_GRAD"), e.groups_for(n), push=push, pred=pred, target=target,
+            dispatch(e, BENCH.variant(mode="CE_GRAD"), e.launch.groups_for(n), push=push, pred=pred, target=target,
                      row_max=row_max, row_sum=row_sum, row_tdot=row_tdot, grad=grad)
-            tree_sum(ForwardContext(e, None, (), None, ()), row_loss, rows, loss, 1.0 / rows)
+            tree_sum(KernelContext(e), row_loss, rows, loss, 1.0 / rows)
         else:
             terms = e.alloc(n)
             push = dict(rows=n, inv_rows=1.0 / n)
-            dispatch(e, BENCH.variant(mode="BCE_TERMS"), e.groups_for(n), push=push, pred=pred, labels=target,
+            dispatch(e, BENCH.variant(mode="BCE_TERMS"), e.launch.groups_for(n), push=push, pred=pred, labels=target,
                      result=terms)
-            tree_sum(ForwardContext(e, None, (), None, ()), terms, n, loss, 1.0 / n)
-            dispatch(e, BENCH.variant(mode="BCE_GRAD"), e.groups_for(n), push=push, pred=pred, labels=target,
+            tree_sum(KernelContext(e), terms, n, loss, 1.0 / n)
+            dispatch(e, BENCH.variant(mode="BCE_GRAD"), e.launch.groups_for(n), push=push, pred=pred, labels=target,
                      result=grad)
         if not read:
             return None
@@ -719,7 +719,7 @@ CHURN_SIZE, QUICK_CHURN_SIZE = (1000, 32_000), (64, 3000)
 
 
 def bench_engine(device, quick: bool = False, repeats: int = 5, seed: int = 3) -> dict:
-    from .. import engine
+    from .. import runtime
 
     start = time.perf_counter()
     cycles = QUICK_GRAPH_CYCLES if quick else GRAPH_CYCLES
@@ -727,7 +727,7 @@ def bench_engine(device, quick: bool = False, repeats: int = 5, seed: int = 3) -
         with Graph(device) as g:
             g.neg(g.tensor([1.0])).item()
     report = {"graph_cycles": cycles, "graph_cycle_s": (time.perf_counter() - start) / cycles,
-              "device_contexts": engine.contexts_made()}
+              "device_contexts": runtime.contexts_made()}
     rng = np.random.default_rng(seed)
     rows, classes = QUICK_STEP_SIZE if quick else STEP_SIZE
     steps = max(4, 4 * repeats)

@@ -1,0 +1,86 @@
+"""Launch plans: an op called again the same way (same op, operand shapes, dtypes, options, gradient needs) does
+not work its launch out again.
+
+The first such call runs the op's forward through a `Tracer`, which passes every allocation, upload, copy and
+dispatch on to the engine and writes them down, with each buffer named by its role: an operand, the output, or the
+n-th buffer the forward made. What comes out is a `Plan`: the output's shape and layout, the buffers to make, and
+each dispatch's kernel launch (variant, grid, workgroup, specialization), push constants and bindings by role. The
+next calls only make the buffers and record the dispatches, with the Algorithms found by launch and blocks.
+
+A forward is planned only if everything it did went through its context (a buffer it brought from elsewhere makes
+its calls unplanned) and it is vkloss's own or a user's shader op (a user's `forward=` may do what a plan cannot
+repeat, such as upload new random numbers).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+UNPLANNED = "unplanned"  # what the plan table holds for a call shape whose forward cannot be planned
+
+
+class NotPlannable(Exception):
+    pass
+
+
+class Tracer:
+    """Stands in for the engine in a forward's context: passes each call on and writes it down by roles."""
+
+    def __init__(self, engine, buffers: list):
+        self._engine = engine
+        self.device, self.launch = engine.device, engine.launch
+        self.roles = {id(buffer): position for position, buffer in enumerate(buffers)}
+        self.held = list(buffers)  # keeps the traced buffers alive while the forward runs: ids stay unique
+        self.made: list[tuple] = []  # ("alloc", size, dtype) or ("upload", array), in order
+        self.steps: list[tuple] = []  # ("dispatch", launch, reads, writes, words, key bytes) or ("copy", src, dst)
+
+    def _role(self, buffer) -> int:
+        role = self.roles.get(id(buffer))
+        if role is None:
+            raise NotPlannable(f"a buffer of {buffer.size} elements the forward did not make")
+        return role
+
+    def _made(self, buffer, how: tuple):
+        self.roles[id(buffer)] = len(self.held)
+        self.held.append(buffer)
+        self.made.append(how)
+        return buffer
+
+    def alloc(self, size: int, dtype=np.float32):
+        buffer = self._engine.alloc(size, dtype)
+        return self._made(buffer, ("alloc", buffer.size, buffer.dtype))
+
+    def upload(self, array: np.ndarray):
+        return self._made(self._engine.upload(array), ("upload", np.array(array, copy=True)))
+
+    def copy(self, source, target) -> None:
+        self._engine.copy(source, target)
+        self.steps.append(("copy", self._role(source), self._role(target)))
+
+    def dispatch(self, variant, inputs, outputs, push, grid, workgroup, constants=()) -> None:
+        launch, words, key = self._engine.dispatch(variant, inputs, outputs, push, grid, workgroup, constants)
+        self.steps.append(("dispatch", launch, tuple(self._role(b) for b in inputs),
+                           tuple(self._role(b) for b in outputs), words, key))
+
+    def plan(self, op, shape, out_layout, out_dtype, checks, saved) -> "Plan":
+        return Plan(shape, out_layout, out_dtype, tuple(self.made), tuple(self.steps),
+                    tuple((self._role(count), message) for count, message in checks),
+                    None if saved is None else tuple((name, None if b is None else self._role(b))
+                                                     for name, b in saved))
+
+
+class Plan:
+    """One call shape of one op, worked out: run() makes its buffers and records its work."""
+
+    __slots__ = ("shape", "out_layout", "out_dtype", "made", "steps", "checks", "saved")
+
+    def __init__(self, shape, out_layout, out_dtype, made, steps, checks, saved):
+        self.shape, self.out_layout, self.out_dtype = shape, out_layout, out_dtype
+        self.made, self.steps, self.checks, self.saved = made, steps, checks, saved
+
+    def run(self, engine, operands: list) -> list:
+        """The buffers by role (operands, output, then what the forward made), the work recorded."""
+        buffers = operands + [engine.alloc(*self.out_layout)]
+        for how in self.made:
+            buffers.append(engine.alloc(how[1], how[2]) if how[0] == "alloc" else engine.upload(how[1]))
+        engine.run_steps(self.steps, buffers)
+        return buffers

@@ -1,0 +1,350 @@
+"""The engine: one Graph's device work, the facade over the runtime's layers and the one place that submits.
+
+    context  (the device's kp.Manager and memory budget, one per device and process)
+    memory   (blocks and their pool)           recorder (items, hazards, barriers; plain Python)
+    algorithms (kernels bound to blocks)       queue    (sequences, the submission in flight, replay)
+    host_copies (versions and copy jobs; plain Python)
+
+Calls run one way: the engine asks the layers; the pool asks for room through callbacks; the recorder never
+submits. Recording is lazy: `dispatch`, `copy`, `upload_into` and `read_async` record items, and a submission
+happens when the host needs a value, when a step ended and the next one allocates, or when too many items wait.
+"""
+from __future__ import annotations
+
+import atexit
+import threading
+import weakref
+
+import numpy as np
+
+from ..device import DeviceInfo
+from ..errors import DeviceMemoryError
+from ..launch import WORKGROUP, LaunchPolicy
+from .algorithms import Algorithms
+from .context import context
+from .host_copies import CopyJob, PendingRead
+from .memory import Pool
+from .queue import Queue
+from .recorder import Copy, Dispatch, Recorder
+
+MAX_PENDING = 1024  # submit on our own after this many recorded items, so a loop that never reads stays bounded
+POOL_SHARE = 0.5  # of the memory budget, what idle pooled blocks may hold
+
+_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_in_flight_work() -> None:
+    for engine in list(_engines):
+        try:
+            engine.wait()
+        except Exception:
+            pass
+
+
+def engines_on(device_context) -> list:
+    """The open engines on a device context."""
+    return [e for e in list(_engines) if e.context is device_context and not e.closed]
+
+
+def push_constants(values) -> np.ndarray:
+    """Push constants as one uint32 array: ints as they are (negatives two's complement), floats bit-cast.
+
+    kp takes push constants only as a numpy array of one 4-byte dtype; a list turns integers into floats. An array
+    already packed (kernels.Kernel.push_words, by the block's declared types) is taken as it is."""
+    if isinstance(values, np.ndarray) and values.dtype == np.uint32:
+        return values
+    words = np.empty(len(values), np.uint32)
+    for i, v in enumerate(values):
+        if isinstance(v, (float, np.floating)):
+            words[i] = np.array(v, np.float32).view(np.uint32)
+        else:
+            words[i] = np.array(int(v), np.int64).astype(np.uint32) if v < 0 else int(v)
+    return words
+
+
+class Buffer:
+    """A device buffer of `size` elements: a pool block, its write version and its host-valid values. Goes back to
+    the pool when nothing refers to it."""
+
+    __slots__ = ("engine", "block", "version", "host", "host_version", "copy_job", "__weakref__")
+
+    def __init__(self, engine: "Engine", block):
+        self.engine, self.block = engine, block
+        self.version = 0  # bumped by every recorded write
+        self.host, self.host_version = None, -1  # values copied at host_version (valid while it is `version`)
+        self.copy_job = None  # the newest host copy recorded or running, until it is taken
+
+    @property
+    def size(self) -> int:
+        return self.block.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.block.nbytes
+
+    @property
+    def serial(self) -> int:
+        return self.block.serial
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.block.dtype
+
+    def __del__(self):
+        try:
+            self.engine.release(self.block)
+        except Exception:  # interpreter shutdown: the engine may already be gone
+            pass
+
+
+class Engine:
+    """Allocates buffers, records and submits work for one Graph on one device."""
+
+    def __init__(self, device: DeviceInfo):
+        self.device = device
+        self.context = context(device)
+        self.launch = LaunchPolicy(device)
+        self._lock = threading.RLock()
+        self.recorder = Recorder()
+        self.queue = Queue(self.context.manager, device.timestamp_period_ns)
+        self.algorithms = Algorithms(self.context.manager)
+        self.pool = Pool(make=self.context.tensor, budget=self.context, is_busy=self.busy, drain=self.flush,
+                         forget=self._forget, max_bytes=int(self.context.budget * POOL_SHARE),
+                         others_make_room=self._evict_from_other_graphs)
+        self._jobs: list[CopyJob] = []  # host copies recorded and not yet submitted
+        self._step_ended = False  # submit before the next allocation or upload (see end_of_step)
+        self.last_gpu_seconds: float | None = None
+        self.closed = False
+        _engines.add(self)
+
+    def _check_open(self, what: str) -> None:
+        if self.closed:
+            raise RuntimeError(f"{what}: this Graph is closed")
+
+    def busy(self, block) -> bool:
+        """Whether recorded or running work uses `block`."""
+        return self.recorder.uses(block) or self.queue.busy(block)
+
+    @property
+    def stats(self) -> dict:
+        return {"submissions": self.queue.submissions, "replays": self.queue.replays,
+                "dispatches": self.queue.dispatches, "barriers": self.recorder.barriers,
+                "algorithms_created": self.algorithms.created, **self.pool.stats}
+
+    def live_counts(self) -> dict:
+        with self._lock:
+            return {"algorithms": len(self.algorithms), **self.pool.counts(), **self.queue.counts()}
+
+    # ---- buffers ---------------------------------------------------------------------------------------------
+    def check_size(self, size: int, dtype=np.float32) -> None:
+        """Raise DeviceMemoryError unless `size` elements fit one storage-buffer binding of this device.
+
+        Kompute does not report an allocation or a dispatch beyond the device's limits, so we check first."""
+        dtype = np.dtype(dtype)
+        nbytes = int(size) * dtype.itemsize
+        if nbytes > self.device.max_storage_buffer_range:
+            raise DeviceMemoryError(
+                f"a buffer of {size:,} {dtype} elements ({nbytes:,} bytes) exceeds {self.device.name}'s "
+                f"maxStorageBufferRange of {self.device.max_storage_buffer_range:,} bytes "
+                f"({self.device.max_storage_buffer_range // dtype.itemsize:,} elements per binding)")
+
+    def alloc(self, size: int, dtype=np.float32) -> Buffer:
+        """A device buffer of `size` elements whose contents are undefined until something writes it."""
+        dtype = np.dtype(dtype)
+        size = int(size)
+        if size <= 0:
+            raise ValueError(f"cannot allocate a buffer of {size} elements")
+        self.check_size(size, dtype)
+        with self._lock:
+            self._check_open("allocating a buffer")
+            if self._step_ended:
+                self.submit()
+            return Buffer(self, self.pool.take(size, dtype))
+
+    def release(self, block) -> None:
+        if self.closed:
+            return
+        with self._lock:
+            self.pool.give_back(block)
+
+    def upload(self, array: np.ndarray) -> Buffer:
+        """A device buffer holding `array` (already of a supported dtype), copied up at the next submission."""
+        buffer = self.alloc(array.size, array.dtype)
+        self.upload_into(buffer, array)
+        return buffer
+
+    def upload_into(self, buffer: Buffer, array: np.ndarray) -> None:
+        """Overwrite `buffer` with `array` (same size), copied up at the next submission.
+
+        The host writes a staging block that nothing recorded or running uses, now; the copy to the device is
+        recorded."""
+        data = np.ascontiguousarray(array).reshape(-1)
+        with self._lock:
+            self._check_open("copy_")
+            if self._step_ended:
+                self.submit()
+            staging = self.pool.take_staging(buffer.size, buffer.dtype)
+            staging.handle.data()[:] = data  # host-visible, coherent memory
+            self.pool.give_back(staging)  # idle once the copy has run: busy until then
+            buffer.version += 1
+            self._record(Copy(staging, buffer.block))
+
+    def _forget(self, block) -> None:
+        """A block is about to be destroyed: drop the kernels and recorded sequences bound to it."""
+        self.algorithms.forget(block)
+        self.queue.forget(block)
+
+    def _evict_from_other_graphs(self, nbytes: int) -> None:
+        """Idle pooled blocks of the other Graphs on this device go before the device is declared full. An engine
+        busy in its own thread (its lock taken) is skipped rather than waited for, so two never wait on each other."""
+        for other in engines_on(self.context):
+            if other is self or not other._lock.acquire(blocking=False):
+                continue
+            try:
+                while not self.context.fits(nbytes) and other.pool.evict_one():
+                    pass
+            finally:
+                other._lock.release()
+            if self.context.fits(nbytes):
+                return
+
+    # ---- recording -------------------------------------------------------------------------------------------
+    def _record(self, item) -> None:
+        self.recorder.record(item)
+        if len(self.recorder) >= MAX_PENDING:
+            self.submit()
+
+    def dispatch(self, variant, inputs, outputs, push, grid, workgroup: int = WORKGROUP, constants: tuple = ()) -> None:
+        """Record one dispatch. Bindings are `inputs` then `outputs`, in order; `outputs` are written.
+        `workgroup` (a power of two) is the shader's WG specialization constant (constant_id 0); `constants` (ints)
+        are constant_id 1, 2, ..."""
+        words = push_constants(push)
+        reads, writes = tuple(b.block for b in inputs), tuple(b.block for b in outputs)
+        with self._lock:
+            self._check_open("a kernel dispatch")
+            serial, algorithm = self.algorithms.get(variant, reads + writes, tuple(grid), words, workgroup,
+                                                    tuple(int(c) for c in constants))
+            for buffer in outputs:
+                buffer.version += 1
+            self._record(Dispatch(algorithm, words, reads, writes, (serial, words.tobytes())))
+
+    def copy(self, source: Buffer, target: Buffer) -> None:
+        """Record a copy of `source` into `target` (same size and dtype) by the device's copy engine."""
+        if (source.size, source.dtype) != (target.size, target.dtype):
+            raise ValueError(f"copy: {source.size} {source.dtype} elements into {target.size} {target.dtype}")
+        with self._lock:
+            self._check_open("a copy")
+            target.version += 1
+            self._record(Copy(source.block, target.block))
+
+    def end_of_step(self) -> None:
+        """A training step ended: submit its work at the next host read, allocation or upload, so the step's
+        buffers are back in the pool when the next step asks for them."""
+        self._step_ended = True
+
+    # ---- host copies -----------------------------------------------------------------------------------------
+    def read_async(self, buffers: list[Buffer]) -> PendingRead:
+        """Host copies of the buffers as they are after all recorded work, copied by the next submission (or
+        already on the host, or already on their way, at this version)."""
+        with self._lock:
+            self._check_open("reading a tensor")
+            jobs = []
+            for buffer in buffers:
+                if buffer.host_version == buffer.version:
+                    jobs.append(CopyJob.ready(buffer.host))
+                elif buffer.copy_job is not None and buffer.copy_job.version == buffer.version:
+                    jobs.append(buffer.copy_job)
+                else:
+                    job = buffer.copy_job = CopyJob(buffer, buffer.version,
+                                                    self.pool.take_staging(buffer.size, buffer.dtype))
+                    jobs.append(job)
+                    self._jobs.append(job)
+                    self._record(Copy(buffer.block, job.staging))
+            return PendingRead(self, jobs)
+
+    def read(self, buffers: list[Buffer]) -> list[np.ndarray]:
+        """Host copies of the buffers' contents after all recorded work."""
+        return self.read_async(buffers).result()
+
+    def poll(self, jobs: list[CopyJob]) -> bool:
+        """Whether every job's values have arrived, without waiting: submits the work they wait on if it is only
+        recorded, then asks the fence."""
+        with self._lock:
+            if all(job.done for job in jobs):
+                return True
+            if self.closed:
+                return True  # lost: result() says so
+            if not all(job.submitted for job in jobs):
+                self.submit()
+            if self.queue.poll():
+                self.wait()
+            return all(job.done for job in jobs)
+
+    def finish(self, jobs: list[CopyJob]) -> None:
+        """Wait until every job's values have arrived."""
+        with self._lock:
+            if all(job.done for job in jobs):
+                return
+            if not self.closed:
+                if not all(job.submitted for job in jobs):
+                    self.submit()
+                self.wait()
+            if not all(job.done for job in jobs):
+                raise RuntimeError("the read was lost: its Graph was closed before the values were copied")
+
+    # ---- submitting ------------------------------------------------------------------------------------------
+    def submit(self, timed: bool = False) -> None:
+        """Submit everything recorded, without waiting for it (after waiting for the submission before it, if it
+        still runs). `timed`: in a sequence of its own with GPU timestamps (see flush)."""
+        with self._lock:
+            self._step_ended = False
+            if not len(self.recorder):
+                return
+            items, blocks = self.recorder.take()
+            jobs, self._jobs = self._jobs, []
+            self.wait()
+            for job in jobs:
+                job.submitted = True
+            self.queue.submit(items, blocks, jobs, timed=timed)
+
+    def wait(self) -> None:
+        """Wait for the submission in flight, if any, and hand its copies to the host."""
+        with self._lock:
+            finished = self.queue.wait()
+            if finished is None:
+                return
+            jobs, seconds = finished
+            if seconds is not None:
+                self.last_gpu_seconds = seconds
+            for job in jobs:
+                staging = job.staging
+                job.take()
+                self.pool.give_back(staging)
+
+    def flush(self, timed: bool = False) -> float | None:
+        """Run everything recorded and wait for it. `timed`: return the seconds the device spent on it, from
+        Vulkan timestamps around the whole submission (None where the device cannot time compute work)."""
+        with self._lock:
+            timed = timed and self.device.timestamp_period_ns > 0
+            self.last_gpu_seconds = None
+            self.submit(timed=timed)
+            self.wait()
+            return self.last_gpu_seconds
+
+    def close(self) -> None:
+        """Run what is recorded, then free this engine's buffers, kernels and sequences. The device stays."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self.flush()
+            finally:
+                try:
+                    self.queue.wait()  # an interrupted flush may have left one in flight
+                finally:
+                    self.closed = True
+                    self._jobs = []
+                    self.algorithms.clear()
+                    self.queue.close()
+                    self.pool.destroy_all()

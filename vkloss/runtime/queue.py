@@ -1,0 +1,157 @@
+"""Submitting recorded work to the device: kp Sequences, the one submission in flight, its fence, and replay.
+
+At most one submission is in flight; the next waits for its fence first (a submission boundary, which also orders
+the two submissions' buffers). A submission whose items repeat an earlier one exactly (same kernels, blocks and push
+constants: a training step) replays that one's recorded Sequence instead of recording it again.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import kp
+
+from .recorder import Barrier, Copy, Dispatch
+
+REPLAY_CACHE_SIZE = 16  # recorded submissions kept for replay (a training step alternates between a few at most)
+
+# Vulkan's flag bits, for kp.OpMemoryBarrier.
+_SHADER_READ, _SHADER_WRITE, _TRANSFER_READ, _TRANSFER_WRITE, _HOST_READ = 0x20, 0x40, 0x800, 0x1000, 0x2000
+_COMPUTE_STAGE, _TRANSFER_STAGE, _HOST_STAGE = 0x800, 0x1000, 0x4000
+_ANY_WRITE = _SHADER_WRITE | _TRANSFER_WRITE
+_ANY_ACCESS = _SHADER_READ | _SHADER_WRITE | _TRANSFER_READ | _TRANSFER_WRITE
+_DEVICE_STAGES = _COMPUTE_STAGE | _TRANSFER_STAGE
+
+
+def kp_op(item):
+    """The kp operation that records `item`."""
+    kind = type(item)
+    if kind is Dispatch:
+        # Always pass push constants: without them kp reuses whatever was pushed last.
+        return kp.OpAlgoDispatch(item.kernel, item.push)
+    if kind is Copy:
+        return kp.OpTensorCopy([item.source.handle, item.target.handle])
+    if kind is Barrier:
+        tensors = [block.handle for block in item.blocks]
+        if item.to_host:
+            return kp.OpMemoryBarrier(tensors, _TRANSFER_WRITE, _HOST_READ, _TRANSFER_STAGE, _HOST_STAGE)
+        return kp.OpMemoryBarrier(tensors, _ANY_WRITE, _ANY_ACCESS, _DEVICE_STAGES, _DEVICE_STAGES)
+    raise TypeError(f"not a recorded item: {item!r}")
+
+
+class Submission:
+    """What is in flight: its sequence, the blocks it uses, and what waits for it to finish (`payload`)."""
+
+    __slots__ = ("sequence", "blocks", "payload", "timed")
+
+    def __init__(self, sequence, blocks: set, payload, timed: bool):
+        self.sequence, self.blocks, self.payload, self.timed = sequence, blocks, payload, timed
+
+
+class Queue:
+    def __init__(self, manager, timestamp_period_ns: float = 0.0):
+        self._manager = manager
+        self._period = timestamp_period_ns
+        self.in_flight: Submission | None = None
+        self._replays: OrderedDict = OrderedDict()  # submission key -> its recorded Sequence
+        self._replays_by_block: dict[int, set] = {}
+        self._spare: list = []
+        self.submissions = self.replays = self.dispatches = 0
+
+    def busy(self, block) -> bool:
+        """Whether the submission in flight uses `block`."""
+        return self.in_flight is not None and block in self.in_flight.blocks
+
+    def submit(self, items: list, blocks: list, payload=None, timed: bool = False) -> None:
+        """Submit `items` (the previous submission must be finished: `wait` first). `payload` comes back from the
+        `wait` that finishes this one. `timed`: in a sequence of its own with timestamps around it."""
+        assert self.in_flight is None, "wait for the submission in flight first"
+        key = tuple(item.key for item in items)
+        sequence = None if timed else self._replays.get(key)
+        if sequence is not None:
+            self._replays.move_to_end(key)
+            self.replays += 1
+        elif timed:
+            sequence = self._manager.sequence(0, len(items))
+            for item in items:
+                sequence.record(kp_op(item))
+        else:
+            sequence = self._record(key, items, blocks)
+        self.dispatches += sum(type(item) is Dispatch for item in items)
+        self.submissions += 1
+        # In flight before the call: a KeyboardInterrupt arrives between bytecodes, so after the submission, and
+        # the queue still waits for it; one that arrives before it is submitted in `finally`. Every recorded item
+        # runs: a flush is one submission.
+        self.in_flight = Submission(sequence, set(blocks), payload, timed)
+        try:
+            sequence.eval_async()  # the patched binding: submit what is recorded, no re-recording, no wait
+        finally:
+            if not sequence.is_running():
+                sequence.eval_async()
+
+    def submit_sequence(self, sequence, blocks, payload=None) -> None:
+        """Submit a sequence recorded elsewhere (a captured step) as it is."""
+        assert self.in_flight is None, "wait for the submission in flight first"
+        self.submissions += 1
+        self.in_flight = Submission(sequence, blocks, payload, False)
+        try:
+            sequence.eval_async()
+        finally:
+            if not sequence.is_running():
+                sequence.eval_async()
+
+    def record(self, items: list):
+        """A new sequence holding `items`, kept by the caller (not in the replay cache)."""
+        sequence = self._manager.sequence()
+        for item in items:
+            sequence.record(kp_op(item))
+        return sequence
+
+    def _record(self, key: tuple, items: list, blocks: list):
+        sequence = self._spare.pop() if self._spare else self._manager.sequence()
+        for item in items:
+            sequence.record(kp_op(item))
+        self._replays[key] = sequence
+        for block in blocks:
+            self._replays_by_block.setdefault(block.serial, set()).add(key)
+        while len(self._replays) > REPLAY_CACHE_SIZE:
+            _, old = self._replays.popitem(last=False)
+            old.clear()  # drops its ops, and with them their tensors; the command pool lets it be recorded again
+            self._spare.append(old)
+        return sequence
+
+    def poll(self) -> bool:
+        """Whether nothing is in flight any more (the fence says so; nothing waits)."""
+        return self.in_flight is None or self.in_flight.sequence.is_complete()
+
+    def wait(self):
+        """Wait for the submission in flight, if any: (its payload, its device seconds or None), or None when
+        nothing was in flight."""
+        submission = self.in_flight
+        if submission is None:
+            return None
+        self.in_flight = None
+        sequence = submission.sequence
+        sequence.eval_await()
+        seconds = None
+        if submission.timed:
+            ticks = sequence.get_timestamps()
+            seconds = (ticks[-1] - ticks[0]) * self._period * 1e-9
+            sequence.destroy()
+        return submission.payload, seconds
+
+    def forget(self, block) -> None:
+        """Drop recorded sequences that use `block` (about to be destroyed: they hold its tensor alive)."""
+        for key in self._replays_by_block.pop(block.serial, ()):
+            sequence = self._replays.pop(key, None)
+            if sequence is not None:
+                sequence.destroy()
+
+    def close(self) -> None:
+        for sequence in (*self._replays.values(), *self._spare):
+            sequence.destroy()
+        self._replays.clear()
+        self._replays_by_block.clear()
+        self._spare.clear()
+
+    def counts(self) -> dict:
+        return {"replays": len(self._replays)}
