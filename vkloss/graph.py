@@ -15,9 +15,11 @@ from . import autodiff, registry
 from .device import DeviceInfo, choose_device
 from . import _graph_ops
 from .host_copy import DeviceChecks, HostCopy
+from .plans import UNPLANNED, Tracer
 from .runtime import Engine
 from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, buffer_layout, decode16, encode16
 
+PLAN_TABLE_SIZE = 4096  # launch plans a Graph keeps (the oldest goes first): a training loop needs a few dozen
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
 _INT32 = np.iinfo(np.int32)
 
@@ -83,6 +85,7 @@ class Graph(_graph_ops.Graph):
         self._modified: dict = {}  # while a backward rule runs: inputs of its op modified in place since
         self._backward_op = None
         self._seed = None  # the buffer of backward's d(loss)/d(loss) = 1, uploaded once
+        self._plans: dict = {}  # plan key (see _plan_key) -> its launch plan, or UNPLANNED
 
     def require_usable(self, what: str) -> None:
         """Raise RuntimeError unless this Graph may be used here: it is used from the thread that made it, until
@@ -156,11 +159,54 @@ class Graph(_graph_ops.Graph):
         return self._run_op(op, op.schema.bind(args, kwargs))
 
     def _call_bound(self, name: str, arguments: dict) -> Tensor:
-        """What a generated method calls: its arguments, which Python bound to the signature, by name."""
+        """What a generated method calls: its arguments, which Python bound to the signature, by name. A call made
+        the same way before runs its launch plan (vkloss/plans.py): no schema walk, shape rule or launch policy."""
         op = registry.get(name)
-        return self._run_op(op, op.schema.checked(arguments))
+        key = self._plan_key(op, arguments) if op.plannable else None
+        if key is not None:
+            plan = self._plans.get(key)
+            if plan is not None and plan is not UNPLANNED and not self._modified and not self._engine.closed \
+                    and threading.get_ident() == self._thread:
+                return self._run_plan(op, plan, arguments)
+        return self._run_op(op, op.schema.checked(arguments), key)
 
-    def _run_op(self, op, bound: dict) -> Tensor:
+    def _plan_key(self, op, arguments: dict):
+        """What makes a call of `op` the same as an earlier one: the operands' shapes, dtypes and gradient needs,
+        the options (each with its type: 0 is not False), and whether gradients are on. None where an operand is
+        not a Tensor of this graph, or an option cannot be a key (an array)."""
+        key = [op, self._grad_enabled]
+        operands = op.operand_names
+        for name, value in arguments.items():
+            if type(value) is Tensor:
+                if value.graph is not self:
+                    return None
+                key += (value.shape, value._dtype, value.requires_grad)
+            elif name in operands and value is not None:
+                return None
+            else:
+                key += (value, type(value))
+        key = tuple(key)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def _run_plan(self, op, plan, arguments: dict) -> Tensor:
+        tensors = [arguments[name] for name in op.operand_names]
+        given = [t.buffer for t in tensors]
+        options = plan.options
+        if plan.constants:
+            constants = [arguments[name] for name in plan.constants]
+            given += [c.buffer for c in constants]
+            options = {**options, **dict(zip(plan.constants, constants))}
+        buffers = plan.run(self._engine, given)
+        return self._record(op, tensors, options, plan.shape, buffers[len(given)], plan.out_dtype,
+                            plan.differentiable,
+                            [(buffers[role], message) for role, message in plan.checks] if plan.checks else (),
+                            None if plan.saved is None else [None if r is None else buffers[r] for r in plan.saved])
+
+    def _run_op(self, op, bound: dict, key=None) -> Tensor:
         self.require_usable(f"g.{op.name}")
         operands = [self._operand(op, position, p, bound.pop(p.name)) for position, p in
                     enumerate(op.schema.operands, 1)]
@@ -169,7 +215,7 @@ class Graph(_graph_ops.Graph):
                 bound[p.name] = self._constant_tensor(op, p.name, bound[p.name])
         if op.compose is not None:
             return op.compose(self, *operands, **bound)
-        return self._apply(op, operands, bound)
+        return self._apply(op, operands, bound, key)
 
     def _operand(self, op, position: int, param, value) -> Tensor | None:
         """Operand `position` (1-based) of g.<op>: a Tensor of this graph, float32 unless the schema takes class
@@ -226,11 +272,12 @@ class Graph(_graph_ops.Graph):
                              f"{value!r}")
         return value
 
-    def _apply(self, op, tensors: list, options: dict) -> Tensor:
-        """Run a kernel op's forward on checked operands and record it on the tape."""
+    def _apply(self, op, tensors: list, options: dict, key=None) -> Tensor:
+        """Run a kernel op's forward on checked operands and record it on the tape; with a plan `key`, write its
+        launch plan down too."""
         constants = {name: value for name, value in options.items() if isinstance(value, Tensor)}
         shape = op.shape(*(t.shape for t in tensors), **{**options, **{n: t.shape for n, t in constants.items()}})
-        names = [p.name for p in op.schema.operands]
+        names = op.operand_names
         fused = op.backward_kind is registry.Backward.FUSED
         for position, (name, t) in enumerate(zip(names, tensors), 1):
             if fused and t.requires_grad and name not in op.grad_inputs:
@@ -244,20 +291,38 @@ class Graph(_graph_ops.Graph):
         needs = tuple(differentiable and t.requires_grad for t in tensors) if fused else (False,) * len(tensors)
         dtypes = tuple(t.dtype for t in tensors)
         out_dtype = op.out_dtype(dtypes, **options) if op.out_dtype else np.dtype(np.float32)
-        ctx = registry.ForwardContext(self._engine, op, tuple(t.shape for t in tensors),
-                                      self._engine.alloc(*buffer_layout(math.prod(shape), out_dtype)), needs, dtypes)
-        op.forward(ctx, *(t.buffer for t in tensors), **{**options, **{n: t.buffer for n, t in constants.items()}})
-        for count, message in ctx.checks:
-            self._record_check(count, message, ValueError)
-        saved = None
-        if fused and differentiable:
-            saved = tuple(None if ctx.saved.get(name) is None else Tensor(self, t.shape, ctx.saved[name], dtype=t.dtype)
-                          for name, t in zip(names, tensors))
-            if in_place:
-                tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_option}=True)"
-        node = autodiff.Node(op, tuple(tensors), options, saved, tuple(t.version for t in tensors)) \
-            if differentiable else None
-        out = Tensor(self, shape, ctx.out, requires_grad=differentiable, node=node, dtype=out_dtype)
+        out_layout = buffer_layout(math.prod(shape), out_dtype)
+        given = [t.buffer for t in tensors] + [t.buffer for t in constants.values()]
+        out_buffer = self._engine.alloc(*out_layout)
+        tracer = Tracer(self._engine, given + [out_buffer]) if key is not None and not in_place else None
+        ctx = registry.ForwardContext(tracer or self._engine, op, tuple(t.shape for t in tensors), out_buffer, needs,
+                                      dtypes)
+        op.forward(ctx, *given[:len(tensors)], **{**options, **dict(zip(constants, given[len(tensors):]))})
+        saved = [ctx.saved.get(name) for name in names] if fused and differentiable else None
+        if tracer is not None:
+            plan = tracer.plan(shape, out_layout, out_dtype, ctx.checks, saved,
+                               {n: v for n, v in options.items() if n not in constants}, differentiable,
+                               tuple(constants))
+            while len(self._plans) >= PLAN_TABLE_SIZE:
+                del self._plans[next(iter(self._plans))]  # the oldest
+            self._plans[key] = plan if plan is not None else UNPLANNED
+        out = self._record(op, tensors, options, shape, out_buffer, out_dtype, differentiable, ctx.checks, saved)
+        if in_place:
+            tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_option}=True)"
+        return out
+
+    def _record(self, op, tensors, options, shape, out_buffer, out_dtype, differentiable, checks, saved) -> Tensor:
+        """An op's forward has run: its checks pending, its output a Tensor, on the tape if differentiable."""
+        if checks:
+            for count, message in checks:
+                self._record_check(count, message, ValueError)
+        node = None
+        if differentiable:
+            if saved is not None:
+                saved = tuple(None if b is None else Tensor(self, t.shape, b, dtype=t.dtype)
+                              for b, t in zip(saved, tensors))
+            node = autodiff.Node(op, tuple(tensors), options, saved, tuple(t.version for t in tensors))
+        out = Tensor.made(self, shape, out_buffer, differentiable, node, out_dtype)
         if self.check_finite and op.name != "count_nonfinite":
             with self.no_grad():
                 count = self.count_nonfinite(self._float32_unchecked(out))

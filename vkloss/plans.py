@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .launch import WORKGROUP
+
 UNPLANNED = "unplanned"  # what the plan table holds for a call shape whose forward cannot be planned
 
 
@@ -32,12 +34,20 @@ class Tracer:
         self.held = list(buffers)  # keeps the traced buffers alive while the forward runs: ids stay unique
         self.made: list[tuple] = []  # ("alloc", size, dtype) or ("upload", array), in order
         self.steps: list[tuple] = []  # ("dispatch", launch, reads, writes, words, key bytes) or ("copy", src, dst)
+        self.unplannable: str | None = None
 
     def _role(self, buffer) -> int:
         role = self.roles.get(id(buffer))
         if role is None:
             raise NotPlannable(f"a buffer of {buffer.size} elements the forward did not make")
         return role
+
+    def _roles(self, buffers) -> tuple | None:
+        try:
+            return tuple(self._role(b) for b in buffers)
+        except NotPlannable as e:
+            self.unplannable = str(e)
+            return None
 
     def _made(self, buffer, how: tuple):
         self.roles[id(buffer)] = len(self.held)
@@ -47,40 +57,53 @@ class Tracer:
 
     def alloc(self, size: int, dtype=np.float32):
         buffer = self._engine.alloc(size, dtype)
-        return self._made(buffer, ("alloc", buffer.size, buffer.dtype))
+        return self._made(buffer, ("alloc", buffer.size, buffer.dtype))  # as the engine takes them: int, np.dtype
 
     def upload(self, array: np.ndarray):
         return self._made(self._engine.upload(array), ("upload", np.array(array, copy=True)))
 
     def copy(self, source, target) -> None:
         self._engine.copy(source, target)
-        self.steps.append(("copy", self._role(source), self._role(target)))
+        roles = self._roles((source, target))
+        self.steps.append(("copy", *roles) if roles else None)
 
-    def dispatch(self, variant, inputs, outputs, push, grid, workgroup, constants=()) -> None:
+    def dispatch(self, variant, inputs, outputs, push, grid, workgroup: int = WORKGROUP, constants=()):
         launch, words, key = self._engine.dispatch(variant, inputs, outputs, push, grid, workgroup, constants)
-        self.steps.append(("dispatch", launch, tuple(self._role(b) for b in inputs),
-                           tuple(self._role(b) for b in outputs), words, key))
+        reads, writes = self._roles(inputs), self._roles(outputs)
+        self.steps.append(("dispatch", launch, reads, writes, words, key))
+        return launch, words, key
 
-    def plan(self, op, shape, out_layout, out_dtype, checks, saved) -> "Plan":
-        return Plan(shape, out_layout, out_dtype, tuple(self.made), tuple(self.steps),
-                    tuple((self._role(count), message) for count, message in checks),
-                    None if saved is None else tuple((name, None if b is None else self._role(b))
-                                                     for name, b in saved))
+    def plan(self, shape, out_layout, out_dtype, checks, saved, options: dict, differentiable: bool,
+             constants: tuple) -> "Plan | None":
+        """The plan of what was traced, or None where it cannot be repeated."""
+        if self.unplannable:
+            return None
+        try:
+            return Plan(shape, out_layout, out_dtype, tuple(self.made), tuple(self.steps),
+                        tuple((self._role(count), message) for count, message in checks),
+                        None if saved is None else tuple(None if b is None else self._role(b) for b in saved),
+                        options, differentiable, constants)
+        except NotPlannable:
+            return None
 
 
 class Plan:
     """One call shape of one op, worked out: run() makes its buffers and records its work."""
 
-    __slots__ = ("shape", "out_layout", "out_dtype", "made", "steps", "checks", "saved")
+    __slots__ = ("shape", "out_layout", "out_dtype", "made", "steps", "checks", "saved", "options", "differentiable",
+                 "constants")
 
-    def __init__(self, shape, out_layout, out_dtype, made, steps, checks, saved):
+    def __init__(self, shape, out_layout, out_dtype, made, steps, checks, saved, options, differentiable, constants):
         self.shape, self.out_layout, self.out_dtype = shape, out_layout, out_dtype
         self.made, self.steps, self.checks, self.saved = made, steps, checks, saved
+        self.options = options  # every option but the tensor-valued ones, defaults filled in: the node's attributes
+        self.differentiable = differentiable  # whether the output goes on the tape
+        self.constants = constants  # the names of the tensor-valued options, bound after the operands
 
     def run(self, engine, operands: list) -> list:
         """The buffers by role (operands, output, then what the forward made), the work recorded."""
-        buffers = operands + [engine.alloc(*self.out_layout)]
+        buffers = operands + [engine.alloc_checked(*self.out_layout)]
         for how in self.made:
-            buffers.append(engine.alloc(how[1], how[2]) if how[0] == "alloc" else engine.upload(how[1]))
+            buffers.append(engine.alloc_checked(how[1], how[2]) if how[0] == "alloc" else engine.upload(how[1]))
         engine.run_steps(self.steps, buffers)
         return buffers

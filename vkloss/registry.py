@@ -22,6 +22,7 @@ importing vkloss and calling `register_op`; `python -m vkloss.tools --import MOD
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ NOT_DIFFERENTIABLE = Backward.NONE
 BACKWARD_KINDS = tuple(kind.value for kind in Backward)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Op:
     name: str
     schema: schemas.Schema
@@ -66,6 +67,11 @@ class Op:
     grad_inputs: tuple = ()  # the operands a fused kernel gives gradients for (default: the first)
     out_dtype: Callable | None = None  # (operand dtypes, **options) -> the output's dtype; None: float32
     module: str = ""  # where it was declared
+    plannable: bool = False  # a repeated call may run its launch plan (vkloss/plans.py)
+
+    @functools.cached_property
+    def operand_names(self) -> tuple:
+        return tuple(p.name for p in self.schema.operands)
 
     @property
     def shader(self) -> str | None:
@@ -251,6 +257,7 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
         forward, variants = _one_dispatch(variant, push, invocations), (variant,)
         if validate:
             _check_bindings(name, variant, len(signature.operands) + 1)
+    module = sys._getframe(1).f_globals.get("__name__", "")
     operand_names = [p.name for p in signature.operands]
     grad_inputs = tuple(grad_inputs) or tuple(operand_names[:1])
     unknown = [n for n in (*grad_inputs, *([inplace_option] if inplace_option else []))
@@ -260,7 +267,9 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
     op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc), shape=_explained(name, shape),
             forward=forward, backward=_scaled_saved_grads if kind is Backward.FUSED else backward if callable(backward)
             else None, compose=compose, kernels=tuple(kernels), shader_variants=variants, inplace_option=inplace_option,
-            grad_inputs=grad_inputs, out_dtype=out_dtype, module=sys._getframe(1).f_globals.get("__name__", ""))
+            grad_inputs=grad_inputs, out_dtype=out_dtype, module=module,
+            # vkloss's own forwards and a user's shader go through their context alone; a user's forward may not
+            plannable=compose is None and (bool(variants) or module.split(".")[0] == __package__))
     _OPS[name] = op
     for listener in _listeners:
         listener(op)
@@ -336,11 +345,13 @@ def _scaled(g, saved, grad):
 
 
 def get(name: str) -> Op:
-    _load_plugins()
-    try:
-        return _OPS[name]
-    except KeyError:
-        raise AttributeError(f"no op named {name!r}") from None
+    op = _OPS.get(name)
+    if op is None:
+        _load_plugins()  # a plugin's op, declared on first use
+        op = _OPS.get(name)
+        if op is None:
+            raise AttributeError(f"no op named {name!r}")
+    return op
 
 
 def all_ops() -> list[Op]:

@@ -74,6 +74,15 @@ class Tensor:
         self.overwritten_by: str | None = None  # the op that wrote over its buffer (a gradient computed in place)
         self.version = 0  # bumped by every in-place change (copy_, an optimizer step), as PyTorch's version counter
 
+    @classmethod
+    def made(cls, graph, shape: tuple, buffer, requires_grad: bool, node, dtype) -> "Tensor":
+        """An op's output: `shape` already a tuple of ints (what every call of an op does, so kept short)."""
+        tensor = cls.__new__(cls)
+        tensor.graph, tensor.shape, tensor._buffer, tensor._dtype = graph, shape, buffer, dtype
+        tensor.requires_grad, tensor.node, tensor.grad, tensor.overwritten_by, tensor.version = \
+            requires_grad, node, None, None, 0
+        return tensor
+
     @property
     def buffer(self):
         """The device buffer. Raises RuntimeError once an in-place op has written something else over it."""

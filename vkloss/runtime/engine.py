@@ -162,6 +162,13 @@ class Engine:
                 self.submit()
             return Buffer(self, self.pool.take(size, dtype))
 
+    def alloc_checked(self, size: int, dtype: np.dtype) -> Buffer:
+        """alloc() for a size and dtype already checked (a launch plan's)."""
+        with self._lock:
+            if self._step_ended:
+                self.submit()
+            return Buffer(self, self.pool.take(size, dtype))
+
     def release(self, block) -> None:
         if self.closed:
             return
@@ -215,19 +222,40 @@ class Engine:
         if len(self.recorder) >= MAX_PENDING:
             self.submit()
 
-    def dispatch(self, variant, inputs, outputs, push, grid, workgroup: int = WORKGROUP, constants: tuple = ()) -> None:
+    def dispatch(self, variant, inputs, outputs, push, grid, workgroup: int = WORKGROUP, constants: tuple = ()):
         """Record one dispatch. Bindings are `inputs` then `outputs`, in order; `outputs` are written.
         `workgroup` (a power of two) is the shader's WG specialization constant (constant_id 0); `constants` (ints)
-        are constant_id 1, 2, ..."""
+        are constant_id 1, 2, ... Returns (its Launch, its push words, their bytes), for a launch plan."""
         words = push_constants(push)
-        reads, writes = tuple(b.block for b in inputs), tuple(b.block for b in outputs)
         with self._lock:
             self._check_open("a kernel dispatch")
-            serial, algorithm = self.algorithms.get(variant, reads + writes, tuple(grid), words, workgroup,
-                                                    tuple(int(c) for c in constants))
-            for buffer in outputs:
-                buffer.version += 1
-            self._record(Dispatch(algorithm, words, reads, writes, (serial, words.tobytes())))
+            launch = self.algorithms.launch(variant, tuple(grid), workgroup, tuple(int(c) for c in constants),
+                                            len(words))
+            data = words.tobytes()
+            self._dispatch(launch, inputs, outputs, words, data)
+            return launch, words, data
+
+    def _dispatch(self, launch, inputs, outputs, words, data) -> None:
+        reads, writes = tuple([b.block for b in inputs]), tuple([b.block for b in outputs])
+        serial, algorithm = self.algorithms.get(launch, reads + writes, words)
+        for buffer in outputs:
+            buffer.version += 1
+        self.recorder.record(Dispatch(algorithm, words, reads, writes, (serial, data)))
+        if len(self.recorder) >= MAX_PENDING:
+            self.submit()
+
+    def run_steps(self, steps, buffers: list) -> None:
+        """Record a launch plan's work (vkloss/plans.py) on `buffers`, its buffers by role."""
+        with self._lock:
+            self._check_open("a kernel dispatch")
+            for step in steps:
+                if step[0] == "dispatch":
+                    _, launch, reads, writes, words, data = step
+                    self._dispatch(launch, [buffers[i] for i in reads], [buffers[i] for i in writes], words, data)
+                else:
+                    target = buffers[step[2]]
+                    target.version += 1
+                    self._record(Copy(buffers[step[1]].block, target.block))
 
     def copy(self, source: Buffer, target: Buffer) -> None:
         """Record a copy of `source` into `target` (same size and dtype) by the device's copy engine."""

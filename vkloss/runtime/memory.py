@@ -13,7 +13,6 @@ tensor, is a block busy, drain the queue, forget a block), so it is tested witho
 """
 from __future__ import annotations
 
-import bisect
 import itertools
 from typing import Callable
 
@@ -83,8 +82,13 @@ class Pool:
         if block.pinned is not None or block.serial not in self.blocks:
             return
         block.released = next(self._clock)
-        free = self._free.setdefault((block.size, block.dtype, block.host), [])
-        free.insert(bisect.bisect(free, -block.serial, key=lambda b: -b.serial), block)  # newest first
+        free = self._free.get((block.size, block.dtype, block.host))
+        if free is None:
+            free = self._free[block.size, block.dtype, block.host] = []
+        position = len(free)
+        while position and free[position - 1].serial < block.serial:  # newest first; lists are short
+            position -= 1
+        free.insert(position, block)
         self.free_bytes[block.host] += block.nbytes
         while self.free_bytes[block.host] > self.max_bytes and self.evict_one(block.host):
             pass

@@ -67,9 +67,14 @@ class Recorder:
 
     def record(self, item) -> None:
         access = self._access
-        hazards = [block for block in item.reads if access.get(block, 0) & WRITTEN]
-        hazards += [block for block in item.writes if block in access]
-        if hazards:
+        hazards = None
+        for block in item.reads:
+            if access.get(block, 0) & WRITTEN:
+                hazards = [block] if hazards is None else hazards + [block]
+        for block in item.writes:
+            if block in access:
+                hazards = [block] if hazards is None else hazards + [block]
+        if hazards is not None:
             hazards = tuple(dict.fromkeys(hazards))  # a block bound twice (mul(d, d)) is named once
             self.items.append(Barrier(hazards))
             self.barriers += 1
