@@ -3,6 +3,13 @@
 // says. One invocation per BLOCK x BLOCK block of out (BLOCK comes from vkloss/ops/matmul.py); it runs one loop
 // iteration per k, so the caller splits a longer k into several dispatches (lavapipe's loop limit). Each operand starts
 // at an element offset into its buffer, so a block of rows (a vocabulary chunk of a weight matrix) is an operand.
+//
+// A linear layer's parts, each a switch (vkloss/ops/matmul.py, vkloss/ops/linear.py):
+// - BIAS and RELU: the epilogue out = relu(product + bias[column]), a layer's forward in one dispatch;
+// - MASK: operand a read as (mask <= 0 ? 0 : a), mask stored as a is: the gradient through a relu whose output is
+//   mask (PyTorch's threshold_backward on the result);
+// - BIAS_SUM: invocations past the product's write bias_grad[row] = the sum over k of op(a)[row, k] (masked too):
+//   a layer's bias gradient in the dispatch of its weight gradient.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
@@ -12,14 +19,52 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #include "access.glsl"
 layout(set = 0, binding = B_A) readonly buffer A { STORED a_data[]; };
 layout(set = 0, binding = B_B) readonly buffer B { STORED b_data[]; };
+#if MASK
+layout(set = 0, binding = B_MASK) readonly buffer Mask { STORED mask_data[]; };
+#endif
 #else
 layout(set = 0, binding = B_A) readonly buffer A { float a[]; };
 layout(set = 0, binding = B_B) readonly buffer B { float b[]; };
+#if MASK
+layout(set = 0, binding = B_MASK) readonly buffer Mask { float mask[]; };
+#endif
 
-float a_at(uint row, uint kk) { return p.trans_a != 0 ? a[p.a_offset + kk * p.m + row] : a[p.a_offset + row * p.k + kk]; }
+float a_at(uint row, uint kk) {
+    uint at = p.trans_a != 0 ? p.a_offset + kk * p.m + row : p.a_offset + row * p.k + kk;
+#if MASK
+    return mask[at] <= 0.0 ? 0.0 : a[at];
+#else
+    return a[at];
+#endif
+}
 float b_at(uint kk, uint col) { return p.trans_b != 0 ? b[p.b_offset + col * p.k + kk] : b[p.b_offset + kk * p.n + col]; }
 #endif
 layout(set = 0, binding = B_OUT) buffer Out { float y[]; };
+#if BIAS
+layout(set = 0, binding = B_BIAS) readonly buffer Bias { float bias[]; };
+#endif
+#if BIAS_SUM
+layout(set = 0, binding = B_BIAS_GRAD) buffer BiasGrad { float bias_grad[]; };
+#endif
+
+// out[row, column] (+)= value, through the epilogue.
+void store(uint row, uint col, float value) {
+    uint o = p.out_offset + row * p.n + col;
+    if (p.accumulate != 0) value += y[o];
+#if BIAS
+    value += bias[col];
+#endif
+#if RELU
+    value = value < 0.0 ? 0.0 : value;  // NaN stays NaN, as PyTorch's relu
+#endif
+    y[o] = value;
+}
+
+#if BIAS_SUM
+void store_bias_sum(uint row, float value) {
+    bias_grad[row] = p.accumulate != 0 ? bias_grad[row] + value : value;
+}
+#endif
 
 #if TILED
 // A workgroup of 256 computes a TILE x TILE tile of out, each invocation a 4 x 4 block of it, from DEPTH-deep slices
@@ -40,6 +85,18 @@ uvec2 slice_position(uint e, bool k_inner) {
 void main() {
     uint tiles_n = (p.n + TILE - 1) / TILE;
     uint t = workgroup_index();
+#if BIAS_SUM
+    uint tiles = ((p.m + TILE - 1) / TILE) * tiles_n;
+    if (t >= tiles) {  // the workgroups past the product's tiles: one row sum per invocation (uniform: no barrier)
+        uint row = (t - tiles) * 256u + gl_LocalInvocationID.x;
+        if (row < p.m) {
+            float s = 0.0;
+            for (uint kk = p.k_begin; kk < p.k_end; ++kk) s += a_at(row, kk);
+            store_bias_sum(row, s);
+        }
+        return;
+    }
+#endif
     uint row0 = (t / tiles_n) * TILE, col0 = (t % tiles_n) * TILE;
     if (row0 >= p.m) return;  // uniform across the workgroup
     uint lid = gl_LocalInvocationID.x;
@@ -67,10 +124,7 @@ void main() {
     [[unroll]] for (uint r = 0; r < 4; ++r) {
         [[unroll]] for (uint c = 0; c < 4; ++c) {
             uint row = row0 + block_row + r, col = col0 + block_col + c;
-            if (row < p.m && col < p.n) {
-                uint o = p.out_offset + row * p.n + col;
-                y[o] = p.accumulate != 0 ? y[o] + acc[r][c] : acc[r][c];
-            }
+            if (row < p.m && col < p.n) store(row, col, acc[r][c]);
         }
     }
 }
@@ -93,11 +147,43 @@ void load_access(bool a_side, uint at, out float values[STEPS]) {
     ELEMENT parts[PER_LOAD];
     if (a_side) {
         LOAD_SPLIT(a_data, at, parts);
+#if MASK
+        ELEMENT masks[PER_LOAD];
+        LOAD_SPLIT(mask_data, at, masks);
+        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) parts[h] = mix(parts[h], ELEMENT(0.0), lessThanEqual(masks[h], ELEMENT(0.0)));
+#endif
     } else {
         LOAD_SPLIT(b_data, at, parts);
     }
     [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) [[unroll]] for (uint q = 0; q < 4; ++q) values[4 * h + q] = parts[h][q];
 }
+
+#if BIAS_SUM
+// Past the product's blocks, invocation i sums rows of op(a) over k: one row where a is stored with k contiguous (an
+// access is STEPS steps of k), else STEPS rows (an access is STEPS rows at one step of k).
+void bias_sum(uint i, bool a_k_inner) {
+    float values[STEPS];
+    if (a_k_inner) {
+        if (i >= p.m) return;
+        float s = 0.0;
+        for (uint k0 = p.k_begin; k0 < p.k_end; k0 += STEPS) {
+            load_access(true, (p.a_offset + i * p.k + k0) / STEPS, values);
+            [[unroll]] for (uint q = 0; q < STEPS; ++q) s += values[q];
+        }
+        store_bias_sum(i, s);
+    } else {
+        uint row0 = i * STEPS;
+        if (row0 >= p.m) return;
+        float s[STEPS];
+        [[unroll]] for (uint q = 0; q < STEPS; ++q) s[q] = 0.0;
+        for (uint kk = p.k_begin; kk < p.k_end; ++kk) {
+            load_access(true, (p.a_offset + kk * p.m + row0) / STEPS, values);
+            [[unroll]] for (uint q = 0; q < STEPS; ++q) s[q] += values[q];
+        }
+        [[unroll]] for (uint q = 0; q < STEPS; ++q) store_bias_sum(row0 + q, s[q]);
+    }
+}
+#endif
 
 // The block's values of one operand for steps k0 .. k0 + STEPS - 1: v[j][r], row (or column) r of the block at step
 // k0 + j. stride: the operand's row length (k where k is contiguous, else m or n); lines: m or n; first: row0 or col0.
@@ -129,11 +215,18 @@ void load_operand(bool k_inner, bool a_side, uint offset, uint stride, uint line
 void main() {
     uint blocks_n = (p.n + BLOCK - 1) / BLOCK;
     uint i = global_index();
+    bool a_k_inner = p.trans_a == 0, b_k_inner = p.trans_b != 0;
+#if BIAS_SUM
+    uint blocks = ((p.m + BLOCK - 1) / BLOCK) * blocks_n;
+    if (i >= blocks) {
+        bias_sum(i - blocks, a_k_inner);
+        return;
+    }
+#endif
     uint row0 = (i / blocks_n) * BLOCK, col0 = (i % blocks_n) * BLOCK;
     if (row0 >= p.m) return;
     float acc[BLOCK][BLOCK];  // acc[r][c]: out[row0 + r][col0 + c]
     [[unroll]] for (uint r = 0; r < BLOCK; ++r) [[unroll]] for (uint c = 0; c < BLOCK; ++c) acc[r][c] = 0.0;
-    bool a_k_inner = p.trans_a == 0, b_k_inner = p.trans_b != 0;
     for (uint k0 = p.k_begin; k0 < p.k_end; k0 += STEPS) {
         float av[STEPS][BLOCK], bv[STEPS][BLOCK];
         load_operand(a_k_inner, true, p.a_offset, a_k_inner ? p.k : p.m, p.m, row0, k0, av);
@@ -142,14 +235,9 @@ void main() {
             [[unroll]] for (uint r = 0; r < BLOCK; ++r)
                 [[unroll]] for (uint c = 0; c < BLOCK; ++c) acc[r][c] += av[j][r] * bv[j][c];
     }
-    [[unroll]] for (uint r = 0; r < BLOCK; ++r) {
-        [[unroll]] for (uint c = 0; c < BLOCK; ++c) {
-            if (row0 + r < p.m && col0 + c < p.n) {
-                uint o = p.out_offset + (row0 + r) * p.n + col0 + c;
-                y[o] = p.accumulate != 0 ? y[o] + acc[r][c] : acc[r][c];
-            }
-        }
-    }
+    [[unroll]] for (uint r = 0; r < BLOCK; ++r)
+        [[unroll]] for (uint c = 0; c < BLOCK; ++c)
+            if (row0 + r < p.m && col0 + c < p.n) store(row0 + r, col0 + c, acc[r][c]);
 }
 #else
 #ifndef BLOCK
@@ -161,6 +249,18 @@ void main() {
 void main() {
     uint blocks_n = (p.n + BLOCK - 1) / BLOCK;
     uint i = global_index();
+#if BIAS_SUM
+    uint blocks = ((p.m + BLOCK - 1) / BLOCK) * blocks_n;
+    if (i >= blocks) {  // one row sum per invocation past the product's blocks
+        uint row = i - blocks;
+        if (row < p.m) {
+            float s = 0.0;
+            for (uint kk = p.k_begin; kk < p.k_end; ++kk) s += a_at(row, kk);
+            store_bias_sum(row, s);
+        }
+        return;
+    }
+#endif
     uint row0 = (i / blocks_n) * BLOCK, col0 = (i % blocks_n) * BLOCK;
     if (row0 >= p.m) return;
     uint rows[BLOCK], cols[BLOCK];
@@ -178,13 +278,8 @@ void main() {
         }
         [[unroll]] for (uint r = 0; r < BLOCK; ++r) [[unroll]] for (uint c = 0; c < BLOCK; ++c) acc[r][c] += av[r] * bv[c];
     }
-    [[unroll]] for (uint r = 0; r < BLOCK; ++r) {
-        [[unroll]] for (uint c = 0; c < BLOCK; ++c) {
-            if (row0 + r < p.m && col0 + c < p.n) {
-                uint o = p.out_offset + (row0 + r) * p.n + col0 + c;
-                y[o] = p.accumulate != 0 ? y[o] + acc[r][c] : acc[r][c];
-            }
-        }
-    }
+    [[unroll]] for (uint r = 0; r < BLOCK; ++r)
+        [[unroll]] for (uint c = 0; c < BLOCK; ++c)
+            if (row0 + r < p.m && col0 + c < p.n) store(row0 + r, col0 + c, acc[r][c]);
 }
 #endif

@@ -55,6 +55,14 @@ def g():
     graph.close()
 
 
+@pytest.fixture(autouse=True)
+def fresh_plans(request):
+    """Each test works its launches out afresh on the session's Graph: a test that patches a kernel constant or the
+    launch policy (K_SLICE, use_tiles, ...) must not run another test's launch plans."""
+    if "g" in request.fixturenames:
+        request.getfixturevalue("g").reset_plans()
+
+
 @pytest.fixture(params=[False, True], ids=["four", "eight"])
 def forced(request):
     """A Graph whose engine answers wide_loads() (eight floats an access, else four where sizes allow) as the

@@ -88,6 +88,7 @@ BUILTIN_CASES = {
     "sum_all": (lambda g, x: g.sum_all(x, scale=0.5), [(2, 3)]),
     "expand": (lambda g, s: g.expand(s, shape=(2, 3), scale=1.5), [(1,)]),
     "matmul": (lambda g, a, b: g.matmul(a, b), [(2, 3), (3, 4)]),
+    "linear": (lambda g, x, w, b: g.linear(x, w, b, activation="relu"), [(5, 3), (4, 3), (4,)]),
     "cross_entropy_loss": (lambda g, p, t: g.cross_entropy_loss(p, t), [(3, 5), (3, 5)]),
     "bce_loss": (lambda g, p, y: g.bce_loss(g.sigmoid(p), y), [(2, 3), (2, 3)]),
     "bce_with_logits_loss": (lambda g, p, y: g.bce_with_logits_loss(p, y, pos_weight=np.array([0.5, 2.0, 1.0]),

@@ -1,6 +1,7 @@
 """vkloss: loss functions and tape autodiff as Vulkan compute shaders, dispatched through Kompute."""
 from .device import DeviceInfo, devices
-from .errors import DeviceMemoryError, NoVulkanDeviceError, ShaderCheckError, ShaderCompileError, VkLossError
+from .errors import (CaptureError, DeviceMemoryError, NoVulkanDeviceError, ShaderCheckError, ShaderCompileError,
+                     VkLossError)
 from . import optim
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Graph
@@ -10,5 +11,5 @@ from . import ops  # noqa: E402,F401  (registers the built-in ops, after Graph e
 
 __all__ = ["Graph", "Tensor", "devices", "optim", "register_op", "unregister_op", "Backward", "ForwardContext",
            "gradcheck", "GradcheckError", "DeviceInfo", "VkLossError", "NoVulkanDeviceError", "ShaderCompileError",
-           "ShaderCheckError", "DeviceMemoryError"]
+           "ShaderCheckError", "DeviceMemoryError", "CaptureError"]
 __version__ = "0.1.0"

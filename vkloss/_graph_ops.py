@@ -36,6 +36,9 @@ SCHEMAS = {
     'matmul': 'matmul(Tensor a, Tensor b) -> Tensor',
     'matmul_transposed': 'matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor',
     'sum_rows': 'sum_rows(Tensor x) -> Tensor',
+    'linear': "linear(Tensor x, Tensor weight, Tensor? bias=None, *, str{none|relu} activation='none') -> Tensor",
+    'linear_grad_input': 'linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor',
+    'linear_grad_weight': 'linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)',
     'linear_cross_entropy_with_bias': "linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
     'linear_cross_entropy': "linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
 }
@@ -304,6 +307,48 @@ class Graph:
         ones[1, batch] @ x.
         """
         return self._call_bound('sum_rows', {'x': x})
+
+    def linear(
+        self,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | np.ndarray | None = None,
+        *,
+        activation: Literal['none', 'relu'] = 'none',
+    ) -> Tensor:
+        """
+        linear(Tensor x, Tensor weight, Tensor? bias=None, *, str{none|relu} activation='none') -> Tensor
+
+        [batch, out_features]: activation(x @ weight.T + bias), PyTorch's F.linear (then F.relu): x [batch,
+        in_features], weight [out_features, in_features] (nn.Linear's layout), bias [out_features] or None. One
+        dispatch: the bias and the relu are the product's epilogue. d/dx = g @ weight, d/dweight = g.T @ x,
+        d/dbias = g summed over the batch, with g the upstream gradient where the output is positive (relu) or
+        everywhere (none); the weight's and the bias's gradients come from one dispatch.
+        """
+        return self._call_bound('linear', {'x': x, 'weight': weight, 'bias': bias, 'activation': activation})
+
+    def linear_grad_input(self, grad: Tensor, weight: Tensor, mask: Tensor | np.ndarray | None = None) -> Tensor:
+        """
+        linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor
+
+        [batch, in_features]: g @ weight, g = grad where mask > 0 (mask None: everywhere): linear's backward to
+        its input. Not differentiable.
+        """
+        return self._call_bound('linear_grad_input', {'grad': grad, 'weight': weight, 'mask': mask})
+
+    def linear_grad_weight(
+        self,
+        grad: Tensor,
+        x: Tensor,
+        mask: Tensor | np.ndarray | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """
+        linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)
+
+        (g.T @ x [out_features, in_features], g summed over the batch [out_features]), g = grad where mask > 0:
+        linear's backward to its weight and bias, in one dispatch. Not differentiable.
+        """
+        return self._call_bound('linear_grad_weight', {'grad': grad, 'x': x, 'mask': mask})
 
     def linear_cross_entropy_with_bias(
         self,

@@ -39,7 +39,7 @@ class Context:
 
     def __init__(self, g, output, node: Node, upstream_is_one: bool):
         self.g, self.inputs, self.output, self.attrs, self.saved = g, node.inputs, output, node.attrs, node.saved
-        self.needs = tuple(t.requires_grad for t in node.inputs)
+        self.needs = tuple(t is not None and t.requires_grad for t in node.inputs)  # None: an operand left out
         self.upstream_is_one = upstream_is_one
 
 
@@ -61,13 +61,13 @@ def topological_order(root) -> list:
             continue
         visited.add(id(tensor))
         stack.append((tensor, True))
-        stack.extend((t, False) for t in reversed(tensor.node.inputs) if t.requires_grad)
+        stack.extend((t, False) for t in reversed(tensor.node.inputs) if t is not None and t.requires_grad)
     return order
 
 
 def modified_inputs(node: Node) -> dict:
     """The node's inputs modified in place since its op ran: id -> (tensor, version then)."""
-    return {id(t): (t, v) for t, v in zip(node.inputs, node.versions) if t.version != v}
+    return {id(t): (t, v) for t, v in zip(node.inputs, node.versions) if t is not None and t.version != v}
 
 
 def backward(g, root, seed, retain_graph: bool = False) -> None:
@@ -101,6 +101,8 @@ def backward(g, root, seed, retain_graph: bool = False) -> None:
         grad = grads[key]
         if grad is seed:  # handed down unchanged (the loss is the leaf, or identity rules): the caller's, not ours
             grad = g.astype(seed, dtype="float32")  # a copy on the device
+        if leaf.grad is not None:
+            g.before_accumulating(leaf)
         leaf.grad = grad if leaf.grad is None else accumulate(g, leaf.grad, grad)
 
 

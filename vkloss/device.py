@@ -52,6 +52,7 @@ class DeviceInfo:
     subgroup_arithmetic: bool = False  # subgroupAdd / subgroupMax in compute shaders
     subgroup_shuffle: bool = False  # subgroupShuffleXor in compute shaders
     shader_int64: bool = False  # 64-bit integers in shaders (VkPhysicalDeviceFeatures, which the patched kp enables)
+    max_storage_buffers: int = 4  # storage buffers one compute shader may bind (per stage and per set); 4 at least
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __str__(self) -> str:
@@ -147,6 +148,8 @@ def _describe(vk, get_props2, index: int, handle) -> DeviceInfo:
         timestamp_period_ns=limits.timestampPeriod if limits.timestampComputeAndGraphics else 0.0,
         subgroup_size=subgroup_size, subgroup_arithmetic=subgroup_arithmetic, subgroup_shuffle=subgroup_shuffle,
         shader_int64=bool(features.shaderInt64),
+        max_storage_buffers=min(limits.maxPerStageDescriptorStorageBuffers, limits.maxDescriptorSetStorageBuffers,
+                                limits.maxPerStageResources),
     )
 
 

@@ -19,3 +19,8 @@ class ShaderCheckError(VkLossError, RuntimeError):
 
 class DeviceMemoryError(VkLossError, MemoryError):
     """A buffer larger than the device can bind or allocate."""
+
+
+class CaptureError(VkLossError, RuntimeError):
+    """Something a captured step cannot do (vkloss/capture.py): read a value to the host inside it, accumulate into
+    a gradient made before it, ..."""

@@ -14,6 +14,8 @@ import numpy as np
 from . import autodiff, registry
 from .device import DeviceInfo, choose_device
 from . import _graph_ops
+from .capture import CapturedStep
+from .errors import CaptureError
 from .host_copy import DeviceChecks, HostCopy
 from .plans import UNPLANNED, Tracer
 from .runtime import Engine
@@ -22,6 +24,7 @@ from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, buffer_layout, decode16, enco
 PLAN_TABLE_SIZE = 4096  # launch plans a Graph keeps (the oldest goes first): a training loop needs a few dozen
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
 _INT32 = np.iinfo(np.int32)
+_FLOAT32 = np.dtype(np.float32)
 
 
 def _host_array(data, where: str) -> np.ndarray:
@@ -194,15 +197,15 @@ class Graph(_graph_ops.Graph):
 
     def _run_plan(self, op, plan, arguments: dict) -> Tensor:
         tensors = [arguments[name] for name in op.operand_names]
-        given = [t.buffer for t in tensors]
+        given = [t.buffer for t in tensors] if not op.optional_operands else [_buffer_of(t) for t in tensors]
         options = plan.options
         if plan.constants:
             constants = [arguments[name] for name in plan.constants]
             given += [c.buffer for c in constants]
             options = {**options, **dict(zip(plan.constants, constants))}
         buffers = plan.run(self._engine, given)
-        return self._record(op, tensors, options, plan.shape, buffers[len(given)], plan.out_dtype,
-                            plan.differentiable,
+        return self._record(op, tensors, options, plan.shapes, buffers[len(given):len(given) + len(plan.shapes)],
+                            plan.out_dtype, plan.differentiable,
                             [(buffers[role], message) for role, message in plan.checks] if plan.checks else (),
                             None if plan.saved is None else [None if r is None else buffers[r] for r in plan.saved])
 
@@ -276,43 +279,47 @@ class Graph(_graph_ops.Graph):
         """Run a kernel op's forward on checked operands and record it on the tape; with a plan `key`, write its
         launch plan down too."""
         constants = {name: value for name, value in options.items() if isinstance(value, Tensor)}
-        shape = op.shape(*(t.shape for t in tensors), **{**options, **{n: t.shape for n, t in constants.items()}})
+        shapes = op.shape(*(_shape_of(t) for t in tensors), **{**options, **{n: t.shape for n, t in constants.items()}})
+        if op.schema.outputs == 1:
+            shapes = (shapes,)
         names = op.operand_names
         fused = op.backward_kind is registry.Backward.FUSED
         for position, (name, t) in enumerate(zip(names, tensors), 1):
-            if fused and t.requires_grad and name not in op.grad_inputs:
+            if fused and t is not None and t.requires_grad and name not in op.grad_inputs:
                 raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to "
                                  f"{', '.join(op.grad_inputs)} only; argument {position} (shape {t.shape}) must not "
                                  f"require a gradient ({name})")
-        differentiable = self._grad_enabled and op.backward is not None and any(t.requires_grad for t in tensors)
+        differentiable = self._grad_enabled and op.backward is not None and any(_requires_grad(t) for t in tensors)
         in_place = differentiable and bool(op.inplace_option and options.get(op.inplace_option))
         if in_place:
             self._check_in_place(op, tensors, constants)
-        needs = tuple(differentiable and t.requires_grad for t in tensors) if fused else (False,) * len(tensors)
-        dtypes = tuple(t.dtype for t in tensors)
+        needs = tuple(differentiable and _requires_grad(t) for t in tensors) if fused else (False,) * len(tensors)
+        dtypes = tuple(None if t is None else t.dtype for t in tensors)
         out_dtype = op.out_dtype(dtypes, **options) if op.out_dtype else np.dtype(np.float32)
-        out_layout = buffer_layout(math.prod(shape), out_dtype)
-        given = [t.buffer for t in tensors] + [t.buffer for t in constants.values()]
-        out_buffer = self._engine.alloc(*out_layout)
-        tracer = Tracer(self._engine, given + [out_buffer]) if key is not None and not in_place else None
-        ctx = registry.ForwardContext(tracer or self._engine, op, tuple(t.shape for t in tensors), out_buffer, needs,
+        out_layouts = tuple(buffer_layout(math.prod(shape), out_dtype if n == 0 else np.float32)
+                            for n, shape in enumerate(shapes))
+        given = [_buffer_of(t) for t in tensors] + [t.buffer for t in constants.values()]
+        outs = [self._engine.alloc(*layout) for layout in out_layouts]
+        tracer = Tracer(self._engine, given + outs) if key is not None and not in_place else None
+        ctx = registry.ForwardContext(tracer or self._engine, op, tuple(_shape_of(t) for t in tensors), outs, needs,
                                       dtypes)
         op.forward(ctx, *given[:len(tensors)], **{**options, **dict(zip(constants, given[len(tensors):]))})
         saved = [ctx.saved.get(name) for name in names] if fused and differentiable else None
         if tracer is not None:
-            plan = tracer.plan(shape, out_layout, out_dtype, ctx.checks, saved,
+            plan = tracer.plan(shapes, out_layouts, out_dtype, ctx.checks, saved,
                                {n: v for n, v in options.items() if n not in constants}, differentiable,
                                tuple(constants))
             while len(self._plans) >= PLAN_TABLE_SIZE:
                 del self._plans[next(iter(self._plans))]  # the oldest
             self._plans[key] = plan if plan is not None else UNPLANNED
-        out = self._record(op, tensors, options, shape, out_buffer, out_dtype, differentiable, ctx.checks, saved)
+        out = self._record(op, tensors, options, shapes, outs, out_dtype, differentiable, ctx.checks, saved)
         if in_place:
             tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_option}=True)"
         return out
 
-    def _record(self, op, tensors, options, shape, out_buffer, out_dtype, differentiable, checks, saved) -> Tensor:
-        """An op's forward has run: its checks pending, its output a Tensor, on the tape if differentiable."""
+    def _record(self, op, tensors, options, shapes, outs, out_dtype, differentiable, checks, saved):
+        """An op's forward has run: its checks pending, its output a Tensor, on the tape if differentiable (an op of
+        several outputs: a tuple of them, the first on the tape, the others float32 and not differentiable)."""
         if checks:
             for count, message in checks:
                 self._record_check(count, message, ValueError)
@@ -321,14 +328,18 @@ class Graph(_graph_ops.Graph):
             if saved is not None:
                 saved = tuple(None if b is None else Tensor(self, t.shape, b, dtype=t.dtype)
                               for b, t in zip(saved, tensors))
-            node = autodiff.Node(op, tuple(tensors), options, saved, tuple(t.version for t in tensors))
-        out = Tensor.made(self, shape, out_buffer, differentiable, node, out_dtype)
+            node = autodiff.Node(op, tuple(tensors), options, saved, tuple(_version_of(t) for t in tensors))
+        out = Tensor.made(self, shapes[0], outs[0], differentiable, node, out_dtype)
+        results = (out,) if len(shapes) == 1 else (out, *[Tensor.made(self, shape, buffer, False, None, _FLOAT32)
+                                                          for shape, buffer in zip(shapes[1:], outs[1:])])
         if self.check_finite and op.name != "count_nonfinite":
-            with self.no_grad():
-                count = self.count_nonfinite(self._float32_unchecked(out))
-            self._record_check(count.buffer, f"{op.name} produced {{count}} NaN or infinite values (output shape "
-                               f"{shape}, input shapes {', '.join(str(t.shape) for t in tensors)})", FloatingPointError)
-        return out
+            for result in results:
+                with self.no_grad():
+                    count = self.count_nonfinite(self._float32_unchecked(result))
+                self._record_check(count.buffer, f"{op.name} produced {{count}} NaN or infinite values (output shape "
+                                   f"{result.shape}, input shapes {', '.join(str(_shape_of(t)) for t in tensors)})",
+                                   FloatingPointError)
+        return out if len(results) == 1 else results
 
     def _float32_unchecked(self, tensor: Tensor) -> Tensor:
         """`tensor`, or its float32 copy where it is 16-bit (made without a check of its own: the caller checks)."""
@@ -410,6 +421,31 @@ class Graph(_graph_ops.Graph):
         finally:
             self._grad_enabled = previous
 
+    def capture(self, fn=None, *, warmup: int = 1):
+        """A training step recorded once and replayed with no Python per op: `step = g.capture(fn)`, or
+        `@g.capture` on the step's function (`@g.capture(warmup=2)` to run it as it is twice first). See
+        vkloss/capture.py for what a replay does and does not see."""
+        if fn is None:
+            return lambda function: CapturedStep(self, function, warmup)
+        return CapturedStep(self, fn, warmup)
+
+    @property
+    def checks(self) -> DeviceChecks:
+        """The device-side checks waiting for a host copy to carry them (vkloss/host_copy.py)."""
+        return self._checks
+
+    def before_accumulating(self, tensor: Tensor) -> None:
+        """Backward is about to add into `tensor.grad`: refused while a step is captured if that gradient was made
+        before the step (a replay would add to the same old value every time)."""
+        if self._engine.capturing() and not self._engine.made_in_capture(tensor.grad.buffer):
+            raise CaptureError(f"a captured step adds into the gradient of a tensor of shape {tensor.shape} made "
+                               "before the step: zero the gradients inside it (opt.zero_grad(), or t.grad = None)")
+
+    def reset_plans(self) -> None:
+        """Forget the launch plans of earlier calls (see vkloss/plans.py): the next call of each op works its launch
+        out again. Needed only where the launch policy or a kernel's constants change at run time, as tests do."""
+        self._plans.clear()
+
     # ---- lifetime ------------------------------------------------------------------------------------------
     def flush(self) -> None:
         """Run all recorded work now."""
@@ -461,6 +497,22 @@ class Graph(_graph_ops.Graph):
 
     def __repr__(self) -> str:
         return f"Graph(device={self.device})"
+
+
+def _shape_of(tensor):  # an optional operand left out (None) has no shape, buffer or version: None
+    return None if tensor is None else tensor.shape
+
+
+def _buffer_of(tensor):
+    return None if tensor is None else tensor.buffer
+
+
+def _version_of(tensor):
+    return None if tensor is None else tensor.version
+
+
+def _requires_grad(tensor) -> bool:
+    return tensor is not None and tensor.requires_grad
 
 
 def reserved_names() -> set[str]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 class CheckedRead:
     """The checks one host copy carried: (message, exception class) each, and their counts once they arrive."""
 
-    __slots__ = ("pending", "entries", "reported", "_failure")
+    __slots__ = ("pending", "entries", "first", "reported", "_failure")
 
-    def __init__(self, pending, entries: list):
-        self.pending, self.entries = pending, entries  # pending: the copy's PendingRead, counts after its first value
+    def __init__(self, pending, entries: list, first: int = 1):
+        self.pending, self.entries = pending, entries
+        self.first = first  # where the counts start in the pending read's values (after the tensor's own: 1)
         self.reported = False
         self._failure = None
 
@@ -24,7 +25,7 @@ class CheckedRead:
         """A new exception for the first failed check (in recording order: the first op that failed), else None.
         Waits for the counts."""
         if self._failure is None:
-            counts = self.pending.result()[1:]
+            counts = self.pending.result()[self.first:]
             failed = [(error, message.format(count=int(count[0])))
                       for (message, error), count in zip(self.entries, counts) if count[0] != 0]
             self._failure = failed[0] if failed else False
@@ -45,10 +46,20 @@ class DeviceChecks:
         waiting, self.waiting, self.positions = self.waiting, [], {}
         return [count for count, _, _ in waiting], [(message, error) for _, message, error in waiting]
 
-    def carried_by(self, pending, entries: list) -> CheckedRead | None:
+    def set_aside(self) -> list:
+        """The waiting checks, taken out (a captured step records its own meanwhile): give them to `restore`."""
+        waiting, self.waiting, self.positions = self.waiting, [], {}
+        return waiting
+
+    def restore(self, waiting: list) -> None:
+        self.waiting = waiting
+        self.positions = {(message, error): index for index, (_, message, error) in enumerate(waiting)}
+
+    def carried_by(self, pending, entries: list, first: int = 1) -> CheckedRead | None:
+        """Checks `entries` travel with the host copy `pending` (their counts from its value `first` on)."""
         if not entries:
             return None
-        read = CheckedRead(pending, entries)
+        read = CheckedRead(pending, entries, first)
         self._carried = [c for c in self._carried if not (c.pending.arrived() and not c.failure())]  # passed: gone
         self._carried.append(read)
         return read

@@ -3,37 +3,55 @@
     opt = vkloss.optim.Adam([w1, b1, w2, b2], lr=1e-2)
     opt.zero_grad(); g.backward(loss); opt.step()
 
-The formulas are PyTorch's (torch.optim.SGD with momentum, torch.optim.Adam), without weight decay. As in PyTorch,
-each parameter counts its own steps: one that gets no gradient in a step is not updated and its count stays.
-Nothing that changes from step to step is a push constant (Adam's bias corrections travel in a small buffer), so
-the engine replays a repeated training step without recording it again.
+The formulas are PyTorch's (torch.optim.SGD with momentum, torch.optim.Adam), without weight decay. One dispatch
+updates up to GROUP parameters (shaders/optim.comp), as torch.optim's foreach and fused implementations do, so a
+small model's step is one dispatch. As in PyTorch, each parameter counts its own steps: one that gets no gradient
+in a step is not updated and its count stays. The counts live on the device, and nothing that changes from step to
+step is a push constant: a repeated training step replays, or is captured, as it is.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from . import kernels
 from .tensor import Tensor
 
+GROUP = 8  # parameters one dispatch updates at most: optim.comp's slots
+SLOT_FIELDS = "".join(f"uint end_{j} = 0, uint size_{j} = 0, uint index_{j} = 0, " for j in range(GROUP))
+# per slot: its parameter's buffers (gradient, parameter, state); Adam's step counts beside them
+SLOT_BUFFERS = {"SGD": ("grad", "param", "state1"), "ADAM": ("grad", "param", "state1", "state2")}
+SHARED_BUFFERS = {"SGD": 0, "ADAM": 2}
+
+
+def _bindings(mode, count, **_):
+    reads = [f"grad_{j}" for j in range(count)] + (["steps"] if mode == "ADAM" else [])
+    writes = [f"{name}_{j}" for j in range(count) for name in SLOT_BUFFERS[mode][1:]]
+    return reads, writes + (["next_steps"] if mode == "ADAM" else [])
+
+
 OPTIM = kernels.Kernel(
-    "optim.comp", switches={"mode": ("SGD", "ADAM"), **kernels.ACCESS_SWITCHES},
-    allowed=lambda mode, vec4, wide: kernels.access_allowed(vec4, wide),
-    push="uint n, float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
-         "uint index = 0",
-    bindings=lambda mode, **_: ((["grad", "corrections"], ["param", "state1", "state2"]) if mode == "ADAM" else
-                                (["grad"], ["param", "state1"])),
+    "optim.comp", switches={"mode": ("SGD", "ADAM"), "count": tuple(range(1, GROUP + 1)), **kernels.ACCESS_SWITCHES},
+    allowed=lambda mode, count, vec4, wide: vec4 and kernels.access_allowed(vec4, wide),  # 4 or 8, and a float tail
+    push=SLOT_FIELDS + "float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
+         "float log_beta1 = 0.0, float log_beta2 = 0.0",
+    bindings=_bindings,
 )
 
 
-def _update(engine, mode: str, param, push: dict, **buffers) -> None:
-    """One parameter's update, an access of as many floats as its size allows (LaunchPolicy.access_width) per invocation."""
-    width = engine.launch.access_width(param.size)
-    kernels.dispatch(engine, OPTIM.variant(mode=mode, **kernels.access_switches(width)),
-                     engine.launch.groups_for(param.size // width), push=dict(push, n=param.size // width),
-                     grad=param.grad.buffer, param=param.buffer, **buffers)
+def group_size(device, mode: str) -> int:
+    """Parameters one dispatch may update on `device`: GROUP, or fewer where it binds fewer storage buffers."""
+    fit = (device.max_storage_buffers - SHARED_BUFFERS[mode]) // len(SLOT_BUFFERS[mode])
+    if fit < 1:
+        raise RuntimeError(f"{device.name} binds {device.max_storage_buffers} storage buffers per shader; the "
+                           f"{mode} update needs {SHARED_BUFFERS[mode] + len(SLOT_BUFFERS[mode])}")
+    return min(GROUP, fit)
 
 
 class Optimizer:
+    MODE = ""
+
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
@@ -54,7 +72,7 @@ class Optimizer:
         self.graph = self.params[0].graph
         self._check_open("creating it")
         self.engine = self.graph.engine
-        self.steps = [0] * len(self.params)  # per parameter, as PyTorch's state["step"]
+        self._group = group_size(self.graph.device, self.MODE)
 
     def _check_open(self, what: str) -> None:
         if self.graph.closed:
@@ -69,26 +87,51 @@ class Optimizer:
         return self.engine.upload(np.zeros(param.size, np.float32))
 
     def step(self) -> None:
-        """Update every parameter that has a gradient, on the device. The step's work is submitted by the next
-        host read or, failing that, before the next step allocates: its buffers then return to the pool, and the
-        next step reuses them and the kernels bound to them."""
+        """Update every parameter that has a gradient, on the device, GROUP parameters a dispatch. The step's work
+        is submitted by the next host read or, failing that, before the next step allocates: its buffers then
+        return to the pool, and the next step reuses them and the kernels bound to them."""
         self._check_open("step()")
         self.graph.require_usable(f"{type(self).__name__}.step()")
         stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
         for index in stepped:
-            self.steps[index] += 1
             self.params[index].version += 1  # updated in place: a pending backward that needs it will say so
-        self._before_updates()
-        for index in stepped:
-            self._update(index, self.params[index])
+        for start in range(0, len(stepped), self._group):
+            self._dispatch(stepped[start:start + self._group])
+        if stepped:
+            self._after_updates()
         self.engine.end_of_step()
 
-    def _before_updates(self) -> None:
+    def _dispatch(self, indices: list) -> None:
+        """One dispatch over these parameters: each an access of 4 (or 8) floats an invocation, then its tail."""
+        width = 8 if self.engine.launch.wide_loads() else 4
+        push, buffers, end = self._push(), {}, 0
+        for slot, index in enumerate(indices):
+            param = self.params[index]
+            end += param.size // width + param.size % width
+            push.update({f"end_{slot}": end, f"size_{slot}": param.size, f"index_{slot}": index})
+            buffers.update({f"grad_{slot}": param.grad.buffer, f"param_{slot}": param.buffer,
+                            **{f"{name}_{slot}": state[index] for name, state in self._slot_state().items()}})
+        kernels.dispatch(self.engine, OPTIM.variant(mode=self.MODE, count=len(indices),
+                                                    **kernels.access_switches(width)),
+                         self.engine.launch.groups_for(end), push=push, **buffers, **self._shared_buffers())
+
+    def _push(self) -> dict:
+        return {"lr": self.lr}
+
+    def _slot_state(self) -> dict:
+        return {}
+
+    def _shared_buffers(self) -> dict:
+        return {}
+
+    def _after_updates(self) -> None:
         pass
 
 
 class SGD(Optimizer):
     """torch.optim.SGD: param -= lr * velocity, velocity = momentum * velocity + grad."""
+
+    MODE = "SGD"
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0):
         super().__init__(params, lr)
@@ -97,12 +140,17 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.velocity = [self._state(p) for p in self.params]
 
-    def _update(self, index, param):
-        _update(self.engine, "SGD", param, dict(lr=self.lr, momentum=self.momentum), state1=self.velocity[index])
+    def _push(self) -> dict:
+        return {"lr": self.lr, "momentum": self.momentum}
+
+    def _slot_state(self) -> dict:
+        return {"state1": self.velocity}
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam with bias correction."""
+    """torch.optim.Adam with bias correction; each parameter's step count on the device."""
+
+    MODE = "ADAM"
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, lr)
@@ -114,14 +162,20 @@ class Adam(Optimizer):
         self.eps = float(eps)
         self.m = [self._state(p) for p in self.params]
         self.v = [self._state(p) for p in self.params]
-        self.corrections = self.engine.alloc(2 * len(self.params))  # per parameter: 1 - beta1^t, 1 - beta2^t
+        zeros = np.zeros(len(self.params), np.float32)
+        self.steps, self.next_steps = self.engine.upload(zeros), self.engine.upload(zeros)  # per parameter
 
-    def _before_updates(self):
-        t = np.array(self.steps, np.float64)  # in float64 as PyTorch does, rounded to float32 once
-        corrections = np.stack([1 - self.beta1 ** t, 1 - self.beta2 ** t], axis=1)
-        self.engine.upload_into(self.corrections, corrections.astype(np.float32))
+    def _push(self) -> dict:
+        # ln(beta) in float64 (ln 0 = -inf: a bias correction of 1), so that 1 - beta^t keeps its digits on the device
+        logs = [math.log(b) if b > 0 else -math.inf for b in (self.beta1, self.beta2)]
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "log_beta1": logs[0],
+                "log_beta2": logs[1]}
 
-    def _update(self, index, param):
-        _update(self.engine, "ADAM", param, dict(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-                                                 index=index),
-                corrections=self.corrections, state1=self.m[index], state2=self.v[index])
+    def _slot_state(self) -> dict:
+        return {"state1": self.m, "state2": self.v}
+
+    def _shared_buffers(self) -> dict:
+        return {"steps": self.steps, "next_steps": self.next_steps}
+
+    def _after_updates(self) -> None:
+        self.engine.copy(self.next_steps, self.steps)  # this step's counts are the next step's

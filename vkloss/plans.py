@@ -73,13 +73,13 @@ class Tracer:
         self.steps.append(("dispatch", launch, reads, writes, words, key))
         return launch, words, key
 
-    def plan(self, shape, out_layout, out_dtype, checks, saved, options: dict, differentiable: bool,
+    def plan(self, shapes, out_layouts, out_dtype, checks, saved, options: dict, differentiable: bool,
              constants: tuple) -> "Plan | None":
         """The plan of what was traced, or None where it cannot be repeated."""
         if self.unplannable:
             return None
         try:
-            return Plan(shape, out_layout, out_dtype, tuple(self.made), tuple(self.steps),
+            return Plan(shapes, out_layouts, out_dtype, tuple(self.made), tuple(self.steps),
                         tuple((self._role(count), message) for count, message in checks),
                         None if saved is None else tuple(None if b is None else self._role(b) for b in saved),
                         options, differentiable, constants)
@@ -90,19 +90,20 @@ class Tracer:
 class Plan:
     """One call shape of one op, worked out: run() makes its buffers and records its work."""
 
-    __slots__ = ("shape", "out_layout", "out_dtype", "made", "steps", "checks", "saved", "options", "differentiable",
-                 "constants")
+    __slots__ = ("shapes", "out_layouts", "out_dtype", "made", "steps", "checks", "saved", "options",
+                 "differentiable", "constants")
 
-    def __init__(self, shape, out_layout, out_dtype, made, steps, checks, saved, options, differentiable, constants):
-        self.shape, self.out_layout, self.out_dtype = shape, out_layout, out_dtype
+    def __init__(self, shapes, out_layouts, out_dtype, made, steps, checks, saved, options, differentiable,
+                 constants):
+        self.shapes, self.out_layouts, self.out_dtype = shapes, out_layouts, out_dtype  # one per output
         self.made, self.steps, self.checks, self.saved = made, steps, checks, saved
         self.options = options  # every option but the tensor-valued ones, defaults filled in: the node's attributes
         self.differentiable = differentiable  # whether the output goes on the tape
         self.constants = constants  # the names of the tensor-valued options, bound after the operands
 
     def run(self, engine, operands: list) -> list:
-        """The buffers by role (operands, output, then what the forward made), the work recorded."""
-        buffers = operands + [engine.alloc_checked(*self.out_layout)]
+        """The buffers by role (operands, outputs, then what the forward made), the work recorded."""
+        buffers = operands + [engine.alloc_checked(*layout) for layout in self.out_layouts]
         for how in self.made:
             buffers.append(engine.alloc_checked(how[1], how[2]) if how[0] == "alloc" else engine.upload(how[1]))
         engine.run_steps(self.steps, buffers)

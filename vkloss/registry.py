@@ -73,6 +73,11 @@ class Op:
     def operand_names(self) -> tuple:
         return tuple(p.name for p in self.schema.operands)
 
+    @functools.cached_property
+    def optional_operands(self) -> bool:
+        """Whether an operand may be left out (None), as a linear layer's bias."""
+        return any(p.optional for p in self.schema.operands)
+
     @property
     def shader(self) -> str | None:
         """The shader file(s) behind the op, for `tools list`."""
@@ -146,9 +151,11 @@ class ForwardContext(KernelContext):
     """What an op's forward gets besides its operands' buffers: the output buffer `out`, the operands' shapes,
     which operands need a gradient, and the device work it may do."""
 
-    def __init__(self, engine, op: Op, shapes: tuple, out, needs: tuple, dtypes: tuple = ()):
+    def __init__(self, engine, op: Op, shapes: tuple, outs, needs: tuple, dtypes: tuple = ()):
         super().__init__(engine)
-        self.op, self.shapes, self.out, self.needs = op, shapes, out, needs
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        self.op, self.shapes, self.needs = op, shapes, needs
+        self.out, self.outs = outs[0], tuple(outs)  # the output buffer, and every output's of a several-output op
         self.dtypes = dtypes  # the operands' dtypes: float32, int32, float16 or "bfloat16" (schema type Float)
         self.want_grad = any(needs)
         self.saved: dict = {}
@@ -209,7 +216,8 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
         options' defaults are read from the shape rule or compose function (options then go unchecked).
     shader: a user op's `.comp` path or GLSL source text (it may `#include "common.glsl"`: the workgroup size WG,
         `global_index()`), one invocation per output element. Bindings: the operands in order, then the output.
-    shape(*operand_shapes, **options): the output shape; raise ValueError for shapes the op does not take.
+    shape(*operand_shapes, **options): the output shape (a tuple of shapes for an op of several outputs, whose
+        schema returns `(Tensor, Tensor)`); raise ValueError for shapes the op does not take.
     push(*operand_shapes, **options): the shader's push constants, ints and floats (default: [output size]).
     invocations(*operand_shapes, **options): how many invocations to dispatch (default: the output size).
     defines: preprocessor defines for the shader.
@@ -264,7 +272,7 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
                if n not in {p.name for p in signature.params}]
     if unknown:
         raise ValueError(f"register_op {name}: {', '.join(unknown)} not in its schema {signature.text()}")
-    op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc), shape=_explained(name, shape),
+    op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc), shape=_explained(name, shape, signature.outputs),
             forward=forward, backward=_scaled_saved_grads if kind is Backward.FUSED else backward if callable(backward)
             else None, compose=compose, kernels=tuple(kernels), shader_variants=variants, inplace_option=inplace_option,
             grad_inputs=grad_inputs, out_dtype=out_dtype, module=module,
@@ -295,7 +303,11 @@ def _graph_names() -> set[str]:
     return graph.reserved_names() - set(_OPS) if graph is not None else set()
 
 
-def _explained(name, rule):
+def is_shape(value) -> bool:
+    return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(d, int) and d > 0 for d in value)
+
+
+def _explained(name, rule, outputs: int = 1):
     """A shape rule whose failures name the op and the shapes it was given."""
     if rule is None:
         return None
@@ -307,7 +319,12 @@ def _explained(name, rule):
             raise
         except Exception as e:
             raise ValueError(f"{name}: its shape rule failed for input shapes {shapes}: {type(e).__name__}: {e}") from e
-        if not isinstance(out, (tuple, list)) or not all(isinstance(d, int) and d > 0 for d in out) or not out:
+        if outputs > 1:
+            if not isinstance(out, (tuple, list)) or len(out) != outputs or not all(map(is_shape, out)):
+                raise ValueError(f"{name}: its shape rule returned {out!r} for input shapes {shapes}; expected "
+                                 f"{outputs} tuples of positive ints")
+            return tuple(tuple(o) for o in out)
+        if not is_shape(out):
             raise ValueError(f"{name}: its shape rule returned {out!r} for input shapes {shapes}; "
                              "expected a tuple of positive ints")
         return tuple(out)

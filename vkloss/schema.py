@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_SIGNATURE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*->\s*Tensor\s*$", re.S)
+_SIGNATURE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*->\s*(Tensor|\(\s*Tensor(?:\s*,\s*Tensor)+\s*\))\s*$", re.S)
 _PARAM = re.compile(r"^([A-Za-z|]+(?:\{[\w|]+\})?(?:\[\])?\??)\s+([A-Za-z_]\w*)(?:\s*=\s*(.+))?$")
 _SCALARS = ("float", "int", "bool", "str", "int[]", "Any")
 TENSOR_TYPES = ("Tensor", "Index", "Tensor|Index", "Float")
@@ -78,6 +78,7 @@ _SIGNATURES: dict = {}
 class Schema:
     name: str
     params: tuple[Param, ...]
+    outputs: int = 1  # `-> Tensor`, or `-> (Tensor, Tensor)`: the first is the one that differentiates
 
     @functools.cached_property
     def operands(self) -> tuple[Param, ...]:
@@ -95,7 +96,8 @@ class Schema:
         parts = [p.text() for p in self.params if not p.keyword_only]
         if self.options:
             parts += ["*"] + [p.text() for p in self.options]
-        return f"{self.name}({', '.join(parts)}) -> Tensor"
+        returns = "Tensor" if self.outputs == 1 else "(" + ", ".join(["Tensor"] * self.outputs) + ")"
+        return f"{self.name}({', '.join(parts)}) -> {returns}"
 
     def signature(self, with_self: bool = False) -> inspect.Signature:
         key = (self, with_self)
@@ -163,8 +165,9 @@ def parse(text: str) -> Schema:
     """A schema string -> Schema; a malformed one raises ValueError saying which part."""
     match = _SIGNATURE.match(text)
     if not match:
-        raise ValueError(f"schema {text!r}: expected 'name(Type arg, ..., *, Type option=default, ...) -> Tensor'")
-    name, body = match.groups()
+        raise ValueError(f"schema {text!r}: expected 'name(Type arg, ..., *, Type option=default, ...) -> Tensor' "
+                         "(or -> (Tensor, Tensor))")
+    name, body, returns = match.groups()
     params, keyword_only = [], False
     for part in filter(None, (piece.strip() for piece in body.split(","))):
         if part == "*":
@@ -191,7 +194,7 @@ def parse(text: str) -> Schema:
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise ValueError(f"schema of {name}: a parameter name repeats in {names}")
-    return Schema(name, tuple(params))
+    return Schema(name, tuple(params), returns.count("Tensor"))
 
 
 def derived(name: str, operands: int, *functions, options: dict | None = None) -> Schema:

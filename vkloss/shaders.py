@@ -221,19 +221,20 @@ def load(v: Variant) -> bytes:
 
 
 def binding_count(spirv: bytes) -> int:
-    """How many descriptor bindings a SPIR-V module declares (its OpDecorate ... Binding instructions)."""
+    """How many descriptor bindings a SPIR-V module declares: the distinct numbers of its OpDecorate ... Binding
+    instructions (two views of one buffer, as optim.comp's float tails, share their binding)."""
     import array
 
     words = array.array("I", spirv[: len(spirv) // 4 * 4])
     if words[0] != 0x07230203:
         words.byteswap()
-    count, i = 0, 5  # the header is five words
+    bindings, i = set(), 5  # the header is five words
     while i < len(words):
         opcode, length = words[i] & 0xFFFF, words[i] >> 16
-        if opcode == 71 and length >= 3 and words[i + 2] == 33:  # OpDecorate <id> Binding <n>
-            count += 1
+        if opcode == 71 and length >= 4 and words[i + 2] == 33:  # OpDecorate <id> Binding <n>
+            bindings.add(words[i + 3])
         i += max(length, 1)
-    return count
+    return len(bindings)
 
 
 def forget_loaded() -> None:

@@ -110,12 +110,11 @@ def metric(task: Task, output: np.ndarray, data: Data) -> float:
 
 
 def network(g, params, x):
-    """The MLP: linear layers with relu between them; the output is logits (or the regression value)."""
+    """The MLP: linear layers (weights in nn.Linear's layout), relu between them; the output is logits (or the
+    regression value). Each layer is one dispatch forward and two backward (g.linear)."""
     h = x
     for i in range(0, len(params), 2):
-        h = g.add(g.matmul(h, params[i]), params[i + 1])
-        if i + 2 < len(params):
-            h = g.relu(h)
+        h = g.linear(h, params[i], params[i + 1], activation="relu" if i + 2 < len(params) else "none")
     return h
 
 
@@ -138,14 +137,26 @@ class Run:
     buffers_at_end: int = 0
 
 
-def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> Run:
-    params = [g.parameter(a) for layer in weights for a in layer]
+def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress, eager: bool = False) -> Run:
+    params = [g.parameter(a.T if a.ndim == 2 else a) for layer in weights for a in layer]  # [out, in] as nn.Linear
     opt = optim.Adam(params, lr=task.lr) if task.optimizer == "adam" else optim.SGD(params, lr=task.lr, momentum=0.9)
     loss_fn = getattr(g, task.loss)
     run = Run()
     start, submissions = time.perf_counter(), g.stats["submissions"]
     x = g.tensor(data.x_train[plan[0][0]])  # refilled every step: the same buffers, the same compiled kernels
     y = g.tensor(data.y_train[plan[0][0]])
+
+    def step():
+        opt.zero_grad()  # first, as in PyTorch: last step's gradients are not held through this forward
+        out = network(g, params, x)
+        loss = loss_fn(g.sigmoid(out), y) if task.loss == "bce_loss" else loss_fn(out, y)
+        g.backward(loss)
+        opt.step()
+        return loss
+
+    # Captured, a step is recorded once and then replayed: no Python per op (vkloss/capture.py)
+    train_step = step if eager else g.capture(step)
+
     def finish_epoch(copies):
         run.losses.append(sum(copy.result() * n for copy, n in copies) / sum(n for _, n in copies))
         progress(len(run.losses), len(plan), run.losses[-1])
@@ -156,15 +167,9 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> R
         for idx in epoch_batches:
             x.copy_(data.x_train[idx])
             y.copy_(data.y_train[idx])
-            opt.zero_grad()  # first, as in PyTorch: last step's gradients are not held through this forward
-            out = network(g, params, x)
-            loss = loss_fn(g.sigmoid(out), y) if task.loss == "bce_loss" else loss_fn(out, y)
-            g.backward(loss)
-            opt.step()
-            # Every step's loss reaches the host, without a wait: the copy runs with the step, which is submitted
-            # when the next step starts, and the value is there by the time the step after that is submitted.
-            losses.append((loss.item_async(), len(idx)))
-            del out, loss  # nothing of this step outlives it: the next step gets the same buffers and kernels
+            # Every step's loss reaches the host, without a wait: the copy runs with the step, and the value is
+            # there by the time the step after next is submitted.
+            losses.append((train_step().item_async(), len(idx)))
             run.steps += 1
             if run.steps == WARMUP_STEPS:
                 run.algorithms_after_warmup = g.stats["algorithms_created"]
@@ -179,6 +184,8 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress) -> R
     run.buffers_at_end = g.stats["buffers_created"]
     with g.no_grad():
         run.metric = metric(task, network(g, params, g.tensor(data.x_test)).numpy(), data)
+    if not eager:
+        train_step.release()
     return run
 
 
@@ -282,6 +289,8 @@ def parse(argv):
     parser.add_argument("--plot", default="vkloss-train.png", metavar="PATH", type=_png_path,
                         help="PNG of the loss curves (default: vkloss-train.png here); '' for none")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--eager", action="store_true",
+                        help="run each step op by op, instead of recording it once and replaying it (g.capture)")
     args = parser.parse_args(argv)
     try:
         args.device_info = choose_device(args.device)
@@ -311,10 +320,12 @@ def main(argv=None) -> int:
             except ValueError as e:
                 print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
                 return 2
-            vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet, task.epochs))
+            vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet, task.epochs), args.eager)
             ref = train_reference(task, data, weights, plan)
             results.append((task, vk, ref))
     print(summary(results))
+    print("steps run op by op (--eager)" if args.eager else "steps recorded once and replayed (g.capture; --eager "
+          "runs them op by op)")
     for task, vk, _ in results:
         print(f"{task.name}: {vk.steps} steps; after the first {WARMUP_STEPS} steps, {vk.algorithms_at_end - vk.algorithms_after_warmup}"
               f" kernels compiled and {vk.buffers_at_end - vk.buffers_after_warmup} buffers created")

@@ -9,10 +9,18 @@ from ..registry import register_op
 
 BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
 TILE = 64  # the tiled variant's output tile per workgroup of 256 (the shader's TILE)
+def _allowed(tiled, vec4, wide, bias, relu, mask, bias_sum):
+    # wider accesses: the register-block kernel only; an epilogue (a forward) and a masked or bias-summing product
+    # (a backward) are never one dispatch
+    return not (tiled and vec4) and access_allowed(vec4, wide) and not ((bias or relu) and (mask or bias_sum))
+
+
 MATMUL = Kernel(
-    "matmul.comp", defines={"BLOCK": BLOCK}, bindings=lambda **_: (["a", "b"], ["out"]),
-    switches={"tiled": (False, True), **ACCESS_SWITCHES},
-    allowed=lambda tiled, vec4, wide: not (tiled and vec4) and access_allowed(vec4, wide),  # wider: register blocks
+    "matmul.comp", defines={"BLOCK": BLOCK}, allowed=_allowed,
+    bindings=lambda mask, bias, bias_sum, **_: (["a", "b", *(["mask"] if mask else []), *(["bias"] if bias else [])],
+                                                ["out", *(["bias_grad"] if bias_sum else [])]),
+    switches={"tiled": (False, True), **ACCESS_SWITCHES, "bias": (False, True), "relu": (False, True),
+              "mask": (False, True), "bias_sum": (False, True)},
     push="uint m, uint n, uint k, uint k_begin, uint k_end, uint trans_a, uint trans_b, uint accumulate, "
          "uint a_offset, uint b_offset, uint out_offset",
 )
@@ -34,20 +42,31 @@ def operand_width(ctx, m: int, n: int, k: int, trans_a: bool, trans_b: bool, off
 
 
 def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=False, accumulate=False,
-                offsets=(0, 0, 0)) -> None:
+                offsets=(0, 0, 0), *, bias=None, relu=False, mask=None, bias_grad=None) -> None:
     """out[m, n] (+)= op(a) @ op(b) on the device, k split into slices of K_SLICE, each added to the last.
-    `offsets`: where a, b and out start in their buffers (in elements), so row blocks are operands."""
+    `offsets`: where a, b and out start in their buffers (in elements), so row blocks are operands.
+
+    A linear layer's parts (matmul.comp): `bias` [n] and `relu`, the epilogue relu(product + bias) (applied with the
+    last slice); `mask`, stored as a is, reads a as (mask <= 0 ? 0 : a); `bias_grad` [m] (+)= the sums of op(a)'s
+    rows, in the same dispatches (offsets must be 0 then)."""
     tiled = use_tiles(ctx.device)
     width = 1 if tiled else operand_width(ctx, m, n, k, trans_a, trans_b, offsets)
-    variant = MATMUL.variant(tiled=tiled, **access_switches(width))
-    grid = ctx.grid(ceil_div(m, TILE) * ceil_div(n, TILE)) if tiled else \
-        ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK))
+    switches = dict(tiled=tiled, **access_switches(width), mask=mask is not None)
+    plain = MATMUL.variant(**switches, bias_sum=bias_grad is not None)
+    last = MATMUL.variant(**switches, bias_sum=bias_grad is not None, bias=bias is not None, relu=relu)
+    if tiled:
+        grid = ctx.grid(ceil_div(m, TILE) * ceil_div(n, TILE) + (ceil_div(m, 256) if bias_grad is not None else 0))
+    else:  # bias sums: one row an invocation where a is stored with k contiguous, else `width` rows
+        sums = (m if not trans_a else m // width) if bias_grad is not None else 0
+        grid = ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK) + sums)
     for k_begin in range(0, k, K_SLICE):
-        push = dict(m=m, n=n, k=k, k_begin=k_begin, k_end=min(k, k_begin + K_SLICE), trans_a=trans_a,
-                    trans_b=trans_b, accumulate=accumulate or k_begin > 0, a_offset=offsets[0], b_offset=offsets[1],
+        k_end = min(k, k_begin + K_SLICE)
+        push = dict(m=m, n=n, k=k, k_begin=k_begin, k_end=k_end, trans_a=trans_a, trans_b=trans_b,
+                    accumulate=accumulate or k_begin > 0, a_offset=offsets[0], b_offset=offsets[1],
                     out_offset=offsets[2])
         # out is read too when accumulating: the binding table lists it as written, so the engine orders the slices
-        ctx.dispatch(variant, grid, push=push, a=a, b=b, out=out)
+        ctx.dispatch(last if k_end == k else plain, grid, push=push, a=a, b=b, out=out, mask=mask,
+                     bias=bias if k_end == k else None, bias_grad=bias_grad)
 
 
 def _matmul_shape(a, b):

@@ -18,14 +18,15 @@ import weakref
 import numpy as np
 
 from ..device import DeviceInfo
-from ..errors import DeviceMemoryError
+from ..errors import CaptureError, DeviceMemoryError
 from ..launch import WORKGROUP, LaunchPolicy
 from .algorithms import Algorithms
+from .capture import CapturedWork, StepRecording
 from .context import context
 from .host_copies import CopyJob, PendingRead
 from .memory import Pool
 from .queue import Queue
-from .recorder import Copy, Dispatch, Recorder
+from .recorder import Barrier, Copy, Dispatch, Recorder
 
 MAX_PENDING = 1024  # submit on our own after this many recorded items, so a loop that never reads stays bounded
 POOL_SHARE = 0.5  # of the memory budget, what idle pooled blocks may hold
@@ -71,6 +72,7 @@ class Buffer:
 
     def __init__(self, engine: "Engine", block):
         self.engine, self.block = engine, block
+        block.in_use = True
         self.version = 0  # bumped by every recorded write
         self.host, self.host_version = None, -1  # values copied at host_version (valid while it is `version`)
         self.copy_job = None  # the newest host copy recorded or running, until it is taken
@@ -114,6 +116,7 @@ class Engine:
                          others_make_room=self._evict_from_other_graphs)
         self._jobs: list[CopyJob] = []  # host copies recorded and not yet submitted
         self._step_ended = False  # submit before the next allocation or upload (see end_of_step)
+        self._capture: StepRecording | None = None  # while a step is being captured
         self.last_gpu_seconds: float | None = None
         self.closed = False
         _engines.add(self)
@@ -158,21 +161,26 @@ class Engine:
         self.check_size(size, dtype)
         with self._lock:
             self._check_open("allocating a buffer")
-            if self._step_ended:
-                self.submit()
-            return Buffer(self, self.pool.take(size, dtype))
+            return self._buffer(size, dtype)
+
+    def _buffer(self, size: int, dtype: np.dtype) -> Buffer:
+        if self._step_ended and self._capture is None:
+            self.submit()
+        block = self.pool.take(size, dtype)
+        if self._capture is not None:
+            self._capture.allocated.add(block)
+        return Buffer(self, block)
 
     def alloc_checked(self, size: int, dtype: np.dtype) -> Buffer:
         """alloc() for a size and dtype already checked (a launch plan's)."""
         with self._lock:
-            if self._step_ended:
-                self.submit()
-            return Buffer(self, self.pool.take(size, dtype))
+            return self._buffer(size, dtype)
 
     def release(self, block) -> None:
         if self.closed:
             return
         with self._lock:
+            block.in_use = False
             self.pool.give_back(block)
 
     def upload(self, array: np.ndarray) -> Buffer:
@@ -189,12 +197,12 @@ class Engine:
         data = np.ascontiguousarray(array).reshape(-1)
         with self._lock:
             self._check_open("copy_")
-            if self._step_ended:
+            if self._step_ended and self._capture is None:
                 self.submit()
             staging = self.pool.take_staging(buffer.size, buffer.dtype)
             staging.handle.data()[:] = data  # host-visible, coherent memory
             self.pool.give_back(staging)  # idle once the copy has run: busy until then
-            buffer.version += 1
+            self._written(buffer)
             self._record(Copy(staging, buffer.block))
 
     def _forget(self, block) -> None:
@@ -219,8 +227,13 @@ class Engine:
     # ---- recording -------------------------------------------------------------------------------------------
     def _record(self, item) -> None:
         self.recorder.record(item)
-        if len(self.recorder) >= MAX_PENDING:
+        if len(self.recorder) >= MAX_PENDING and self._capture is None:
             self.submit()
+
+    def _written(self, buffer: Buffer) -> None:
+        buffer.version += 1
+        if self._capture is not None:
+            self._capture.written.setdefault(id(buffer), CapturedWork.weak(buffer))
 
     def dispatch(self, variant, inputs, outputs, push, grid, workgroup: int = WORKGROUP, constants: tuple = ()):
         """Record one dispatch. Bindings are `inputs` then `outputs`, in order; `outputs` are written.
@@ -239,10 +252,8 @@ class Engine:
         reads, writes = tuple([b.block for b in inputs]), tuple([b.block for b in outputs])
         serial, algorithm = self.algorithms.get(launch, reads + writes, words)
         for buffer in outputs:
-            buffer.version += 1
-        self.recorder.record(Dispatch(algorithm, words, reads, writes, (serial, data)))
-        if len(self.recorder) >= MAX_PENDING:
-            self.submit()
+            self._written(buffer)
+        self._record(Dispatch(algorithm, words, reads, writes, (serial, data)))
 
     def run_steps(self, steps, buffers: list) -> None:
         """Record a launch plan's work (vkloss/plans.py) on `buffers`, its buffers by role."""
@@ -254,7 +265,7 @@ class Engine:
                     self._dispatch(launch, [buffers[i] for i in reads], [buffers[i] for i in writes], words, data)
                 else:
                     target = buffers[step[2]]
-                    target.version += 1
+                    self._written(target)
                     self._record(Copy(buffers[step[1]].block, target.block))
 
     def copy(self, source: Buffer, target: Buffer) -> None:
@@ -263,7 +274,7 @@ class Engine:
             raise ValueError(f"copy: {source.size} {source.dtype} elements into {target.size} {target.dtype}")
         with self._lock:
             self._check_open("a copy")
-            target.version += 1
+            self._written(target)
             self._record(Copy(source.block, target.block))
 
     def end_of_step(self) -> None:
@@ -277,6 +288,9 @@ class Engine:
         already on the host, or already on their way, at this version)."""
         with self._lock:
             self._check_open("reading a tensor")
+            if self._capture is not None:
+                raise CaptureError("a captured step cannot copy a value to the host inside it: return the tensor "
+                                   "from the step, and read it (item_async(), numpy()) after the step's call")
             jobs = []
             for buffer in buffers:
                 if buffer.host_version == buffer.version:
@@ -326,6 +340,9 @@ class Engine:
         """Submit everything recorded, without waiting for it (after waiting for the submission before it, if it
         still runs). `timed`: in a sequence of its own with GPU timestamps (see flush)."""
         with self._lock:
+            if self._capture is not None:
+                raise CaptureError("a captured step cannot wait for the device inside it (a flush, a host read, or "
+                                   "memory that only a flush would free)")
             self._step_ended = False
             if not len(self.recorder):
                 return
@@ -349,6 +366,88 @@ class Engine:
                 staging = job.staging
                 job.take()
                 self.pool.give_back(staging)
+
+    # ---- captured steps --------------------------------------------------------------------------------------
+    def begin_capture(self) -> None:
+        """From now on, record a step for replay: what is recorded so far is submitted first, on its own."""
+        with self._lock:
+            self._check_open("capturing a step")
+            self.submit()
+            self._capture = StepRecording()
+
+    def end_capture(self, outputs: list[Buffer], checks: list[Buffer]) -> CapturedWork:
+        """The step recorded since begin_capture, with a host copy of each of `outputs` and `checks` at its end;
+        every block it uses pinned until `release_capture`."""
+        with self._lock:
+            recording = self._capture
+            out = []
+            for buffer in outputs:
+                staging = self.pool.take_staging(buffer.size, buffer.dtype)
+                self._record(Copy(buffer.block, staging))
+                out.append((CapturedWork.weak(buffer), staging))
+            counts = []
+            for buffer in checks:
+                counts.append(self.pool.take_staging(buffer.size, buffer.dtype))
+                self._record(Copy(buffer.block, counts[-1]))
+            self._capture = None
+            self._step_ended = False
+            items, blocks = self.recorder.take()
+            work = CapturedWork(items, blocks, list(recording.written.values()), out, counts)
+            for block in blocks:
+                self.pool.pin(block, work)
+            return work
+
+    def abort_capture(self) -> None:
+        """The step failed while it was recorded: what it recorded stays recorded, to run as eager work would."""
+        with self._lock:
+            self._capture = None
+
+    def capturing(self) -> bool:
+        return self._capture is not None
+
+    def made_in_capture(self, buffer: Buffer) -> bool:
+        return self._capture is not None and buffer.block in self._capture.allocated
+
+    def replay(self, work: CapturedWork) -> tuple[list, list]:
+        """Submit a captured step after what is recorded (copy_ into its inputs, ...), in one submission. Returns
+        this replay's host copies: one CopyJob per output, and one per check count."""
+        with self._lock:
+            self._check_open("a captured step")
+            prefix, prefix_blocks = self.recorder.take()
+            shared = tuple(block for block in prefix_blocks if block in work.block_set)
+            items = prefix + ([Barrier(shared)] if shared else []) + work.items
+            jobs, self._jobs = self._jobs, []
+            self.wait()
+            for ref in work.written:  # the replay writes them: older host values go stale
+                buffer = ref()
+                if buffer is not None:
+                    buffer.version += 1
+            outputs = []
+            for ref, staging in work.outputs:
+                buffer = ref()
+                job = CopyJob(buffer, buffer.version if buffer is not None else 0, staging)
+                if buffer is not None:
+                    buffer.copy_job = job
+                outputs.append(job)
+            checks = [CopyJob(None, 0, staging) for staging in work.checks]
+            for job in (*jobs, *outputs, *checks):
+                job.submitted = True
+            self._step_ended = False
+            self.queue.submit(items, prefix_blocks + work.blocks, jobs + outputs + checks)
+            return outputs, checks
+
+    def release_capture(self, work: CapturedWork) -> None:
+        """The captured step is gone: its blocks go back to the pool (those no buffer holds)."""
+        if self.closed:
+            return
+        with self._lock:
+            for block in work.blocks:
+                if block.serial in self.pool.blocks:
+                    self.pool.unpin(block, work)
+
+    def pending(self, jobs: list[CopyJob]) -> PendingRead:
+        """A PendingRead over jobs already recorded or submitted (a captured step's)."""
+        return PendingRead(self, jobs)
 
     def flush(self, timed: bool = False) -> float | None:
         """Run everything recorded and wait for it. `timed`: return the seconds the device spent on it, from

@@ -39,6 +39,8 @@ class CopyJob:
         buffer as host-valid if nothing wrote it since."""
         self.values = np.array(self.staging.handle.data(), copy=True)
         buffer, self.buffer, self.staging = self.buffer, None, None
+        if buffer is None:  # a captured step's check count: no buffer to be host-valid for
+            return
         if buffer.version == self.version:
             buffer.host, buffer.host_version = self.values, self.version
         if buffer.copy_job is self:

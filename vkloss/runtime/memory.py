@@ -22,13 +22,14 @@ import numpy as np
 class Block:
     """One kp tensor (`handle`) and what the pool knows of it. `serial` never repeats, unlike id()."""
 
-    __slots__ = ("handle", "serial", "size", "dtype", "nbytes", "host", "released", "pinned", "__weakref__")
+    __slots__ = ("handle", "serial", "size", "dtype", "nbytes", "host", "released", "pinned", "in_use", "__weakref__")
 
     def __init__(self, handle, serial: int, size: int, dtype: np.dtype, host: bool):
         self.handle, self.serial, self.size, self.dtype, self.host = handle, serial, size, dtype, host
         self.nbytes = size * dtype.itemsize
         self.released = 0  # when it last went back to the pool (the pool's release clock)
         self.pinned = None  # what holds it out of the pool (a captured step), if anything
+        self.in_use = False  # a buffer holds it (else it is pooled, or idle and pinned)
 
     def __repr__(self) -> str:
         return f"Block({self.serial}, {self.size} x {self.dtype}{', host' if self.host else ''})"
@@ -75,6 +76,21 @@ class Pool:
                     self.free_bytes[True] -= block.nbytes
                     return block
         return self._create(size, dtype, host=True)
+
+    def pin(self, block: Block, owner) -> None:
+        """Hold `block` out of the pool until `unpin` (a captured step replays on it)."""
+        if block.pinned is None and not block.in_use:
+            free = self._free.get((block.size, block.dtype, block.host), [])
+            if block in free:
+                free.remove(block)
+                self.free_bytes[block.host] -= block.nbytes
+        block.pinned = owner
+
+    def unpin(self, block: Block, owner) -> None:
+        if block.pinned is owner:
+            block.pinned = None
+            if not block.in_use:
+                self.give_back(block)
 
     def give_back(self, block: Block) -> None:
         """`block` is idle from now on (recorded work may still use it). A pinned block stays out of the pool until

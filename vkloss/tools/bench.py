@@ -60,6 +60,7 @@ from ..graph import Graph
 from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches, dispatch
 from ..ops.reductions import tree_sum
 from ..registry import KernelContext
+from .bench_host import bench_host, format_host
 
 _BENCH_BINDINGS = {
     "COPY": (["src"], ["dst"]), "ROW_MAX": (["pred"], ["row_max"]), "ROW_SUMEXP": (["pred", "row_max"], ["row_sum"]),
@@ -81,7 +82,7 @@ BCE_SIZES = [(1 << 20,), (1 << 24,)]
 QUICK_CE_SIZES, QUICK_BCE_SIZES = [(16, 3000)], [(50_000,)]
 ERROR_LIMIT = 1e-4  # relative to the reference's largest magnitude; a result further off is not timed
 TORCH_CPU_LIMIT = 1 << 25  # elements above which PyTorch's CPU time is left out: seconds a run, and beside a GPU
-SECTIONS = ("losses", "primitives", "target_forms", "sixteen_bit", "memory", "engine", "linear")
+SECTIONS = ("losses", "primitives", "target_forms", "sixteen_bit", "memory", "engine", "host", "linear")
 
 
 def ce_sizes(g: Graph, quick: bool, index: bool = False) -> list:
@@ -839,6 +840,9 @@ def main(args) -> int:
     if "engine" in sections:
         engine_report = bench_engine(args.device, quick=args.quick, repeats=args.repeats)
         done("engine", engine_report, format_engine(engine_report))
+    if "host" in sections:
+        host = bench_host(args.device, quick=args.quick, repeats=args.repeats)
+        done("host", host, format_host(host))
     if "linear" in sections:
         linear = bench_linear(args.device, quick=args.quick)
         done("linear_cross_entropy", linear, format_linear(linear))

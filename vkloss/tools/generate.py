@@ -34,9 +34,10 @@ def _method(op: registry.Op) -> str:
         default = "" if p.default is inspect.Parameter.empty else f" = {p.default!r}"
         params.append(f"{p.name}: {_annotation(p)}{default}")
         (options if p.keyword_only else operands).append(p.name)
-    head = f"    def {op.name}(" + ", ".join(params) + ") -> Tensor:"
+    returns = "Tensor" if op.schema.outputs == 1 else "tuple[" + ", ".join(["Tensor"] * op.schema.outputs) + "]"
+    head = f"    def {op.name}(" + ", ".join(params) + f") -> {returns}:"
     if len(head) > 120:
-        head = f"    def {op.name}(\n" + "".join(f"        {p},\n" for p in params) + "    ) -> Tensor:"
+        head = f"    def {op.name}(\n" + "".join(f"        {p},\n" for p in params) + f"    ) -> {returns}:"
     doc = "\n\n".join(textwrap.fill(paragraph, 112, initial_indent="        ", subsequent_indent="        ")
                     for paragraph in op.doc.split("\n\n"))
     call = f"        return self._call_bound({op.name!r}, {{{', '.join(f'{n!r}: {n}' for n in operands + options)}}})"

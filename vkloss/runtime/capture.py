@@ -1,0 +1,30 @@
+"""A captured step's recorded work: its items, the blocks they use (pinned: held out of the pool for as long as the
+capture lives), the buffers they write (whose versions each replay moves on), and the staging blocks its host
+copies land in. Plain Python: the engine records and replays it."""
+from __future__ import annotations
+
+import weakref
+
+
+class StepRecording:
+    """What the engine notes while a step is being captured."""
+
+    def __init__(self):
+        self.allocated: set = set()  # blocks handed to buffers during the capture
+        self.written: dict = {}  # id(buffer) -> weakref of each buffer a recorded item writes
+
+
+class CapturedWork:
+    """A step's items, ready to replay."""
+
+    def __init__(self, items: list, blocks: list, written: list, outputs: list, checks: list):
+        self.items = items
+        self.blocks = blocks
+        self.block_set = set(blocks)
+        self.written = written  # weakrefs of the buffers the step writes
+        self.outputs = outputs  # (weakref of an output buffer, its staging block): copied to the host every replay
+        self.checks = checks  # staging blocks of the device-side checks' counts, in order
+
+    @staticmethod
+    def weak(buffer):
+        return weakref.ref(buffer)
