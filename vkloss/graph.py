@@ -167,7 +167,10 @@ class Graph(_graph_ops.Graph):
         op = registry.get(name)
         key = self._plan_key(op, arguments) if op.plannable else None
         if key is not None:
-            plan = self._plans.get(key)
+            try:
+                plan = self._plans.get(key)
+            except TypeError:  # an option that cannot be a key (an array): no plan
+                plan = key = None
             if plan is not None and plan is not UNPLANNED and not self._modified and not self._engine.closed \
                     and threading.get_ident() == self._thread:
                 return self._run_plan(op, plan, arguments)
@@ -176,7 +179,7 @@ class Graph(_graph_ops.Graph):
     def _plan_key(self, op, arguments: dict):
         """What makes a call of `op` the same as an earlier one: the operands' shapes, dtypes and gradient needs,
         the options (each with its type: 0 is not False), and whether gradients are on. None where an operand is
-        not a Tensor of this graph, or an option cannot be a key (an array)."""
+        not a Tensor of this graph."""
         key = [op, self._grad_enabled]
         operands = op.operand_names
         for name, value in arguments.items():
@@ -188,12 +191,7 @@ class Graph(_graph_ops.Graph):
                 return None
             else:
                 key += (value, type(value))
-        key = tuple(key)
-        try:
-            hash(key)
-        except TypeError:
-            return None
-        return key
+        return tuple(key)
 
     def _run_plan(self, op, plan, arguments: dict) -> Tensor:
         tensors = [arguments[name] for name in op.operand_names]

@@ -103,8 +103,4 @@ class Plan:
 
     def run(self, engine, operands: list) -> list:
         """The buffers by role (operands, outputs, then what the forward made), the work recorded."""
-        buffers = operands + [engine.alloc_checked(*layout) for layout in self.out_layouts]
-        for how in self.made:
-            buffers.append(engine.alloc_checked(how[1], how[2]) if how[0] == "alloc" else engine.upload(how[1]))
-        engine.run_steps(self.steps, buffers)
-        return buffers
+        return engine.run_plan(operands, self.out_layouts, self.made, self.steps)

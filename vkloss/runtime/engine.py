@@ -171,11 +171,6 @@ class Engine:
             self._capture.allocated.add(block)
         return Buffer(self, block)
 
-    def alloc_checked(self, size: int, dtype: np.dtype) -> Buffer:
-        """alloc() for a size and dtype already checked (a launch plan's)."""
-        with self._lock:
-            return self._buffer(size, dtype)
-
     def release(self, block) -> None:
         if self.closed:
             return
@@ -255,10 +250,14 @@ class Engine:
             self._written(buffer)
         self._record(Dispatch(algorithm, words, reads, writes, (serial, data)))
 
-    def run_steps(self, steps, buffers: list) -> None:
-        """Record a launch plan's work (vkloss/plans.py) on `buffers`, its buffers by role."""
+    def run_plan(self, operands: list, out_layouts, made, steps) -> list:
+        """A launch plan's buffers and work (vkloss/plans.py): the outputs and the buffers it makes (sizes and
+        dtypes already checked, uploads' data), then its steps on the buffers by role. Returns those buffers."""
         with self._lock:
             self._check_open("a kernel dispatch")
+            buffers = operands + [self._buffer(*layout) for layout in out_layouts]
+            for how in made:
+                buffers.append(self._buffer(how[1], how[2]) if how[0] == "alloc" else self.upload(how[1]))
             for step in steps:
                 if step[0] == "dispatch":
                     _, launch, reads, writes, words, data = step
@@ -267,6 +266,7 @@ class Engine:
                     target = buffers[step[2]]
                     self._written(target)
                     self._record(Copy(buffers[step[1]].block, target.block))
+            return buffers
 
     def copy(self, source: Buffer, target: Buffer) -> None:
         """Record a copy of `source` into `target` (same size and dtype) by the device's copy engine."""
