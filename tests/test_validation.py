@@ -11,7 +11,8 @@ from conftest import layer_settings
 
 RACE = textwrap.dedent("""
     import sys
-    import numpy as np, kp
+    import numpy as np
+    from vkloss.runtime.kompute import kp
     from vkloss.ops.elementwise import ELEMENTWISE
     m = kp.Manager()
     from vkloss import shaders

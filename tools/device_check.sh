@@ -33,7 +33,8 @@ step() {  # step NAME SECONDS COMMAND...: run it with a deadline, its output in 
 }
 {
   $PY -m pip install -q --no-index --no-deps .gpu/whl/cmeel*.whl &&
-  bash tools/build_kp.sh "$PY" .gpu/whl/kp-0.9.0.tar.gz
+  # vkloss's own Kompute, built from the carried sdist (tools/kp_build.py finds .gpu/whl/ by itself)
+  VKLOSS_KP_SDIST=.gpu/whl/kp-0.9.0.tar.gz $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .
 } > "$out/setup.txt" 2>&1 || { echo "setup failed:"; tail -n 30 "$out/setup.txt"; pack; exit 1; }
 echo "== setup: $(($(date +%s) - t0)) s" | tee "$out/summary.txt"
 step devices 60 "$PY" -m vkloss.tools devices
@@ -42,7 +43,7 @@ step compile 120 "$PY" -m vkloss.tools compile
 gpu_tests=(tests/test_row_once.py tests/test_matmul_tiles.py tests/test_sixteen_bit.py tests/test_linear_cross_entropy.py
            tests/test_fused_losses.py tests/test_sizes.py)
 step gpu_tests 120 "$PY" -m pytest -q -rf --tb=short -p no:cacheprovider "${gpu_tests[@]}"
-for section in losses target_forms linear sixteen_bit engine memory; do
+for section in losses target_forms linear sixteen_bit engine host memory; do
   step "bench_$section" 150 "$PY" -m vkloss.tools bench --sections "$section" --json "$out/bench_$section.json"
 done
 rest=()

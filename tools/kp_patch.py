@@ -1,6 +1,6 @@
-"""Patch kp 0.9.0's source (the PyPI sdist, sha256 in tools/bootstrap.sh) before building it.
+"""Patch kp 0.9.0's source (the PyPI sdist, sha256 in tools/kp_build.py) before building it.
 
-Usage: python tools/kp_patch.py <unpacked kp-0.9.0 directory>
+Usage: python tools/kp_patch.py <unpacked kp-0.9.0 directory>   (tools/kp_build.py applies it as vkloss builds)
 
 Each change is an exact text replacement that must match once; anything else fails the build, so a different kp
 source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LEVEL` at import.
@@ -20,8 +20,7 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
 6. A failed vkAllocateMemory raises (RuntimeError in Python) instead of leaving a buffer without memory, which
    crashed later.
 7. `kp.vkloss_patch`, the level applied, so vkloss can tell a patched build from a stock one.
-8. setup.py asks for `numpy<2.0.0`, but kp built against numpy 2 works with it: the requirement becomes `numpy`
-   (kp is built against whatever numpy is installed, so pip must not swap it afterwards).
+8. (Up to level 5: kp's setup.py asked for numpy<2; vkloss no longer builds through kp's setup.py.)
 9. A timestamped Sequence resets its query pool when it begins recording: kp wrote timestamps into queries never
    reset (UNASSIGNED-CoreValidation-DrawState-QueryNotReset), which the validation layer reports.
 10. The device is created with shaderInt64 where the physical device supports it: stock kp enables no feature, so a
@@ -31,20 +30,22 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
     waiting (vkGetFenceStatus). kp's `is_running()` only says whether `eval_await()` was called since, so a
     deferred host copy could not tell that its values had arrived: a `while not copy.done()` loop never ended.
 
-All but 7 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices.
+12. The Python module is vkloss's own: `PYBIND11_MODULE(_kp)`, installed as vkloss._kp (tools/kp_build.py), so a
+    stock kp elsewhere in the environment neither breaks vkloss nor is broken by it.
+13. fmt is linked header-only (fmt::fmt-header-only): the built module then needs no libfmt at run time, only the
+    system's Vulkan loader, and a wheel installs where fmt is not.
+
+All but 7, 12 and 13 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices. (Level 6 left out
+the edit of kp's setup.py that let kp's own metadata take numpy 2: vkloss no longer builds kp through it.)
 """
 from __future__ import annotations
 
 import pathlib
 import sys
 
-PATCH_LEVEL = 5
+PATCH_LEVEL = 6
 
 EDITS = {
-    "setup.py": [
-        # 8
-        ('        "numpy<2.0.0"\n', '        "numpy"\n'),
-    ],
     "src/Sequence.cpp": [
         # 1: the fence is made once, with the command buffer ...
         ("    this->createCommandPool();\n    this->createCommandBuffer();\n",
@@ -121,6 +122,16 @@ EDITS = {
          "    /** Whether the submission in flight has finished (its fence is signaled); true when none is. */\n"
          "    bool isComplete() const;\n"),
     ],
+    "src/CMakeLists.txt": [
+        # 13
+        ("    target_link_libraries(kompute PUBLIC Vulkan::Vulkan\n        kp_logger\n        kp_shader\n        fmt::fmt)",
+         "    target_link_libraries(kompute PUBLIC Vulkan::Vulkan\n        kp_logger\n        kp_shader\n"
+         "        fmt::fmt-header-only)"),
+    ],
+    "src/logger/CMakeLists.txt": [
+        # 13
+        ("target_link_libraries(kp_logger PUBLIC fmt::fmt)", "target_link_libraries(kp_logger PUBLIC fmt::fmt-header-only)"),
+    ],
     "src/Tensor.cpp": [
         # 5
         ("        case TensorTypes::eStorage:\n            return vk::BufferUsageFlagBits::eStorageBuffer;\n",
@@ -163,6 +174,8 @@ EDITS = {
         ("      .def(\"is_running\", &kp::Sequence::isRunning, DOC(kp, Sequence, isRunning))\n",
          "      .def(\"is_running\", &kp::Sequence::isRunning, DOC(kp, Sequence, isRunning))\n"
          "      .def(\"is_complete\", &kp::Sequence::isComplete)\n"),
+        # 12
+        ("PYBIND11_MODULE(kp, m)", "PYBIND11_MODULE(_kp, m)"),
         # 7
         ("    py::module_ np = py::module_::import(\"numpy\");\n",
          "    py::module_ np = py::module_::import(\"numpy\");\n"

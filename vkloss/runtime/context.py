@@ -13,27 +13,27 @@ import threading
 
 import numpy as np
 
-import kp
+from .kompute import kp
 
 from ..device import DeviceInfo
 from ..errors import DeviceMemoryError
 
-KP_PATCH_LEVEL = 5  # tools/kp_patch.py's PATCH_LEVEL
+KP_PATCH_LEVEL = 6  # tools/kp_patch.py's PATCH_LEVEL
 # Share of the device's largest device-local heap that vkloss may hold (in use and pooled). VKLOSS_MEMORY_BUDGET
 # overrides it.
 MEMORY_SHARE = 0.9
 BUDGET_VARIABLE = "VKLOSS_MEMORY_BUDGET"
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-_AMOUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_AMOUNT = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def _check_kp() -> None:
     level = getattr(kp, "vkloss_patch", None)
     if level != KP_PATCH_LEVEL:
-        raise ImportError(f"vkloss needs kp 0.9.0 built with tools/kp_patch.py (level {KP_PATCH_LEVEL}); the "
-                          f"installed kp has {'no patch' if level is None else f'level {level}'}. Run "
-                          "tools/bootstrap.sh (or tools/build_kp.sh) to build it.")
+        raise ImportError(f"vkloss needs its Kompute extension built with tools/kp_patch.py level {KP_PATCH_LEVEL}; "
+                          f"vkloss._kp has {'no patch' if level is None else f'level {level}'}: build vkloss again "
+                          "(pip install -e . in a checkout)")
 
 
 _check_kp()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import kp
+from .kompute import kp
 
 from .recorder import Barrier, Copy, Dispatch
 
