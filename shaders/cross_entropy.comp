@@ -8,8 +8,9 @@
 // read directly (no one-hot matrix); a row whose index is ignore_index (or out of range: counted by MODE_ROW_WEIGHT
 // and reported) has a = 0 and contributes neither loss nor gradient. w (WEIGHTED) are class weights, else 1.
 // scale is the push constant `scale` (1/rows for a mean, 1 for a sum or no reduction), or with NORM_BUFFER 1 / the
-// device-computed sum of the counted rows' w_target (PyTorch's weighted mean over index targets); the row losses are
-// then written already divided by it, and a zero sum gives NaN, as in PyTorch.
+// device-computed sum of the counted rows' w_target (PyTorch's weighted mean over index targets), which divides the
+// summed row losses afterwards (reductions.comp DIVIDE). A zero sum gives what PyTorch's division gives: a NaN or
+// +-inf loss, and a gradient that is NaN or +-inf in every counted row (which of the two where may differ).
 // Everything is computed relative to a row (or chunk) maximum m, so logits of any magnitude lose no precision.
 // Masked logits (-inf) are 0 after exp and add nothing where a is 0 (weighted_shift), also when a whole invocation's
 // share or chunk is masked (shift_from), so a masked row stays finite as in PyTorch; a row of nothing but -inf gives
@@ -94,21 +95,15 @@ layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { STORED weight[]; };
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
 #endif
 
-// The gradient's scale, and the factor applied to row losses here (1 where the engine's final sum applies `scale`).
+// The gradient's scale: with NORM_BUFFER 1 / norm, +inf where the counted rows' weights sum to 0 (the row losses are
+// summed first, then divided).
 float grad_scale() {
 #if NORM_BUFFER
-    return norm[0] != 0.0 ? 1.0 / norm[0] : 0.0;
+    return norm[0] != 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7f800000u);
 #else
     return p.scale;
 #endif
 }
-#if NORM_BUFFER
-float row_loss_scale() {  // every row ignored: NaN (0 / 0), as in PyTorch
-    return norm[0] != 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7fc00000u);
-}
-#else
-float row_loss_scale() { return 1.0; }
-#endif
 
 // Per-row view of the target: the one-hot class, whether the row counts, and how a target value becomes a coefficient.
 struct RowTarget { int index; bool counted; float keep; float spread; };
@@ -212,7 +207,7 @@ void main() {
         a_sum += a;
     }
     float log_sum = log_accurate(sum_exp);
-    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0);
     FLAG_BAD(row, r);
 #if WRITE_GRAD
     float scale = grad_scale();
@@ -254,19 +249,27 @@ void load_row(RowTarget r, uint i, uint k, out ELEMENT v[PER_LOAD], out ELEMENT 
 #endif
 }
 
+// sum += term, with the low bits each addition drops kept in `lost` (Kahan's compensated sum): an invocation adds
+// thousands of terms one after another, and with label smoothing a large one (the target's) and many tiny ones
+// (every class's share) whose low bits a plain float32 sum loses, 2e-5 of the loss at 128,256 classes. `precise`:
+// no compiler may reassociate it away. An infinite sum (a masked class with target mass: the loss is inf, as in
+// PyTorch) keeps no low bits: inf - inf would make them NaN.
+#define KAHAN_ADD(sum, lost, term) { precise float y_ = (term) - lost; precise float t_ = sum + y_; \
+    lost = isinf(t_) ? 0.0 : (t_ - sum) - y_; sum = t_; }
 // raise this invocation's running max to v_max, rescaling its sums
 #define ROW_RAISE_MAX(v_max) { float raised = (v_max); if (raised > m_own) { s_own *= exp(m_own - raised); \
-    a_own -= t_own == 0.0 ? 0.0 : t_own * (raised - m_own); m_own = raised; } }
+    KAHAN_ADD(a_own, a_lost, t_own == 0.0 ? 0.0 : -(t_own - t_lost) * (raised - m_own)) m_own = raised; } }
 #define ROW_ACCUMULATE(v, a) { ELEMENT shifted = shift_from(v, m_own); s_own += HSUM(exp(shifted)); \
-    a_own += HSUM(weighted_shift(a, shifted)); t_own += HSUM(a); }
+    KAHAN_ADD(a_own, a_lost, HSUM(weighted_shift(a, shifted))) KAHAN_ADD(t_own, t_lost, HSUM(a)) }
 void main() {
     uint row = workgroup_index();
     if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
     RowTarget r = row_target(row);
     uint width = p.classes / ACCESS_WIDTH;  // accesses per row
     uint base = row * width;
-    // this invocation's max, sum exp(p - max), sum a (p - max), sum a
-    float m_own = NEG_INF, s_own = 0.0, a_own = 0.0, t_own = 0.0;
+    // this invocation's max, sum exp(p - max), sum a (p - max), sum a (the last two compensated: a_lost, t_lost)
+    float m_own = NEG_INF, s_own = 0.0;
+    precise float a_own = 0.0, t_own = 0.0, a_lost = 0.0, t_lost = 0.0;
     // ROW_UNROLL accesses are made before any value is used, so that many loads are in flight per invocation: a GPU
     // row kernel with few rows has few workgroups, and one load at a time leaves most of the memory bandwidth idle.
     uint k = gl_LocalInvocationID.x;
@@ -290,11 +293,13 @@ void main() {
         [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) ROW_ACCUMULATE(v[h], a[h])
     }
     float m = workgroup_max(m_own);
+    a_own -= a_lost;
+    t_own -= t_lost;
     float rebase = t_own == 0.0 ? 0.0 : t_own * (m - m_own);
     vec4 sums = workgroup_sum4(vec4(s_own * exp(m_own - m), a_own - rebase, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
     if (gl_LocalInvocationID.x == 0) {
-        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0);
         FLAG_BAD(row, r);
     }
 #if WRITE_GRAD
@@ -348,7 +353,7 @@ void main() {
     vec4 sums = workgroup_sum4(vec4(s_own, a_own, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
     if (gl_LocalInvocationID.x == 0) {
-        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) * row_loss_scale();
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0);
         FLAG_BAD(row, r);
     }
 #if WRITE_GRAD
@@ -405,7 +410,7 @@ void main() {
         a_sum += part.w;
     }
     float log_sum = log_accurate(sum_exp);
-    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) * row_loss_scale();
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0);
     row_stats[row] = vec4(m, log_sum, a_sum, 0.0);
     FLAG_BAD(row, r);
 }

@@ -11,8 +11,8 @@
 //   MODE_STATS: one workgroup per row: this chunk's max m, sum exp(z - m), sum a (z - m) and sum a, merged into the
 //               row's running stats (FIRST: the first chunk starts them), re-based on the larger max. Sums stay
 //               relative to the row's maximum, so large logits lose no precision.
-//   MODE_LOSS:  one invocation per row: row loss A log(sum exp) - sum a (z - m) (times 1 / norm with NORM_BUFFER; 0
-//               for an ignored row); stats.y becomes log(sum exp) = lse - m for the gradient pass.
+//   MODE_LOSS:  one invocation per row: row loss A log(sum exp) - sum a (z - m) (0 for an ignored row; a mean's
+//               divisor comes after the sum); stats.y becomes log(sum exp) = lse - m for the gradient pass.
 //   MODE_GRAD:  one invocation per element of the chunk: the chunk's logits become their gradient, in place.
 // Masked logits (-inf) and huge ones follow cross_entropy.comp's rules (weighted_shift, shift_from).
 #extension GL_GOOGLE_include_directive : require
@@ -100,12 +100,8 @@ void main() {
     RowTarget r = row_target(row);
     vec4 s = stats[row];
     float log_sum = log_accurate(s.y);  // lse - m
-    float scale = 1.0;
-#if NORM_BUFFER
-    scale = norm[0] != 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7fc00000u);  // every row ignored: NaN, as PyTorch
-#endif
-    // A (lse - m) - sum a (z - m): where A is 0 nothing counts
-    row_loss[row] = (r.counted ? weighted_shift(s.w, log_sum) - s.z : 0.0) * scale;
+    // A (lse - m) - sum a (z - m): where A is 0 nothing counts (a mean's division by norm comes after the sum)
+    row_loss[row] = r.counted ? weighted_shift(s.w, log_sum) - s.z : 0.0;
     stats[row] = vec4(s.x, log_sum, s.z, s.w);
 }
 
@@ -121,7 +117,7 @@ void main() {
     vec4 s = stats[p.row_begin + local];
     float scale = p.scale;
 #if NORM_BUFFER
-    scale = norm[0] != 0.0 ? 1.0 / norm[0] : 0.0;
+    scale = norm[0] != 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7f800000u);  // weights summing to 0: as PyTorch's 1/0
 #endif
     float z = logits[i] + bias[p.chunk_begin + c];
     float a = coefficient(r, p.chunk_begin + c);

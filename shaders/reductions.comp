@@ -7,6 +7,8 @@
 //   per element. The engine chains passes (n -> n / (ITEMS WG ACCESS_WIDTH) -> ... -> 1) with a barrier between
 //   them; the last pass scales by 1/N.
 //   COUNT_NONFINITE: the first pass counts NaN and infinite values instead of summing (Graph(check_finite=True)).
+//   DIVIDE: the last pass divides by norm[0], a device-computed divisor (a weighted mean's summed weight): 0 gives
+//   NaN or +-inf, as the division does in PyTorch.
 // MODE_FILL: out[i] = in[0] * scale (the backward of mean_all: each element gets grad / N).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -22,6 +24,9 @@ layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
 #endif
 layout(set = 0, binding = B_SRC) readonly buffer In { STORED src[]; };
 layout(set = 0, binding = B_DST) writeonly buffer Out { float dst[]; };
+#if DIVIDE
+layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };
+#endif
 
 // Access i of src, its PER_LOAD ELEMENTs added (or with COUNT_NONFINITE, its NaN and infinite values counted); 0 past n.
 ELEMENT access_sum(uint i) {
@@ -49,6 +54,9 @@ ELEMENT access_sum(uint i) {
 void main() {
     uint w = workgroup_index();
     float total = workgroup_sum(HSUM(SUM16(w * ITEMS * WG + gl_LocalInvocationID.x)));
+#if DIVIDE
+    total /= norm[0];
+#endif
     if (gl_LocalInvocationID.x == 0) dst[w] = total * p.scale;
 }
 #elif MODE_FILL

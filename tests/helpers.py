@@ -28,3 +28,8 @@ def dispatched_widths(g, family):
             switches = dict(re.findall(r"(\w+)=(\d+)", name))
             found.append(8 if switches.get("WIDE") == "1" else 4 if switches.get("VEC4") == "1" else 1)
     return found
+
+
+# Subprocesses in tests get this long before they count as hung: a guard, not a speed requirement (a busy CI machine
+# compiling shaders for the first time may be slow, and a test must not fail for that).
+HANG_GUARD = 1800

@@ -265,8 +265,13 @@ def test_bad_cross_entropy_options(g, options, error, message):
 
 
 def test_ignore_index_with_probability_targets_is_refused_as_in_pytorch(g):
+    # PyTorch: "ignore_index is not supported for floating point target" for a class (>= 0); a negative one, its
+    # default -100 among them, is left unused
     with pytest.raises(ValueError, match="ignore_index applies to class-index targets"):
-        g.cross_entropy_loss(g.tensor(np.zeros((4, 5))), g.tensor(np.full((4, 5), 0.2)), ignore_index=-100)
+        g.cross_entropy_loss(g.tensor(np.zeros((4, 5))), g.tensor(np.full((4, 5), 0.2)), ignore_index=0)
+    for unused in (-100, -3, None):
+        loss = g.cross_entropy_loss(g.tensor(np.zeros((4, 5))), g.tensor(np.full((4, 5), 0.2)), ignore_index=unused)
+        assert loss.item() == pytest.approx(np.log(5), rel=1e-6)
 
 
 def test_weight_that_requires_a_gradient_is_refused(g):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import vkloss
-from helpers import f32
+from helpers import HANG_GUARD, f32
 
 
 # ---- input conversion ------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_interpreter_exits_cleanly(tmp_path, mode):
             y = g.neg(x)     # recorded, never run
         print("done")
     """))
-    done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
 
 
@@ -206,7 +206,7 @@ def test_ten_thousand_training_steps_keep_memory_and_kernels_flat():
 
     env = {k: v for k, v in os.environ.items() if k not in ("VK_INSTANCE_LAYERS", "VK_LAYER_SETTINGS_PATH")}
     done = subprocess.run([sys.executable, "-c", TEN_THOUSAND_STEPS], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr
     marks = json.loads(done.stdout)
     (rss0, *counts0), (rss1, *counts1) = marks["100"], marks["10000"]

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .tensor import Tensor
 
 SCHEMAS = {
-    'astype': 'astype(Float x, *, str{float32|float16|bfloat16} dtype) -> Tensor',
+    'astype': 'astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor',
     'mean_all': 'mean_all(Tensor x) -> Tensor',
     'sum_all': 'sum_all(Tensor x, *, float scale=1.0) -> Tensor',
     'expand': 'expand(Tensor s, *, int[] shape, float scale=1.0) -> Tensor',
@@ -21,7 +21,7 @@ SCHEMAS = {
     'bce_with_logits_loss': "bce_with_logits_loss(Float logits, Float labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
     'mse_loss': "mse_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
     'l1_loss': "l1_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
-    'cross_entropy_loss': "cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', int? ignore_index=None, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor",
+    'cross_entropy_loss': "cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor",
     'neg': 'neg(Tensor x) -> Tensor',
     'abs': 'abs(Tensor x) -> Tensor',
     'sigmoid': 'sigmoid(Tensor x) -> Tensor',
@@ -49,9 +49,9 @@ class Graph:
 
     SCHEMAS = SCHEMAS
 
-    def astype(self, x: Tensor, *, dtype: Literal['float32', 'float16', 'bfloat16']) -> Tensor:
+    def astype(self, x: Tensor, *, dtype: str | np.dtype | type) -> Tensor:
         """
-        astype(Float x, *, str{float32|float16|bfloat16} dtype) -> Tensor
+        astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor
 
         x as float32, float16 or bfloat16 (rounded to nearest even), as PyTorch's x.to(dtype): how a 16-bit
         tensor reaches the float32 ops, and back. The gradient comes back in x's dtype.
@@ -168,27 +168,30 @@ class Graph:
         *,
         weight: Tensor | np.ndarray | None = None,
         reduction: Literal['mean', 'sum', 'none'] = 'mean',
-        ignore_index: int | None = None,
+        ignore_index: int | None = -100,
         label_smoothing: float = 0.0,
         inplace_grad: bool = False,
     ) -> Tensor:
         """
         cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none}
-        reduction='mean', int? ignore_index=None, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor
+        reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor
 
         (1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes];
         target is a distribution of the same shape (one-hot or soft; rows need not sum to 1) or class indices
         [batch] (an int32 Tensor or an integer numpy array, read directly by the kernel). Per row, loss = sum_c
         a_c (logsumexp(pred) - pred_c) with a_c = weight_c (t_c (1 - label_smoothing) + label_smoothing /
-        classes), t the target row or the one-hot of its index; rows whose index is ignore_index count for
-        nothing. 'mean' divides by batch for probability targets and by the summed weight[target] of the counted
-        rows for index targets (NaN when none counts), as PyTorch does. One fused kernel family computes the
-        loss and d/dpred = (softmax(pred) sum_c a_c - a) / that divisor in the same pass (log-sum-exp relative
-        to the row maximum); backward scales that. inplace_grad=True writes the gradient over pred's buffer
-        (pred must be an op's output and cannot be read afterwards), so the loss adds no buffer of pred's size.
-        Class indices outside [0, classes) raise ValueError at the next host read. No gradient with respect to
-        target or weight. pred may be a 16-bit tensor (float16, bfloat16): the kernels read it two values to a
-        32-bit word, compute in float32, and write the gradient in pred's dtype.
+        classes), t the target row or the one-hot of its index; rows whose index is ignore_index (default -100,
+        PyTorch's padding label; None: none) count for nothing. 'mean' divides by batch for probability targets
+        and by the summed weight[target] of the counted rows for index targets, as PyTorch does: where that sum
+        is 0 (every row ignored, zero weights, weights that cancel) the loss is NaN or +-inf and the counted
+        rows' gradient NaN or +-inf, as PyTorch's (which of NaN and inf an element of that gradient gets may
+        differ). One fused kernel family computes the loss and d/dpred = (softmax(pred) sum_c a_c - a) / that
+        divisor in the same pass (log-sum-exp relative to the row maximum); backward scales that.
+        inplace_grad=True writes the gradient over pred's buffer (pred must be an op's output and cannot be read
+        afterwards), so the loss adds no buffer of pred's size. Class indices outside [0, classes) raise
+        ValueError at the next host read. No gradient with respect to target or weight. pred may be a 16-bit
+        tensor (float16, bfloat16): the kernels read it two values to a 32-bit word, compute in float32, and
+        write the gradient in pred's dtype.
         """
         return self._call_bound('cross_entropy_loss', {'pred': pred, 'target': target, 'weight': weight, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'inplace_grad': inplace_grad})
 

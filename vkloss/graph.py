@@ -19,7 +19,7 @@ from .errors import CaptureError
 from .host_copy import DeviceChecks, HostCopy
 from .plans import UNPLANNED, Tracer
 from .runtime import Engine
-from .tensor import BFLOAT16, SIXTEEN_BIT, Tensor, buffer_layout, decode16, encode16
+from .tensor import SIXTEEN_BIT, Tensor, buffer_layout, decode16, encode16, parse_dtype
 
 PLAN_TABLE_SIZE = 4096  # launch plans a Graph keeps (the oldest goes first): a training loop needs a few dozen
 _FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
@@ -34,23 +34,6 @@ def _host_array(data, where: str) -> np.ndarray:
     if array.size == 0:
         raise ValueError(f"{where} got an empty array of shape {array.shape}")
     return array
-
-
-_DTYPES = "float32, int32, float16 or 'bfloat16'"
-
-
-def _tensor_dtype(dtype):
-    if dtype is None:
-        return np.dtype(np.float32)
-    if isinstance(dtype, str) and dtype.lower() == BFLOAT16:
-        return BFLOAT16
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"g.tensor: dtype must be {_DTYPES}, got {dtype!r}") from None
-    if dtype not in (np.float32, np.int32, np.float16):
-        raise TypeError(f"g.tensor: dtype must be {_DTYPES}, got {dtype}")
-    return dtype
 
 
 def _converted(array: np.ndarray, dtype, where: str) -> np.ndarray:
@@ -110,7 +93,15 @@ class Graph(_graph_ops.Graph):
         A 0-d value becomes shape (1,). Bool, complex, object and string arrays raise TypeError; empty arrays
         raise ValueError."""
         self.require_usable("g.tensor")
-        dtype = _tensor_dtype(dtype)
+        if isinstance(data, Tensor):  # a copy on the device, as torch.tensor(t) copies
+            source = self._device_source(data, "g.tensor", data.shape, data.dtype if dtype is None else
+                                         parse_dtype(dtype, "g.tensor"))
+            if source.dtype == np.int32 and requires_grad:
+                raise ValueError(f"g.tensor: an int32 tensor (shape {source.shape}) cannot require a gradient")
+            buffer = self._engine.alloc(source.buffer.size, source.buffer.dtype)
+            self._engine.copy(source.buffer, buffer)
+            return Tensor(self, source.shape, buffer, requires_grad=bool(requires_grad), dtype=source.dtype)
+        dtype = np.dtype(np.float32) if dtype is None else parse_dtype(dtype, "g.tensor")
         array = _host_array(data, "g.tensor")
         shape = array.shape or (1,)
         # before converting: a too-large array is refused without a copy
@@ -122,14 +113,32 @@ class Graph(_graph_ops.Graph):
 
     def _copy_into(self, tensor: Tensor, data) -> Tensor:
         self.require_usable("copy_")
-        array = _host_array(data, "copy_")
-        if (array.shape or (1,)) != tensor.shape:
-            raise ValueError(f"copy_: data of shape {array.shape} into a tensor of shape {tensor.shape}")
         if not tensor.is_leaf:
             raise ValueError("copy_: only a leaf tensor (made by g.tensor or g.parameter) can be overwritten")
-        self._engine.upload_into(tensor.buffer, _converted(array, tensor.dtype, "copy_"))
+        if isinstance(data, Tensor):  # on the device, converted to this tensor's dtype, as PyTorch's copy_
+            self._engine.copy(self._device_source(data, "copy_", tensor.shape, tensor.dtype).buffer, tensor.buffer)
+        else:
+            array = _host_array(data, "copy_")
+            if (array.shape or (1,)) != tensor.shape:
+                raise ValueError(f"copy_: data of shape {array.shape} into a tensor of shape {tensor.shape}")
+            self._engine.upload_into(tensor.buffer, _converted(array, tensor.dtype, "copy_"))
         tensor.version += 1
         return tensor
+
+    def _device_source(self, source: Tensor, where: str, shape: tuple, dtype) -> Tensor:
+        """`source` as the data of a device copy of `shape` and `dtype`: itself, or its float conversion."""
+        if source.graph is not self:
+            raise ValueError(f"{where}: the tensor (shape {source.shape}) belongs to another Graph; copy through the "
+                             "host with .numpy()")
+        if source.shape != shape:
+            raise ValueError(f"{where}: a tensor of shape {source.shape} into one of shape {shape}")
+        if source.dtype == dtype:
+            return source
+        if np.int32 in (source.dtype, dtype):
+            raise TypeError(f"{where}: a {source.dtype} tensor (shape {source.shape}) cannot become {dtype} on the "
+                            "device; convert on the host: .numpy()")
+        with self.no_grad():
+            return self.astype(source, dtype=dtype)
 
     def parameter(self, data) -> Tensor:
         """A trainable tensor: `g.tensor(data, requires_grad=True)`. It lives on the device across steps; an

@@ -18,13 +18,14 @@ def forward(weights, x):
     return inputs, h
 
 
-def cross_entropy(logits, target, reduction="mean", weight=None, ignore_index=None, label_smoothing=0.0):
+def cross_entropy(logits, target, reduction="mean", weight=None, ignore_index=-100, label_smoothing=0.0):
     """PyTorch's F.cross_entropy and its gradient with respect to the logits (of the sum of the output, for
     reduction="none"). target: probabilities of the logits' shape, or class indices [batch].
 
     Written from PyTorch's definition: per row, -sum_c w_c t'_c log_softmax_c with t' = t (1 - eps) + eps / C (t the
     one-hot of the index); rows whose index is ignore_index count for nothing; a mean divides by the batch
-    (probabilities) or by the summed w[target] of the counted rows (indices)."""
+    (probabilities) or by the summed w[target] of the counted rows (indices), a zero sum giving what the division
+    gives (NaN or +-inf) in the loss and in the counted rows' gradient."""
     logits = np.asarray(logits, np.float64)
     rows, classes = logits.shape
     target = np.asarray(target)
@@ -47,7 +48,7 @@ def cross_entropy(logits, target, reduction="mean", weight=None, ignore_index=No
     if reduction == "sum":
         return row_loss.sum(), grad
     with np.errstate(invalid="ignore", divide="ignore"):
-        return row_loss.sum() / divisor, grad / divisor if divisor > 0 else np.zeros_like(grad)
+        return row_loss.sum() / divisor, np.where(counted[:, None], grad / divisor, 0.0)
 
 
 def binary_cross_entropy(p, y, reduction="mean", weight=None):

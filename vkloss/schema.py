@@ -8,8 +8,11 @@ Before `*` are the op's operands, recorded on the tape; after it, keyword option
   indices, an int32 Tensor or an integer numpy array (uploaded as int32). `Tensor|Index`: either. `Tensor?` (or
   `Float?`) as an operand: may be None or a numpy array (uploaded as float32).
 - `Tensor?` as an option: a constant tensor (a numpy array, uploaded, or a Tensor that needs no gradient).
-- `float`, `int`, `bool`, `str`, `int[]` (a shape), `str{a|b|c}` (one of those words), and `Any` (unchecked: what
-  a user's op declares without a type). A `?` after a type also allows None.
+- `float`, `int`, `bool`, `str`, `int[]` (a shape), `str{a|b|c}` (one of those words), `dtype{a|b}` (a tensor
+  dtype in any spelling g.tensor takes, given to the op as its name), and `Any` (unchecked: what a user's op
+  declares without a type). A `?` after a type also allows None.
+- Defaults are Python literals (numbers, strings, True/False/None, tuples and lists), and `inf`, `-inf` and `nan`;
+  each is checked against its type and set when the schema is read.
 
 From the one string come: argument binding and checking, the same for every op (a missing or unknown argument, or
 a value of the wrong type, is a TypeError naming `g.<op>`; a word outside its set a ValueError); the signature of
@@ -26,9 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .tensor import BFLOAT16
+
 _SIGNATURE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*->\s*(Tensor|\(\s*Tensor(?:\s*,\s*Tensor)+\s*\))\s*$", re.S)
 _PARAM = re.compile(r"^([A-Za-z|]+(?:\{[\w|]+\})?(?:\[\])?\??)\s+([A-Za-z_]\w*)(?:\s*=\s*(.+))?$")
-_SCALARS = ("float", "int", "bool", "str", "int[]", "Any")
+_SCALARS = ("float", "int", "bool", "str", "int[]", "dtype", "Any")
 TENSOR_TYPES = ("Tensor", "Index", "Tensor|Index", "Float")
 
 
@@ -138,10 +143,27 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
+def _dtype_name(v) -> str:
+    """A dtype's name in any of its spellings (np.float16, 'half', 'bfloat16', ...); its set says which it takes."""
+    if isinstance(v, str) and v.lower() in (BFLOAT16, "bf16"):
+        return BFLOAT16
+    return np.dtype(v).name
+
+
+def _is_dtype(v) -> bool:
+    try:
+        _dtype_name(v)
+    except TypeError:
+        return False
+    return True
+
+
 _ACCEPTS = {"float": lambda v: _is_int(v) or isinstance(v, (float, np.floating)), "int": _is_int,
             "bool": lambda v: isinstance(v, (bool, np.bool_)), "str": lambda v: isinstance(v, str),
-            "int[]": lambda v: isinstance(v, (tuple, list, np.ndarray)) and all(map(_is_int, v))}
-_CONVERT = {"float": float, "int": int, "bool": bool, "str": str, "int[]": lambda v: tuple(int(d) for d in v)}
+            "int[]": lambda v: isinstance(v, (tuple, list, np.ndarray)) and all(map(_is_int, v)), "dtype": _is_dtype}
+_CONVERT = {"float": float, "int": int, "bool": bool, "str": str, "int[]": lambda v: tuple(int(d) for d in v),
+            "dtype": _dtype_name}
+_EXPECTED = {"int[]": "a sequence of ints", "int": "an int", "dtype": "a dtype (a numpy dtype, type or name)"}
 
 
 def _checked(where: str, p: Param, value):
@@ -152,13 +174,53 @@ def _checked(where: str, p: Param, value):
     if kind == "Any":
         return value
     if not _ACCEPTS[kind](value):
-        expected = {"int[]": "a sequence of ints", "int": "an int"}.get(kind, f"a {kind}") + (
-            " or None" if p.optional else "")
+        expected = _EXPECTED.get(kind, f"a {kind}") + (" or None" if p.optional else "")
         raise TypeError(f"{where}: {p.name} must be {expected}, got {type(value).__name__} {value!r}")
-    if p.choices and value not in p.choices:
+    converted = _CONVERT[kind](value)
+    if p.choices and converted not in p.choices:
         raise ValueError(f"{where.removeprefix('g.')}: {p.name} must be one of {', '.join(map(repr, p.choices))}, "
                          f"got {value!r}")
-    return _CONVERT[kind](value)
+    return converted
+
+
+_NAMED = {"inf": float("inf"), "nan": float("nan")}
+
+
+def _literal(text: str):
+    """A default's value: a Python literal, or inf, -inf, nan (also inside tuples and lists)."""
+    def value(node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in _NAMED:
+            return _NAMED[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            inner = value(node.operand)
+            if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+                return -inner if isinstance(node.op, ast.USub) else inner
+        if isinstance(node, (ast.Tuple, ast.List)):
+            items = [value(item) for item in node.elts]
+            return tuple(items) if isinstance(node, ast.Tuple) else items
+        raise ValueError(ast.unparse(node))
+
+    return value(ast.parse(text.strip(), mode="eval").body)
+
+
+def _split_parameters(body: str) -> list[str]:
+    """The parameters of a signature's body, split at the commas outside brackets and quotes."""
+    parts, depth, quote, start = [], 0, None, 0
+    for position, char in enumerate(body):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(body[start:position])
+            start = position + 1
+    return [part.strip() for part in parts + [body[start:]] if part.strip()]
 
 
 def parse(text: str) -> Schema:
@@ -169,7 +231,7 @@ def parse(text: str) -> Schema:
                          "(or -> (Tensor, Tensor))")
     name, body, returns = match.groups()
     params, keyword_only = [], False
-    for part in filter(None, (piece.strip() for piece in body.split(","))):
+    for part in _split_parameters(body):
         if part == "*":
             keyword_only = True
             continue
@@ -189,12 +251,27 @@ def parse(text: str) -> Schema:
         if kind in TENSOR_TYPES and keyword_only and kind != "Tensor":
             raise ValueError(f"schema of {name}: option {pname} must be a Tensor? (class indices are operands)")
         default = inspect.Parameter.empty if default_text is None else (
-            OMITTED if default_text == "..." else ast.literal_eval(default_text))
-        params.append(Param(pname, kind, optional, default, keyword_only, choices))
+            OMITTED if default_text == "..." else _default(name, pname, default_text))
+        param = Param(pname, kind, optional, default, keyword_only, choices)
+        if default not in (inspect.Parameter.empty, OMITTED) and not param.is_tensor:
+            try:
+                default = _checked("", param, default)
+            except (TypeError, ValueError) as e:  # "<parameter> must be ..., got ..."
+                raise ValueError(f"schema of {name}: the default of {str(e).lstrip(': ')}") from None
+            param = Param(pname, kind, optional, default, keyword_only, choices)
+        params.append(param)
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise ValueError(f"schema of {name}: a parameter name repeats in {names}")
     return Schema(name, tuple(params), returns.count("Tensor"))
+
+
+def _default(name: str, parameter: str, text: str):
+    try:
+        return _literal(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"schema of {name}: the default of {parameter}, {text.strip()!r}, is not a Python literal "
+                         "(numbers, 'strings', True, False, None, tuples and lists of them, inf, -inf, nan)") from None
 
 
 def derived(name: str, operands: int, *functions, options: dict | None = None) -> Schema:

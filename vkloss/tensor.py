@@ -22,6 +22,24 @@ def buffer_layout(n: int, dtype) -> tuple[int, np.dtype]:
     return (packed_words(n), np.dtype(np.uint32)) if dtype in SIXTEEN_BIT else (n, np.dtype(dtype))
 
 
+DTYPE_SPELLINGS = "float32, int32, float16 or 'bfloat16' (a numpy dtype or type, or a name such as 'half')"
+
+
+def parse_dtype(value, where: str):
+    """A tensor dtype as any of its spellings gives it: a numpy dtype or type (np.float16), a name ('float16',
+    'half'), or 'bfloat16' (numpy has none): np.float32, np.int32, np.float16 or the string "bfloat16". Others raise
+    TypeError naming `where`."""
+    if isinstance(value, str) and value.lower() in (BFLOAT16, "bf16"):
+        return BFLOAT16
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{where}: dtype must be {DTYPE_SPELLINGS}, got {value!r}") from None
+    if dtype not in (np.float32, np.int32, np.float16):
+        raise TypeError(f"{where}: dtype must be {DTYPE_SPELLINGS}, got {dtype}")
+    return dtype
+
+
 def dtype_name(dtype) -> str:
     """A tensor dtype's name as ops' options spell it (astype's dtype): float32, float16, bfloat16 or int32."""
     return dtype if isinstance(dtype, str) else np.dtype(dtype).name

@@ -268,7 +268,10 @@ def _png_path(text: str) -> str:
     """--plot's path, checked before training: its folder must exist and be writable."""
     if text:
         folder = os.path.dirname(os.path.abspath(text))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(text):
+        if os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"cannot write {text}: it is a directory; give a file name, such as "
+                                             f"{os.path.join(text, 'vkloss-train.png')}")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise argparse.ArgumentTypeError(f"cannot write {text}: {folder} is not a writable folder")
     return text
 

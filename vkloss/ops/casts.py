@@ -71,7 +71,7 @@ def _astype_forward(ctx, x, dtype):
 
 
 register_op(
-    "astype", kernels=(CASTS,), schema="astype(Float x, *, str{float32|float16|bfloat16} dtype) -> Tensor",
+    "astype", kernels=(CASTS,), schema="astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor",
     shape=lambda x, dtype: x, out_dtype=lambda dtypes, dtype: DTYPES[dtype], forward=_astype_forward,
     backward=lambda ctx, grad: (ctx.g.astype(grad, dtype=dtype_name(ctx.inputs[0].dtype)),),
     doc="x as float32, float16 or bfloat16 (rounded to nearest even), as PyTorch's x.to(dtype): how a 16-bit "

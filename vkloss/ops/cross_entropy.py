@@ -56,7 +56,7 @@ CROSS_ENTROPY = Kernel(
 )
 
 
-def _shape(pred, target, weight=None, reduction="mean", ignore_index=None, label_smoothing=0.0, inplace_grad=False):
+def _shape(pred, target, weight=None, reduction="mean", ignore_index=-100, label_smoothing=0.0, inplace_grad=False):
     if len(pred) != 2 or (target != pred and target != pred[:1]):
         raise ValueError(f"cross_entropy_loss: needs logits [batch, classes] and a target of the same shape "
                          f"(probabilities) or of shape [batch] (class indices); got pred {pred} and target {target}")
@@ -64,7 +64,7 @@ def _shape(pred, target, weight=None, reduction="mean", ignore_index=None, label
         raise ValueError(f"cross_entropy_loss: weight must have shape ({pred[1]},), one per class; got {weight} "
                          f"beside pred {pred}")
     check_index_options("cross_entropy_loss", ignore_index, label_smoothing)
-    if ignore_index is not None and target == pred:
+    if ignore_index is not None and ignore_index >= 0 and target == pred:  # PyTorch's rule: a negative one is unused
         raise ValueError(f"cross_entropy_loss: ignore_index applies to class-index targets [batch]; the target "
                          f"{target} holds probabilities (as in PyTorch)")
     return (pred[0],) if reduction == "none" else (1,)
@@ -79,7 +79,7 @@ def check_index_options(name, ignore_index, label_smoothing):
         raise ValueError(f"{name}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
 
 
-def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None, label_smoothing=0.0,
+def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100, label_smoothing=0.0,
              inplace_grad=False):
     (rows, classes), target_shape = ctx.shapes
     index = len(target_shape) == 1
@@ -87,6 +87,8 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
         raise TypeError(f"cross_entropy_loss: a target of shape {target_shape} beside pred {ctx.shapes[0]} must be "
                         + ("integer class indices: an int32 tensor (g.tensor(labels, dtype=np.int32)) or an "
                            "integer numpy array" if index else "float32 probabilities, not int32"))
+    if not index:
+        ignore_index = None  # probabilities have no index to ignore
     want_grad = ctx.want_grad
     inplace = want_grad and inplace_grad
     storage = casts.storage(ctx.dtypes[0])  # 16-bit logits are read (and their gradient written) two to a word
@@ -136,7 +138,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=None
         count_bad(ctx, bad, rows, classes, ignore_index, f"cross_entropy_loss: {{count}} class indices of target "
                   f"(shape {target_shape}) are outside {{allowed}}, beside pred {ctx.shapes[0]}")
     if reduction != "none":
-        tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale)
+        tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale, divide=norm)
     if want_grad:
         ctx.save_for_backward(pred if inplace else grad)
 
@@ -183,15 +185,17 @@ def index_target_checks(ctx, target, weight, rows: int, classes: int, ignore_ind
 register_op(
     "cross_entropy_loss", kernels=(CROSS_ENTROPY,), backward=Backward.FUSED, inplace_option="inplace_grad",
     schema="cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, "
-           "str{mean|sum|none} reduction='mean', int? ignore_index=None, float label_smoothing=0.0, "
+           "str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, "
            "bool inplace_grad=False) -> Tensor",
     doc="(1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes]; target "
         "is a distribution of the same shape (one-hot or soft; rows need not sum to 1) or class indices [batch] (an "
         "int32 Tensor or an integer numpy array, read directly by the kernel). Per row, loss = sum_c a_c "
         "(logsumexp(pred) - pred_c) with a_c = weight_c (t_c (1 - label_smoothing) + label_smoothing / classes), t "
-        "the target row or the one-hot of its index; rows whose index is ignore_index count for nothing. 'mean' "
-        "divides by batch for probability targets and by the summed weight[target] of the counted rows for index "
-        "targets (NaN when none counts), as PyTorch does. One fused kernel family computes the loss and d/dpred = "
+        "the target row or the one-hot of its index; rows whose index is ignore_index (default -100, PyTorch's "
+        "padding label; None: none) count for nothing. 'mean' divides by batch for probability targets and by the "
+        "summed weight[target] of the counted rows for index targets, as PyTorch does: where that sum is 0 (every "
+        "row ignored, zero weights, weights that cancel) the loss is NaN or +-inf and the counted rows' gradient "
+        "NaN or +-inf, as PyTorch's (which of NaN and inf an element of that gradient gets may differ). One fused kernel family computes the loss and d/dpred = "
         "(softmax(pred) sum_c a_c - a) / that divisor in the same pass (log-sum-exp relative to the row maximum); "
         "backward scales that. inplace_grad=True writes the gradient over pred's buffer (pred must be an op's "
         "output and cannot be read afterwards), so the loss adds no buffer of pred's size. Class indices outside "

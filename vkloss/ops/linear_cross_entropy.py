@@ -37,8 +37,9 @@ LINEAR_CROSS_ENTROPY = Kernel(
     "linear_cross_entropy.comp", bindings=_bindings,
     switches={"mode": ("STATS", "LOSS", "GRAD"), "weighted": (False, True), "norm_buffer": (False, True),
               "first": (False, True)},
-    allowed=lambda mode, norm_buffer, first, **_: not (mode == "STATS" and norm_buffer) and (mode == "STATS" or
-                                                                                             not first),
+    # the mean's divisor: the gradient's scale; the loss is divided after its sum (tree_sum's divide)
+    allowed=lambda mode, norm_buffer, first, **_: (mode == "GRAD" or not norm_buffer) and (mode == "STATS" or
+                                                                                           not first),
     push="uint rows, uint classes, uint row_begin = 0, uint chunk_begin = 0, uint chunk = 0, float scale = 1.0, "
          "float smoothing = 0.0, int ignore_index = 0, uint ignore = 1",
 )
@@ -109,7 +110,7 @@ def _forward(ctx, hidden, weight, target, bias, reduction="mean", ignore_index=-
         _by_rows(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, mean, norm, per_block)
     else:
         _by_vocabulary(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, mean, norm)
-    tree_sum(ctx, row_loss, rows, ctx.out, 1.0)
+    tree_sum(ctx, row_loss, rows, ctx.out, 1.0, divide=norm)  # a mean's weighted divisor: after the sum
     if grads is not None:
         ctx.save_for_backward(**{name: casts.in_dtype(ctx, g, sizes[i], ctx.dtypes[i])
                                  for name, i, g in zip(("hidden", "weight", "bias"), (0, 1, 3), grads)})
@@ -128,8 +129,8 @@ def _by_rows(ctx, hidden, weight, bias, push, known, row_loss, grads, weighted, 
                     offsets=(begin * features, 0, 0))  # logits[count, classes] = hidden_rows @ weight.T
         ctx.dispatch(LINEAR_CROSS_ENTROPY.variant(mode="STATS", weighted=weighted, first=True), ctx.grid(count),
                      workgroup=ctx.row_workgroup(classes), push=block, logits=logits, bias=bias, **known)
-        ctx.dispatch(LINEAR_CROSS_ENTROPY.variant(mode="LOSS", weighted=weighted, norm_buffer=mean),
-                     ctx.groups_for(count), push=block, norm=norm, row_loss=row_loss, **known)
+        ctx.dispatch(LINEAR_CROSS_ENTROPY.variant(mode="LOSS", weighted=weighted), ctx.groups_for(count), push=block,
+                     row_loss=row_loss, **known)
         if grads is None:
             continue
         grad_hidden, grad_weight, grad_bias = grads
@@ -159,8 +160,8 @@ def _by_vocabulary(ctx, hidden, weight, bias, push, known, row_loss, grads, weig
         ctx.dispatch(LINEAR_CROSS_ENTROPY.variant(mode="STATS", weighted=weighted, first=begin == 0), ctx.grid(rows),
                      workgroup=ctx.row_workgroup(width), push={**push, "chunk_begin": begin, "chunk": width},
                      logits=logits, bias=bias, **known)
-    ctx.dispatch(LINEAR_CROSS_ENTROPY.variant(mode="LOSS", weighted=weighted, norm_buffer=mean),
-                 ctx.groups_for(rows), push=push, norm=norm, row_loss=row_loss, **known)
+    ctx.dispatch(LINEAR_CROSS_ENTROPY.variant(mode="LOSS", weighted=weighted), ctx.groups_for(rows), push=push,
+                 row_loss=row_loss, **known)
     if grads is None:
         return
     grad_hidden, grad_weight, grad_bias = grads

@@ -10,11 +10,11 @@ from ..registry import register_op
 ITEMS = 16  # accesses each invocation sums before the workgroup's tree: the shader's ITEMS define comes from here
 REDUCTIONS = Kernel(
     "reductions.comp", push="uint n, float scale", defines={"ITEMS": ITEMS},
-    switches={"mode": ("SUM", "FILL"), "count_nonfinite": (False, True), **ACCESS_SWITCHES},
-    # counting is a first pass of a sum
-    allowed=lambda mode, count_nonfinite, vec4, wide: ((mode == "SUM" or not count_nonfinite) and
-                                                       access_allowed(vec4, wide)),
-    bindings=lambda **_: (["src"], ["dst"]),
+    switches={"mode": ("SUM", "FILL"), "count_nonfinite": (False, True), "divide": (False, True), **ACCESS_SWITCHES},
+    # counting is a first pass of a sum, dividing its last
+    allowed=lambda mode, count_nonfinite, divide, vec4, wide: ((mode == "SUM" or not (count_nonfinite or divide))
+                                                               and access_allowed(vec4, wide)),
+    bindings=lambda divide, **_: (["src", *(["norm"] if divide else [])], ["dst"]),
 )
 
 
@@ -24,21 +24,24 @@ def _access(ctx, n: int, **switches):
     return REDUCTIONS.variant(**switches, **access_switches(width)), n // width
 
 
-def tree_sum(ctx, source, n: int, out, scale: float, count_nonfinite: bool = False) -> None:
-    """out[0] = scale * sum(source[:n]), by passes of a pairwise tree: n -> n/(16 WG width) -> ... -> 1, each pass
-    reading `width` floats an access as far as its n allows.
+def tree_sum(ctx, source, n: int, out, scale: float, count_nonfinite: bool = False, divide=None) -> None:
+    """out[0] = scale * sum(source[:n]) (/ divide[0], a one-value buffer), by passes of a pairwise tree:
+    n -> n/(16 WG width) -> ... -> 1, each pass reading `width` floats an access as far as its n allows.
 
     Each pass is one dispatch with 16 unrolled loads per invocation (no lavapipe loop limit), its workgroups
     spread over a 2-D grid (no 65535-workgroup limit); the engine orders the passes. With `count_nonfinite` the
     first pass counts NaN and infinite values instead of summing. ctx: an op's ForwardContext."""
     workgroup = ctx.reduction_workgroup()
     while True:
-        variant, accesses = _access(ctx, n, mode="SUM", count_nonfinite=count_nonfinite)
+        accesses = n // ctx.access_width(n)
         groups = ceil_div(accesses, ITEMS * workgroup)
         last = groups == 1
+        variant, accesses = _access(ctx, n, mode="SUM", count_nonfinite=count_nonfinite,
+                                    divide=last and divide is not None)
         target = out if last else ctx.alloc(groups)
         ctx.dispatch(variant, ctx.grid(groups), workgroup=workgroup,
-                     push={"n": accesses, "scale": scale if last else 1.0}, src=source, dst=target)
+                     push={"n": accesses, "scale": scale if last else 1.0}, src=source, dst=target,
+                     norm=divide if last else None)
         if last:
             return
         source, n, count_nonfinite = target, groups, False

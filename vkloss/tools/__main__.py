@@ -10,7 +10,7 @@ import sys
 from .. import kernels, registry, shaders
 from . import bench, generate
 from ..device import choose_device, devices
-from ..errors import ShaderCheckError, ShaderCompileError
+from ..errors import NoVulkanDeviceError, ShaderCheckError, ShaderCompileError
 
 
 def all_variants() -> list[shaders.Variant]:
@@ -78,7 +78,20 @@ def op_table() -> list[tuple[str, str, str, str]]:
             for op in registry.all_ops()]
 
 
+def markdown_op_table() -> str:
+    """The README's ops table: each op of vkloss itself with its signature and how it differentiates."""
+    lines = ["| signature | shader | backward |", "|---|---|---|"]
+    for op in registry.all_ops():
+        if op.module.startswith("vkloss."):
+            signature = op.schema.text().replace("|", "\\|")  # a set's bars would end the table's cell
+            lines.append(f"| `{signature}` | {op.shader or '(composed)'} | {op.backward_kind} |")
+    return "\n".join(lines)
+
+
 def cmd_list(args) -> int:
+    if args.markdown:
+        print(markdown_op_table())
+        return 0
     rows = [("op", "shader", "backward", "options")] + op_table()
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
@@ -93,7 +106,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    chosen = choose_device(None)
+    chosen = choose_device(None)  # VKLOSS_DEVICE checked before: run() turns its error into one line
     for d in devices():
         mark = "*" if d.index == chosen.index else " "
         print(f"{mark} {d}  maxStorageBufferRange={d.max_storage_buffer_range:,}B "
@@ -147,7 +160,8 @@ def run(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("compile", help="compile every shader variant into the SPIR-V cache")
     sub.add_parser("check", help="run spirv-val on every cached variant; fail on an invalid, missing or stale one")
-    sub.add_parser("list", help="print the op registry: op, shader, how it differentiates, options")
+    listing = sub.add_parser("list", help="print the op registry: op, shader, how it differentiates, options")
+    listing.add_argument("--markdown", action="store_true", help="the README's table: signature, shader, backward")
     sub.add_parser("devices", help="list the Vulkan devices and which one is the default")
     gen = sub.add_parser("generate", help="write vkloss/_graph_ops.py, the ops as Graph methods, from their schemas")
     gen.add_argument("--check", action="store_true", help="only say whether the file is current (exit 1 if not)")
@@ -160,7 +174,15 @@ def run(argv=None) -> int:
                    help=f"run only these parts, comma-separated, of: {', '.join(bench.SECTIONS)} (default: all)")
     args = parser.parse_args(argv)
     for module in args.imports:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            parser.error(f"--import {module}: {e}")
+    if args.command in ("devices", "bench"):  # a bad --device or VKLOSS_DEVICE: one line, exit 2, no traceback
+        try:
+            args.device = choose_device(getattr(args, "device", None)).index
+        except (NoVulkanDeviceError, ValueError, TypeError) as e:
+            parser.error(str(e))
     commands = {"compile": cmd_compile, "check": cmd_check, "list": cmd_list, "devices": cmd_devices,
                 "bench": bench.main, "generate": generate.main}
     return commands[args.command](args)

@@ -13,14 +13,14 @@ from . import vk_structs
 TARGET = Path(__file__).resolve().parent.parent / "_graph_ops.py"
 _ANNOTATIONS = {"Tensor": "Tensor", "Float": "Tensor", "Index": "Tensor | np.ndarray",
                 "Tensor|Index": "Tensor | np.ndarray", "float": "float", "int": "int", "bool": "bool", "str": "str",
-                "int[]": "tuple[int, ...]", "Any": "Any"}
+                "int[]": "tuple[int, ...]", "dtype": "str | np.dtype | type", "Any": "Any"}
 
 
 def _annotation(p: schemas.Param) -> str:
     text = _ANNOTATIONS[p.type]
     if p.is_constant_tensor or (p.is_operand and p.optional):
         text = "Tensor | np.ndarray"
-    if p.choices:
+    if p.choices and p.type != "dtype":  # a dtype's set holds names; np.float16 is taken too
         text = "Literal[" + ", ".join(map(repr, p.choices)) + "]"
     return text + (" | None" if p.optional or p.default is None else "")
 

@@ -1,0 +1,30 @@
+"""The command lines answer a bad argument with one line and exit status 2, never a traceback."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import HANG_GUARD
+
+
+def run(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=HANG_GUARD,
+                          env=dict(os.environ, **(env or {})), cwd=cwd)
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (["vkloss.tools", "bench", "--device", "7"], {}, "device='7': no such device"),
+    (["vkloss.tools", "devices"], {"VKLOSS_DEVICE": "7"}, "VKLOSS_DEVICE='7': no such device"),
+    (["vkloss.tools", "--import", "no_such_module", "list"], {}, "--import no_such_module: No module named"),
+])
+def test_tools_refuse_bad_arguments_in_one_line(args, env, says):
+    done = run(*args, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr.strip().splitlines()[-1]
+
+
+def test_train_says_a_plot_path_that_is_a_directory_is_one(tmp_path):
+    done = run("vkloss.train", "--plot", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"cannot write {tmp_path}: it is a directory" in done.stderr
