@@ -12,11 +12,16 @@ if TYPE_CHECKING:
     from .tensor import Tensor
 
 SCHEMAS = {
-    'astype': 'astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor',
     'mean_all': 'mean_all(Tensor x) -> Tensor',
     'sum_all': 'sum_all(Tensor x, *, float scale=1.0) -> Tensor',
     'expand': 'expand(Tensor s, *, int[] shape, float scale=1.0) -> Tensor',
     'count_nonfinite': 'count_nonfinite(Tensor x) -> Tensor',
+    'sum': 'sum(Tensor x, *, int? dim=None, bool keepdim=False) -> Tensor',
+    'mean': 'mean(Tensor x, *, int? dim=None, bool keepdim=False) -> Tensor',
+    'broadcast_axis': 'broadcast_axis(Tensor grad, *, int[] shape, int dim, float scale=1.0) -> Tensor',
+    'reshape': 'reshape(Float x, *, int[] shape) -> Tensor',
+    'transpose': 'transpose(Tensor x, *, int dim0, int dim1) -> Tensor',
+    'astype': 'astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor',
     'bce_loss': "bce_loss(Tensor pred, Tensor labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean') -> Tensor",
     'bce_with_logits_loss': "bce_with_logits_loss(Float logits, Float labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
     'mse_loss': "mse_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
@@ -30,9 +35,19 @@ SCHEMAS = {
     'mul': 'mul(Tensor a, Tensor b) -> Tensor',
     'mul_scalar': 'mul_scalar(Tensor x, Tensor s) -> Tensor',
     'mul_rows': 'mul_rows(Tensor x, Tensor s) -> Tensor',
+    'sub': 'sub(Tensor a, Tensor b) -> Tensor',
+    'div': 'div(Tensor a, Tensor b) -> Tensor',
+    'exp': 'exp(Tensor x) -> Tensor',
+    'log': 'log(Tensor x) -> Tensor',
+    'tanh': 'tanh(Tensor x) -> Tensor',
+    'scale': 'scale(Tensor x, *, float s) -> Tensor',
+    'shift': 'shift(Tensor x, *, float s) -> Tensor',
+    'tanh_backward': 'tanh_backward(Tensor grad, Tensor y) -> Tensor',
     'abs_backward': 'abs_backward(Tensor grad, Tensor x) -> Tensor',
     'relu_backward': 'relu_backward(Tensor grad, Tensor x) -> Tensor',
     'sigmoid_backward': 'sigmoid_backward(Tensor grad, Tensor y) -> Tensor',
+    'embedding': 'embedding(Tensor weight, Index indices) -> Tensor',
+    'embedding_backward': 'embedding_backward(Tensor grad, Index indices, *, int classes) -> Tensor',
     'matmul': 'matmul(Tensor a, Tensor b) -> Tensor',
     'matmul_transposed': 'matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor',
     'sum_rows': 'sum_rows(Tensor x) -> Tensor',
@@ -41,6 +56,9 @@ SCHEMAS = {
     'linear_grad_weight': 'linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)',
     'linear_cross_entropy_with_bias': "linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
     'linear_cross_entropy': "linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
+    'softmax': 'softmax(Tensor x, *, int dim=-1) -> Tensor',
+    'log_softmax': 'log_softmax(Tensor x, *, int dim=-1) -> Tensor',
+    'softmax_backward': 'softmax_backward(Tensor grad, Tensor y, *, int dim=-1, bool log=False) -> Tensor',
 }
 
 
@@ -48,15 +66,6 @@ class Graph:
     """The op methods of vkloss.graph.Graph, which derives from this class."""
 
     SCHEMAS = SCHEMAS
-
-    def astype(self, x: Tensor, *, dtype: str | np.dtype | type) -> Tensor:
-        """
-        astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor
-
-        x as float32, float16 or bfloat16 (rounded to nearest even), as PyTorch's x.to(dtype): how a 16-bit
-        tensor reaches the float32 ops, and back. The gradient comes back in x's dtype.
-        """
-        return self._call_bound('astype', {'x': x, 'dtype': dtype})
 
     def mean_all(self, x: Tensor) -> Tensor:
         """
@@ -91,6 +100,64 @@ class Graph:
         differentiable.
         """
         return self._call_bound('count_nonfinite', {'x': x})
+
+    def sum(self, x: Tensor, *, dim: int | None = None, keepdim: bool = False) -> Tensor:
+        """
+        sum(Tensor x, *, int? dim=None, bool keepdim=False) -> Tensor
+
+        The sum of x along axis `dim` (negative from the end), the axis left out (kept as 1 with keepdim), or of
+        every element with dim=None: shape (1,). PyTorch's torch.sum. Along an axis each output element sums its
+        terms in order with a compensated (Kahan) sum; over everything, a pairwise tree. d/dx: the upstream
+        gradient broadcast back along the axis.
+        """
+        return self._call_bound('sum', {'x': x, 'dim': dim, 'keepdim': keepdim})
+
+    def mean(self, x: Tensor, *, dim: int | None = None, keepdim: bool = False) -> Tensor:
+        """
+        mean(Tensor x, *, int? dim=None, bool keepdim=False) -> Tensor
+
+        The mean of x along axis `dim` (negative from the end), the axis left out (kept as 1 with keepdim), or
+        of every element with dim=None: shape (1,). PyTorch's torch.mean. Along an axis each output element sums
+        its terms in order with a compensated (Kahan) sum; over everything, a pairwise tree. d/dx: the upstream
+        gradient broadcast back along the axis / its size.
+        """
+        return self._call_bound('mean', {'x': x, 'dim': dim, 'keepdim': keepdim})
+
+    def broadcast_axis(self, grad: Tensor, *, shape: tuple[int, ...], dim: int, scale: float = 1.0) -> Tensor:
+        """
+        broadcast_axis(Tensor grad, *, int[] shape, int dim, float scale=1.0) -> Tensor
+
+        `shape`: grad (shape without the axis `dim`, or with it as 1) repeated along that axis, times scale: the
+        backward of sum and mean along an axis. d/dgrad: the sum along the axis, times scale.
+        """
+        return self._call_bound('broadcast_axis', {'grad': grad, 'shape': shape, 'dim': dim, 'scale': scale})
+
+    def reshape(self, x: Tensor, *, shape: tuple[int, ...]) -> Tensor:
+        """
+        reshape(Float x, *, int[] shape) -> Tensor
+
+        x with another shape of as many elements (one size may be -1, inferred): a view of x's buffer, no copy,
+        as PyTorch's reshape of a contiguous tensor. d/dx: the gradient reshaped back.
+        """
+        return self._call_bound('reshape', {'x': x, 'shape': shape})
+
+    def transpose(self, x: Tensor, *, dim0: int, dim1: int) -> Tensor:
+        """
+        transpose(Tensor x, *, int dim0, int dim1) -> Tensor
+
+        x with axes dim0 and dim1 swapped (PyTorch's transpose), as a new tensor: vkloss's tensors are
+        contiguous. d/dx: the gradient transposed back.
+        """
+        return self._call_bound('transpose', {'x': x, 'dim0': dim0, 'dim1': dim1})
+
+    def astype(self, x: Tensor, *, dtype: str | np.dtype | type) -> Tensor:
+        """
+        astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor
+
+        x as float32, float16 or bfloat16 (rounded to nearest even), as PyTorch's x.to(dtype): how a 16-bit
+        tensor reaches the float32 ops, and back. The gradient comes back in x's dtype.
+        """
+        return self._call_bound('astype', {'x': x, 'dtype': dtype})
 
     def bce_loss(
         self,
@@ -261,6 +328,70 @@ class Graph:
         """
         return self._call_bound('mul_rows', {'x': x, 's': s})
 
+    def sub(self, a: Tensor, b: Tensor) -> Tensor:
+        """
+        sub(Tensor a, Tensor b) -> Tensor
+
+        a - b, operands of one shape. d/da = 1, d/db = -1.
+        """
+        return self._call_bound('sub', {'a': a, 'b': b})
+
+    def div(self, a: Tensor, b: Tensor) -> Tensor:
+        """
+        div(Tensor a, Tensor b) -> Tensor
+
+        a / b, operands of one shape. d/da = 1 / b, d/db = -a / b^2.
+        """
+        return self._call_bound('div', {'a': a, 'b': b})
+
+    def exp(self, x: Tensor) -> Tensor:
+        """
+        exp(Tensor x) -> Tensor
+
+        e^x, same shape. d/dx = e^x, from the saved output.
+        """
+        return self._call_bound('exp', {'x': x})
+
+    def log(self, x: Tensor) -> Tensor:
+        """
+        log(Tensor x) -> Tensor
+
+        The natural log, same shape (-inf at 0, NaN below, as PyTorch). d/dx = 1/x.
+        """
+        return self._call_bound('log', {'x': x})
+
+    def tanh(self, x: Tensor) -> Tensor:
+        """
+        tanh(Tensor x) -> Tensor
+
+        tanh(x), same shape. d/dx = 1 - y^2, from the saved output y.
+        """
+        return self._call_bound('tanh', {'x': x})
+
+    def scale(self, x: Tensor, *, s: float) -> Tensor:
+        """
+        scale(Tensor x, *, float s) -> Tensor
+
+        x * s for a number s (x * 2.0), same shape. d/dx = s.
+        """
+        return self._call_bound('scale', {'x': x, 's': s})
+
+    def shift(self, x: Tensor, *, s: float) -> Tensor:
+        """
+        shift(Tensor x, *, float s) -> Tensor
+
+        x + s for a number s (x + 1.0), same shape. d/dx = 1.
+        """
+        return self._call_bound('shift', {'x': x, 's': s})
+
+    def tanh_backward(self, grad: Tensor, y: Tensor) -> Tensor:
+        """
+        tanh_backward(Tensor grad, Tensor y) -> Tensor
+
+        grad * (1 - y^2), y = tanh(x).
+        """
+        return self._call_bound('tanh_backward', {'grad': grad, 'y': y})
+
     def abs_backward(self, grad: Tensor, x: Tensor) -> Tensor:
         """
         abs_backward(Tensor grad, Tensor x) -> Tensor
@@ -284,6 +415,27 @@ class Graph:
         grad * y * (1 - y), y = sigmoid(x).
         """
         return self._call_bound('sigmoid_backward', {'grad': grad, 'y': y})
+
+    def embedding(self, weight: Tensor, indices: Tensor | np.ndarray) -> Tensor:
+        """
+        embedding(Tensor weight, Index indices) -> Tensor
+
+        indices' shape + [dim]: the rows of weight [classes, dim] that indices (an int32 Tensor or an integer
+        numpy array, any shape) name, PyTorch's F.embedding(indices, weight). An index outside [0, classes)
+        raises ValueError at the next host read. d/dweight: each row the sum of the upstream gradient's rows
+        that looked it up, added in index order by one invocation per element (no atomics: the same on every
+        run); that costs classes x indices comparisons per feature, fine for the vocabularies of the examples.
+        """
+        return self._call_bound('embedding', {'weight': weight, 'indices': indices})
+
+    def embedding_backward(self, grad: Tensor, indices: Tensor | np.ndarray, *, classes: int) -> Tensor:
+        """
+        embedding_backward(Tensor grad, Index indices, *, int classes) -> Tensor
+
+        [classes, dim]: the gradient of embedding's weight, the rows of grad summed per index in a fixed order.
+        Not differentiable.
+        """
+        return self._call_bound('embedding_backward', {'grad': grad, 'indices': indices, 'classes': classes})
 
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
         """
@@ -403,3 +555,32 @@ class Graph:
         their own dtype.
         """
         return self._call_bound('linear_cross_entropy', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes})
+
+    def softmax(self, x: Tensor, *, dim: int = -1) -> Tensor:
+        """
+        softmax(Tensor x, *, int dim=-1) -> Tensor
+
+        exp(x) / sum exp(x) along axis `dim` (default the last), PyTorch's torch.softmax: one kernel over each
+        row, relative to the row's max (a masked -inf element gives 0; a row of only -inf, NaN). d/dx = y (g -
+        sum g y), in one kernel too.
+        """
+        return self._call_bound('softmax', {'x': x, 'dim': dim})
+
+    def log_softmax(self, x: Tensor, *, dim: int = -1) -> Tensor:
+        """
+        log_softmax(Tensor x, *, int dim=-1) -> Tensor
+
+        x - log sum exp(x) along axis `dim` (default the last), PyTorch's torch.log_softmax: one kernel over
+        each row, relative to the row's max (a masked -inf element gives -inf; a row of only -inf, NaN). d/dx =
+        g - softmax(x) sum g, in one kernel too.
+        """
+        return self._call_bound('log_softmax', {'x': x, 'dim': dim})
+
+    def softmax_backward(self, grad: Tensor, y: Tensor, *, dim: int = -1, log: bool = False) -> Tensor:
+        """
+        softmax_backward(Tensor grad, Tensor y, *, int dim=-1, bool log=False) -> Tensor
+
+        The gradient of softmax (log: log_softmax) from its output y and the upstream gradient. Not
+        differentiable.
+        """
+        return self._call_bound('softmax_backward', {'grad': grad, 'y': y, 'dim': dim, 'log': log})

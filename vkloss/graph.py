@@ -306,6 +306,8 @@ class Graph(_graph_ops.Graph):
         out_layouts = tuple(buffer_layout(math.prod(shape), out_dtype if n == 0 else np.float32)
                             for n, shape in enumerate(shapes))
         given = [_buffer_of(t) for t in tensors] + [t.buffer for t in constants.values()]
+        if op.view:  # the operand's buffer under the new shape
+            return self._record(op, tensors, options, shapes, given[:1], out_dtype, differentiable, (), None)
         outs = [self._engine.alloc(*layout) for layout in out_layouts]
         tracer = Tracer(self._engine, given + outs) if key is not None and not in_place else None
         ctx = registry.ForwardContext(tracer or self._engine, op, tuple(_shape_of(t) for t in tensors), outs, needs,

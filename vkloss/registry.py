@@ -68,6 +68,7 @@ class Op:
     out_dtype: Callable | None = None  # (operand dtypes, **options) -> the output's dtype; None: float32
     module: str = ""  # where it was declared
     plannable: bool = False  # a repeated call may run its launch plan (vkloss/plans.py)
+    view: bool = False  # its output is its first operand's buffer under another shape: no forward, no copy
 
     @functools.cached_property
     def operand_names(self) -> tuple:
@@ -207,7 +208,8 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
                 shape: Callable | None = None, push: Callable | None = None, invocations: Callable | None = None,
                 defines: dict | None = None, backward=Backward.NONE, forward: Callable | None = None,
                 compose: Callable | None = None, kernels: tuple = (), doc: str = "", validate: bool = True,
-                inplace_option: str | None = None, grad_inputs: tuple = (), out_dtype: Callable | None = None) -> Op:
+                inplace_option: str | None = None, grad_inputs: tuple = (), out_dtype: Callable | None = None,
+                view: bool = False) -> Op:
     """Declare an op; it then exists as the method `Graph.<name>` and in `python -m vkloss.tools list`.
 
     name: a Python identifier that neither an op nor Graph uses yet.
@@ -232,6 +234,7 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
         for (default: the first).
     out_dtype(operand_dtypes, **options): the output's dtype, for an op whose forward writes 16-bit values into
         `ctx.out` (two to a uint32 word); default float32.
+    view: the output is the first operand's buffer under the shape the shape rule gives (reshape): no forward.
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
@@ -240,7 +243,7 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
     if name in _graph_names():
         raise ValueError(f"register_op: {name!r} is already a Graph attribute (g.{name}), so an op of that name "
                          "could never be called; choose another name")
-    if compose is None and shader is None and forward is None:
+    if compose is None and shader is None and forward is None and not view:
         raise ValueError(f"register_op {name}: give a shader, a forward (with its kernels), or compose=")
     if compose is None and shape is None:
         raise ValueError(f"register_op {name}: give shape=, the rule (*operand_shapes, **options) -> output shape")
@@ -275,9 +278,9 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
     op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc), shape=_explained(name, shape, signature.outputs),
             forward=forward, backward=_scaled_saved_grads if kind is Backward.FUSED else backward if callable(backward)
             else None, compose=compose, kernels=tuple(kernels), shader_variants=variants, inplace_option=inplace_option,
-            grad_inputs=grad_inputs, out_dtype=out_dtype, module=module,
+            grad_inputs=grad_inputs, out_dtype=out_dtype, module=module, view=view,
             # vkloss's own forwards and a user's shader go through their context alone; a user's forward may not
-            plannable=compose is None and (bool(variants) or module.split(".")[0] == __package__))
+            plannable=compose is None and not view and (bool(variants) or module.split(".")[0] == __package__))
     _OPS[name] = op
     for listener in _listeners:
         listener(op)

@@ -69,6 +69,11 @@ def decode16(words: np.ndarray, n: int, dtype) -> np.ndarray:
     return halves.view(np.float16)
 
 
+def _number(value) -> bool:
+    """A Python or numpy real number (not a bool): the scalar side of an operator."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 class Tensor:
     """A tensor on a Graph's device: float32; int32 for class indices (`g.tensor(labels, dtype=np.int32)`); or
     16-bit floats, float16 or bfloat16 (`g.tensor(logits, dtype="bfloat16")`), which the fused losses read.
@@ -158,6 +163,101 @@ class Tensor:
     def backward(self, retain_graph: bool = False) -> None:
         """Same as `graph.backward(self, retain_graph)`."""
         self.graph.backward(self, retain_graph=retain_graph)
+
+    # ---- PyTorch's operators and methods: thin sugar over the Graph's ops, with their gradients ------------------
+    __array_ufunc__ = None  # numpy defers to these operators: np.float32(2) * t is t.__rmul__
+
+    def _with(self, other):
+        """(self, other) with a tensor of shape (1,) on either side expanded to the other's shape (PyTorch broadcasts
+        a one-element tensor; the other broadcasts are the ops' own, as add's bias row)."""
+        if isinstance(other, Tensor) and other.shape != self.shape:
+            if other.shape == (1,):
+                return self, self.graph.expand(other, shape=self.shape)
+            if self.shape == (1,):
+                return self.graph.expand(self, shape=other.shape), other
+        return self, other
+
+    def __add__(self, other):
+        return self.graph.shift(self, s=float(other)) if _number(other) else self.graph.add(*self._with(other))
+
+    def __radd__(self, other):
+        return self.graph.shift(self, s=float(other)) if _number(other) else NotImplemented
+
+    def __sub__(self, other):
+        return self.graph.shift(self, s=-float(other)) if _number(other) else self.graph.sub(*self._with(other))
+
+    def __rsub__(self, other):
+        return self.graph.shift(self.graph.neg(self), s=float(other)) if _number(other) else NotImplemented
+
+    def __mul__(self, other):
+        if _number(other):
+            return self.graph.scale(self, s=float(other))
+        if isinstance(other, Tensor) and other.shape != self.shape and (1,) in (other.shape, self.shape):
+            big, one = (self, other) if other.shape == (1,) else (other, self)
+            return self.graph.mul_scalar(big, one)  # a (1,) tensor scales the other, as PyTorch broadcasts it
+        return self.graph.mul(self, other)
+
+    def __rmul__(self, other):
+        return self.graph.scale(self, s=float(other)) if _number(other) else NotImplemented
+
+    def __truediv__(self, other):
+        return self.graph.scale(self, s=1.0 / float(other)) if _number(other) else self.graph.div(*self._with(other))
+
+    def __rtruediv__(self, other):
+        if not _number(other):
+            return NotImplemented
+        numerator = self.graph.expand(self.graph.tensor(np.array([float(other)], np.float32)), shape=self.shape)
+        return self.graph.div(numerator, self)
+
+    def __matmul__(self, other):
+        return self.graph.matmul(self, other)
+
+    def __neg__(self):
+        return self.graph.neg(self)
+
+    def sum(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
+        return self.graph.sum(self, dim=dim, keepdim=keepdim)
+
+    def mean(self, dim: int | None = None, keepdim: bool = False) -> "Tensor":
+        return self.graph.mean(self, dim=dim, keepdim=keepdim)
+
+    def relu(self) -> "Tensor":
+        return self.graph.relu(self)
+
+    def sigmoid(self) -> "Tensor":
+        return self.graph.sigmoid(self)
+
+    def exp(self) -> "Tensor":
+        return self.graph.exp(self)
+
+    def log(self) -> "Tensor":
+        return self.graph.log(self)
+
+    def tanh(self) -> "Tensor":
+        return self.graph.tanh(self)
+
+    def softmax(self, dim: int = -1) -> "Tensor":
+        return self.graph.softmax(self, dim=dim)
+
+    def log_softmax(self, dim: int = -1) -> "Tensor":
+        return self.graph.log_softmax(self, dim=dim)
+
+    def reshape(self, *shape) -> "Tensor":
+        """t.reshape(3, 2) or t.reshape((3, 2)); one size may be -1."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return self.graph.reshape(self, shape=shape)
+
+    def transpose(self, dim0: int, dim1: int) -> "Tensor":
+        return self.graph.transpose(self, dim0=dim0, dim1=dim1)
+
+    @property
+    def T(self) -> "Tensor":
+        """The transpose of a 2-D tensor (a 1-D one as it is), as PyTorch's .T."""
+        if self.ndim > 2:
+            raise ValueError(f".T takes a tensor of at most 2 dimensions, this one has shape {self.shape}; use "
+                             "transpose(dim0, dim1)")
+        return self if self.ndim < 2 else self.graph.transpose(self, dim0=0, dim1=1)
 
     def __repr__(self) -> str:
         flags = ", requires_grad=True" if self.requires_grad else ""

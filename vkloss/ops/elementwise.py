@@ -4,11 +4,12 @@ from __future__ import annotations
 from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches
 from ..registry import Backward, register_op
 
-UNARY = ("neg", "abs", "sigmoid", "relu")
-BINARY = ("add", "add_row", "mul", "mul_scalar", "mul_rows", "abs_backward", "relu_backward", "sigmoid_backward")
+UNARY = ("neg", "abs", "sigmoid", "relu", "exp", "log", "tanh", "scale", "shift")
+BINARY = ("add", "add_row", "sub", "mul", "div", "mul_scalar", "mul_rows", "abs_backward", "relu_backward",
+          "sigmoid_backward", "tanh_backward")
 
 ELEMENTWISE = Kernel(
-    "elementwise.comp", push="uint n, uint cols = 0",
+    "elementwise.comp", push="uint n, uint cols = 0, float s = 0.0",
     switches={"op": UNARY + BINARY, **ACCESS_SWITCHES}, allowed=lambda op, vec4, wide: access_allowed(vec4, wide),
     bindings=lambda op, **_: ((["x"] if op in UNARY else ["a", "b"]), ["y"]),
 )
@@ -20,21 +21,25 @@ def same_shape(name, a, b):
     return a
 
 
-def _dispatch(ctx, op: str, cols: int = 0, **operands):
+def _dispatch(ctx, op: str, cols: int = 0, s: float = 0.0, **operands):
     """One invocation per access of `width` elements: a broadcast row of `cols` (add_row's bias, mul_rows' rows)
     must hold whole accesses."""
     n = ctx.out.size
     width = ctx.access_width(n, *([cols] if cols else []))
     ctx.dispatch(ELEMENTWISE.variant(op=op, **access_switches(width)), ctx.groups_for(n // width),
-                 push={"n": n // width, "cols": cols // width}, y=ctx.out, **operands)
+                 push={"n": n // width, "cols": cols // width, "s": s}, y=ctx.out, **operands)
 
 
 def elementwise(name, schema, doc, backward=Backward.NONE, shape=None, op=None):
-    """Declare one elementwise op: the OP_<NAME> variant of elementwise.comp, one invocation per output element."""
+    """Declare one elementwise op: the OP_<NAME> variant of elementwise.comp, one invocation per output element
+    (its float option `s`, if the schema has one, the kernel's scalar)."""
     unary = (op or name) in UNARY
 
-    def forward(ctx, *operands):
-        _dispatch(ctx, op or name, **dict(zip(("x",) if unary else ("a", "b"), operands)))
+    def forward(ctx, *operands, s=0.0):
+        _dispatch(ctx, op or name, s=s, **dict(zip(("x",) if unary else ("a", "b"), operands)))
+
+    if shape is None and "float s" in schema:
+        shape = lambda x, s: x  # noqa: E731
 
     return register_op(name, schema=schema, doc=doc, backward=backward, forward=forward, kernels=(ELEMENTWISE,),
                        shape=shape or ((lambda x: x) if unary else (lambda a, b: same_shape(name, a, b))))
@@ -102,6 +107,23 @@ register_op(
     doc="x * s[row]: x [rows, cols], s [rows], each row of x times its entry of s (the backward of a per-row loss "
         "such as cross_entropy_loss(reduction='none')). Not differentiable.",
 )
+elementwise("sub", "sub(Tensor a, Tensor b) -> Tensor", "a - b, operands of one shape. d/da = 1, d/db = -1.",
+            backward=lambda ctx, grad: (grad, ctx.g.neg(grad) if ctx.needs[1] else None))
+elementwise("div", "div(Tensor a, Tensor b) -> Tensor", "a / b, operands of one shape. d/da = 1 / b, d/db = -a / b^2.",
+            backward=lambda ctx, grad: (ctx.g.div(grad, ctx.inputs[1]) if ctx.needs[0] else None,
+                                        ctx.g.neg(ctx.g.div(ctx.g.mul(grad, ctx.output), ctx.inputs[1]))
+                                        if ctx.needs[1] else None))
+elementwise("exp", "exp(Tensor x) -> Tensor", "e^x, same shape. d/dx = e^x, from the saved output.",
+            backward=lambda ctx, grad: (ctx.g.mul(grad, ctx.output),))
+elementwise("log", "log(Tensor x) -> Tensor", "The natural log, same shape (-inf at 0, NaN below, as PyTorch). d/dx = 1/x.",
+            backward=lambda ctx, grad: (ctx.g.div(grad, ctx.inputs[0]),))
+elementwise("tanh", "tanh(Tensor x) -> Tensor", "tanh(x), same shape. d/dx = 1 - y^2, from the saved output y.",
+            backward=lambda ctx, grad: (ctx.g.tanh_backward(grad, ctx.output),))
+elementwise("scale", "scale(Tensor x, *, float s) -> Tensor", "x * s for a number s (x * 2.0), same shape. d/dx = s.",
+            backward=lambda ctx, grad: (ctx.g.scale(grad, s=ctx.attrs["s"]),))
+elementwise("shift", "shift(Tensor x, *, float s) -> Tensor", "x + s for a number s (x + 1.0), same shape. d/dx = 1.",
+            backward=lambda ctx, grad: (grad,))
+elementwise("tanh_backward", "tanh_backward(Tensor grad, Tensor y) -> Tensor", "grad * (1 - y^2), y = tanh(x).")
 elementwise("abs_backward", "abs_backward(Tensor grad, Tensor x) -> Tensor",
             "grad * sign(x) (sign(0) = 0): the gradient of abs.")
 elementwise("relu_backward", "relu_backward(Tensor grad, Tensor x) -> Tensor",

@@ -79,13 +79,16 @@ def op_table() -> list[tuple[str, str, str, str]]:
 
 
 def markdown_op_table() -> str:
-    """The README's ops table: each op of vkloss itself with its signature and how it differentiates."""
+    """The README's ops table: each differentiable op of vkloss itself with its signature and how it
+    differentiates, then the kernels that backward rules use (not differentiable) on one line."""
+    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.")]
     lines = ["| signature | shader | backward |", "|---|---|---|"]
-    for op in registry.all_ops():
-        if op.module.startswith("vkloss."):
+    for op in ops:
+        if op.backward_kind is not registry.Backward.NONE:
             signature = op.schema.text().replace("|", "\\|")  # a set's bars would end the table's cell
             lines.append(f"| `{signature}` | {op.shader or '(composed)'} | {op.backward_kind} |")
-    return "\n".join(lines)
+    helpers = ", ".join(f"`{op.name}`" for op in ops if op.backward_kind is registry.Backward.NONE)
+    return "\n".join(lines) + f"\n\nNot differentiable, the kernels of backward rules and checks: {helpers}."
 
 
 def cmd_list(args) -> int:
