@@ -3,6 +3,7 @@ from .device import DeviceInfo, devices
 from .errors import (CaptureError, DeviceMemoryError, NoVulkanDeviceError, ShaderCheckError, ShaderCompileError,
                      VkLossError)
 from . import optim
+from .checkpoint import load, save
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Graph
 from .registry import Backward, ForwardContext, register_op, unregister_op
@@ -11,5 +12,5 @@ from . import ops  # noqa: E402,F401  (registers the built-in ops, after Graph e
 
 __all__ = ["Graph", "Tensor", "devices", "optim", "register_op", "unregister_op", "Backward", "ForwardContext",
            "gradcheck", "GradcheckError", "DeviceInfo", "VkLossError", "NoVulkanDeviceError", "ShaderCompileError",
-           "ShaderCheckError", "DeviceMemoryError", "CaptureError"]
+           "ShaderCheckError", "DeviceMemoryError", "CaptureError", "save", "load"]
 __version__ = "0.1.0"

@@ -73,6 +73,9 @@ class Optimizer:
         self._check_open("creating it")
         self.engine = self.graph.engine
         self._group = group_size(self.graph.device, self.MODE)
+        # parameters updated at least once (a captured step replays the set its recording updated, so this stays
+        # right): PyTorch keeps state only for those
+        self.stepped: set[int] = set()
 
     def _check_open(self, what: str) -> None:
         if self.graph.closed:
@@ -95,6 +98,7 @@ class Optimizer:
         stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
         for index in stepped:
             self.params[index].version += 1  # updated in place: a pending backward that needs it will say so
+        self.stepped.update(stepped)
         for start in range(0, len(stepped), self._group):
             self._dispatch(stepped[start:start + self._group])
         if stepped:
@@ -127,6 +131,49 @@ class Optimizer:
     def _after_updates(self) -> None:
         pass
 
+    # ---- state, as PyTorch's state_dict -----------------------------------------------------------------------
+    HYPERPARAMETERS: tuple = ("lr",)
+
+    def state_dict(self) -> dict:
+        """PyTorch's layout: {"state": {parameter index: {name: numpy array or float}}, "param_groups": [{
+        hyperparameters, "params": [indices]}]}, read from the device in one flush."""
+        return {"state": self._state_entries(), "param_groups": [{**self._hyperparameters(),
+                                                                  "params": list(range(len(self.params)))}]}
+
+    def check_state_dict(self, state: dict) -> None:
+        """ValueError, naming the parameter and the shapes, unless `state` fits these parameters."""
+        groups = state.get("param_groups")
+        if not isinstance(groups, list) or len(groups) != 1 or list(groups[0].get("params", ())) != list(
+                range(len(self.params))):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected one parameter group of the "
+                             f"{len(self.params)} parameters, got {groups!r:.200}")
+        missing = [k for k in self.HYPERPARAMETERS if k not in groups[0]]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the group lacks {', '.join(missing)}")
+        for index, entries in state.get("state", {}).items():
+            if not 0 <= int(index) < len(self.params):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: state for parameter {index}, of "
+                                 f"{len(self.params)}")
+            shape = self.params[int(index)].shape
+            for key, value in entries.items():
+                if key != "step" and np.shape(value) not in (shape, (int(np.prod(shape)),)):
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: {key} of parameter {index} has shape "
+                                     f"{np.shape(value)}; the parameter has shape {shape}")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take a state_dict's hyperparameters and state (onto the device), as PyTorch's load_state_dict. Load it
+        before capturing a step: a captured step keeps the hyperparameters it was recorded with."""
+        self.check_state_dict(state)
+        self._check_open("load_state_dict()")
+        self._set_hyperparameters(state["param_groups"][0])
+        self._load_entries({int(k): v for k, v in state.get("state", {}).items()})
+
+    def _hyperparameters(self) -> dict:
+        return {"lr": self.lr}
+
+    def _set_hyperparameters(self, group: dict) -> None:
+        self.lr = float(group["lr"])
+
 
 class SGD(Optimizer):
     """torch.optim.SGD: param -= lr * velocity, velocity = momentum * velocity + grad."""
@@ -145,6 +192,28 @@ class SGD(Optimizer):
 
     def _slot_state(self) -> dict:
         return {"state1": self.velocity}
+
+    HYPERPARAMETERS = ("lr", "momentum")
+
+    def _hyperparameters(self) -> dict:
+        return {"lr": self.lr, "momentum": self.momentum, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False}
+
+    def _set_hyperparameters(self, group: dict) -> None:
+        self.lr, self.momentum = float(group["lr"]), float(group["momentum"])
+
+    def _state_entries(self) -> dict:
+        if not self.momentum:
+            return {}
+        values = self.engine.read(self.velocity)
+        return {index: {"momentum_buffer": v.reshape(p.shape)} for index, (p, v) in
+                enumerate(zip(self.params, values)) if index in self.stepped}
+
+    def _load_entries(self, entries: dict) -> None:
+        self.stepped = {index for index, entry in entries.items() if "momentum_buffer" in entry}
+        for index, buffer in enumerate(self.velocity):
+            value = entries.get(index, {}).get("momentum_buffer")
+            self.engine.upload_into(buffer, np.zeros(buffer.size, np.float32) if value is None else
+                                    np.asarray(value, np.float32).reshape(-1))
 
 
 class Adam(Optimizer):
@@ -179,3 +248,34 @@ class Adam(Optimizer):
 
     def _after_updates(self) -> None:
         self.engine.copy(self.next_steps, self.steps)  # this step's counts are the next step's
+
+    HYPERPARAMETERS = ("lr", "betas", "eps")
+
+    def _hyperparameters(self) -> dict:
+        return {"lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps, "weight_decay": 0.0,
+                "amsgrad": False}
+
+    def _set_hyperparameters(self, group: dict) -> None:
+        self.lr, self.eps = float(group["lr"]), float(group["eps"])
+        self.beta1, self.beta2 = (float(b) for b in group["betas"])
+
+    def _state_entries(self) -> dict:
+        """Each parameter stepped at least once, as PyTorch keeps it: its step count, m and v."""
+        values = self.engine.read([self.steps, *self.m, *self.v])
+        steps, n = values[0], len(self.params)
+        return {index: {"step": float(steps[index]), "exp_avg": values[1 + index].reshape(p.shape),
+                        "exp_avg_sq": values[1 + n + index].reshape(p.shape)}
+                for index, p in enumerate(self.params) if steps[index] > 0}
+
+    def _load_entries(self, entries: dict) -> None:
+        steps = np.zeros(len(self.params), np.float32)
+        self.stepped = set(entries)
+        for index, param in enumerate(self.params):
+            entry = entries.get(index, {})
+            steps[index] = float(np.asarray(entry.get("step", 0.0)).reshape(-1)[0])
+            for buffer, key in ((self.m[index], "exp_avg"), (self.v[index], "exp_avg_sq")):
+                value = entry.get(key)
+                self.engine.upload_into(buffer, np.zeros(buffer.size, np.float32) if value is None else
+                                        np.asarray(value, np.float32).reshape(-1))
+        self.engine.upload_into(self.steps, steps)
+        self.engine.upload_into(self.next_steps, steps)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import optim, reference
+from . import checkpoint as checkpoints
 from .device import choose_device
 from .errors import NoVulkanDeviceError
 from .graph import Graph
@@ -137,11 +138,20 @@ class Run:
     buffers_at_end: int = 0
 
 
-def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress, eager: bool = False) -> Run:
+def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress, eager: bool = False,
+                 checkpoint: str | None = None, resume: bool = False, seed: int = 0) -> Run:
     params = [g.parameter(a.T if a.ndim == 2 else a) for layer in weights for a in layer]  # [out, in] as nn.Linear
+    named = {f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": p for i, p in enumerate(params)}
     opt = optim.Adam(params, lr=task.lr) if task.optimizer == "adam" else optim.SGD(params, lr=task.lr, momentum=0.9)
     loss_fn = getattr(g, task.loss)
     run = Run()
+    identity = {"task": task.name, "seed": seed, "batch_size": task.batch_size, "lr": task.lr,
+                "optimizer": task.optimizer, "epochs": len(plan)}
+    if resume and checkpoint and os.path.exists(checkpoint):
+        saved = checkpoints.load(checkpoint, named, optimizer=opt)  # before the step is captured: it keeps what it recorded
+        if {k: saved.get(k) for k in identity if k != "epochs"} != {k: v for k, v in identity.items() if k != "epochs"}:
+            raise ValueError(f"{checkpoint} is from another run ({saved}); this one is {identity}")
+        run.losses = list(saved["losses"])
     start, submissions = time.perf_counter(), g.stats["submissions"]
     x = g.tensor(data.x_train[plan[0][0]])  # refilled every step: the same buffers, the same compiled kernels
     y = g.tensor(data.y_train[plan[0][0]])
@@ -160,9 +170,11 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress, eage
     def finish_epoch(copies):
         run.losses.append(sum(copy.result() * n for copy, n in copies) / sum(n for _, n in copies))
         progress(len(run.losses), len(plan), run.losses[-1])
+        if checkpoint:  # every epoch, atomically: a run stopped at any point resumes from the last whole epoch
+            checkpoints.save(checkpoint, named, optimizer=opt, metadata={**identity, "losses": run.losses})
 
     previous = None  # the last epoch's loss copies, summed once the next epoch has run: no wait between epochs
-    for epoch, epoch_batches in enumerate(plan):
+    for epoch_batches in plan[len(run.losses):]:
         losses = []
         for idx in epoch_batches:
             x.copy_(data.x_train[idx])
@@ -177,7 +189,11 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress, eage
         if previous is not None:
             finish_epoch(previous)
         previous = losses
-    finish_epoch(previous)
+        if checkpoint:  # the parameters are read for the file now: the epoch's losses are there too
+            finish_epoch(previous)
+            previous = None
+    if previous is not None:
+        finish_epoch(previous)
     run.seconds = time.perf_counter() - start
     run.submissions = g.stats["submissions"] - submissions
     run.algorithms_at_end = g.stats["algorithms_created"]
@@ -276,6 +292,23 @@ def _png_path(text: str) -> str:
     return text
 
 
+def _checkpoint_path(text: str) -> str:
+    folder = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: it is a directory; give a file name")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {folder} is not a writable folder")
+    return text
+
+
+def checkpoint_for(path: str | None, task: str, tasks: list) -> str | None:
+    """The checkpoint file of `task`: `path` itself for one task, else path with the task's name before its suffix."""
+    if not path or len(tasks) == 1:
+        return path
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}.{task}{suffix}"
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(prog="python -m vkloss.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -292,9 +325,16 @@ def parse(argv):
     parser.add_argument("--plot", default="vkloss-train.png", metavar="PATH", type=_png_path,
                         help="PNG of the loss curves (default: vkloss-train.png here); '' for none")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--checkpoint", metavar="PATH", type=_checkpoint_path,
+                        help="save the parameters and the optimizer's state to PATH (safetensors) after every epoch, "
+                             "atomically (with several tasks, one file each: PATH's name gets the task's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from --checkpoint where it exists: bit-identical to a run never stopped")
     parser.add_argument("--eager", action="store_true",
                         help="run each step op by op, instead of recording it once and replaying it (g.capture)")
     args = parser.parse_args(argv)
+    if args.resume and not args.checkpoint:
+        parser.error("--resume continues from --checkpoint PATH: give both")
     try:
         args.device_info = choose_device(args.device)
     except (NoVulkanDeviceError, ValueError, TypeError) as e:
@@ -323,7 +363,12 @@ def main(argv=None) -> int:
             except ValueError as e:
                 print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
                 return 2
-            vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet, task.epochs), args.eager)
+            try:
+                vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet, task.epochs),
+                                  args.eager, checkpoint_for(args.checkpoint, name, names), args.resume, args.seed)
+            except ValueError as e:  # a checkpoint of another run, or a bad file: one line
+                print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
+                return 2
             ref = train_reference(task, data, weights, plan)
             results.append((task, vk, ref))
     print(summary(results))
