@@ -27,9 +27,14 @@
 //                 sum a -> partials[4 per chunk].
 //   MODE_COMBINE: one invocation per row: merge its chunks' partials -> row loss, and max, log-sum and A.
 //   MODE_GRAD:    one invocation per element: grad from row_stats. No loops.
+//   MODE_ROW_Z:   one workgroup per row: its z-loss alone, for return_z_loss (a pass of its own, only then).
 // INPLACE: the gradient is written over the logits (binding `pred` moves to the outputs, read then written by the same
 // invocation, element by element), so the loss needs no buffer of the logits' size.
 // Per-invocation loops stay short for any size (chunk / WG and chunks per row), well under lavapipe's limit.
+// Liger-Kernel's options are push constants, 0 when off (a uniform branch: no variant of their own):
+//   softcap: each logit is read as softcap tanh(logit / softcap), and its gradient times 1 - (capped / softcap)^2;
+//   z_scale (z-loss): z_scale lse^2 is added to a counted row's loss, lse = log sum exp of the (capped) logits, and
+//   2 z_scale lse softmax to its gradient: A grows by 2 z_scale lse.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "losses.glsl"
@@ -95,6 +100,11 @@ layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { STORED weight[]; };
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
 #endif
 
+float capped(float v) { return p.softcap > 0.0 ? p.softcap * tanh_accurate(v / p.softcap) : v; }
+vec4 capped(vec4 v) { return p.softcap > 0.0 ? p.softcap * tanh_accurate(v / p.softcap) : v; }
+float cap_slope(float y) { return p.softcap > 0.0 ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
+vec4 cap_slope(vec4 y) { return p.softcap > 0.0 ? 1.0 - (y / p.softcap) * (y / p.softcap) : vec4(1.0); }
+
 // The gradient's scale: with NORM_BUFFER 1 / norm, +inf where the counted rows' weights sum to 0 (the row losses are
 // summed first, then divided).
 float grad_scale() {
@@ -121,6 +131,10 @@ RowTarget row_target(uint row) {
     r.spread = r.counted ? p.smoothing / float(p.classes) : 0.0;
     return r;
 }
+
+// The z-loss of a row whose log-sum-exp is lse, and what it adds to A.
+float z_loss(RowTarget r, float lse) { return r.counted && p.z_scale != 0.0 ? p.z_scale * lse * lse : 0.0; }
+float z_coefficient(RowTarget r, float lse) { return r.counted && p.z_scale != 0.0 ? 2.0 * p.z_scale * lse : 0.0; }
 
 // Class indices outside [0, classes) that are not ignore_index: the row kernels (and COMBINE) flag their row in `bad`,
 // which the engine counts and raises on at the next host read.
@@ -197,24 +211,26 @@ void main() {
     RowTarget r = row_target(row);
     uint base = row * p.classes;
     float m = NEG_INF;
-    for (uint c = 0; c < p.classes; ++c) m = nan_max(m, pred[base + c]);
+    for (uint c = 0; c < p.classes; ++c) m = nan_max(m, capped(pred[base + c]));
     float sum_exp = 0.0, a_dot = 0.0, a_sum = 0.0;
     for (uint c = 0; c < p.classes; ++c) {
-        float shifted = pred[base + c] - m;
+        float shifted = capped(pred[base + c]) - m;
         float a = coefficient(r, base + c, c);
         sum_exp += exp(shifted);
         a_dot += weighted_shift(a, shifted);
         a_sum += a;
     }
     float log_sum = log_accurate(sum_exp);
-    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0);
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r, m + log_sum);
     FLAG_BAD(row, r);
 #if WRITE_GRAD
     float scale = grad_scale();
+    a_sum += z_coefficient(r, m + log_sum);
     for (uint c = 0; c < p.classes; ++c) {
-        float softmax = exp(pred[base + c] - m - log_sum);
+        float y = capped(pred[base + c]);
+        float softmax = exp(y - m - log_sum);
         float a = coefficient(r, base + c, c);
-        GRAD_OUT[base + c] = r.counted ? (softmax * a_sum - a) * scale : 0.0;
+        GRAD_OUT[base + c] = r.counted ? (softmax * a_sum - a) * scale * cap_slope(y) : 0.0;
     }
 #endif
 }
@@ -232,6 +248,7 @@ void main() {
 // The PER_LOAD ELEMENTs of the k-th access of the row, at flat access index i of the matrix: logits v, coefficients a.
 void load_row(RowTarget r, uint i, uint k, out ELEMENT v[PER_LOAD], out ELEMENT a[PER_LOAD]) {
     LOAD_PRED_SPLIT(i, v);
+    [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) v[h] = capped(v[h]);
 #if WIDE
     ELEMENT t[2], w[2] = ELEMENT[2](ELEMENT(1.0), ELEMENT(1.0));
 #if TARGET_INDEX
@@ -299,19 +316,19 @@ void main() {
     vec4 sums = workgroup_sum4(vec4(s_own * exp(m_own - m), a_own - rebase, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
     if (gl_LocalInvocationID.x == 0) {
-        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0);
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) + z_loss(r, m + log_sum);
         FLAG_BAD(row, r);
     }
 #if WRITE_GRAD
     // grad = softmax * A * scale - a * scale, softmax = exp((p - m) - log_sum): never m + log_sum, which rounds
     // log_sum away where the logits are large (|m| ~ 3e4 has float32 spacing 0.002)
     float scale = r.counted ? grad_scale() : 0.0;
-    float a_scale = sums.z * scale;
+    float a_scale = (sums.z + z_coefficient(r, m + log_sum)) * scale;
     for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
         ELEMENT v[PER_LOAD], a[PER_LOAD], g[PER_LOAD];
         load_row(r, base + k, k, v, a);
         [[unroll]] for (uint h = 0; h < PER_LOAD; ++h)
-            g[h] = r.counted ? exp((v[h] - m) - log_sum) * a_scale - a[h] * scale : ELEMENT(0.0);
+            g[h] = r.counted ? (exp((v[h] - m) - log_sum) * a_scale - a[h] * scale) * cap_slope(v[h]) : ELEMENT(0.0);
         STORE_GRAD_JOINED(base + k, g);
     }
 #endif
@@ -336,7 +353,7 @@ void main() {
     float m_own = NEG_INF;
     [[unroll]] for (uint j = 0; j < VALUES; ++j) {
         uint k = gl_LocalInvocationID.x + j * WG;
-        v[j] = k < width ? LOAD_PRED(base + k) : vec4(NEG_INF);
+        v[j] = k < width ? capped(LOAD_PRED(base + k)) : vec4(NEG_INF);
         m_own = max(m_own, HMAX(v[j]));
     }
     float m = workgroup_max(m_own);
@@ -353,17 +370,18 @@ void main() {
     vec4 sums = workgroup_sum4(vec4(s_own, a_own, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
     if (gl_LocalInvocationID.x == 0) {
-        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0);
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) + z_loss(r, m + log_sum);
         FLAG_BAD(row, r);
     }
 #if WRITE_GRAD
     float scale = r.counted ? grad_scale() : 0.0;
-    float a_scale = sums.z * scale;
+    float a_scale = (sums.z + z_coefficient(r, m + log_sum)) * scale;
     [[unroll]] for (uint j = 0; j < VALUES; ++j) {
         uint k = gl_LocalInvocationID.x + j * WG;
         if (k < width) {
             vec4 a = coefficient(r, base + k, k);
-            STORE_GRAD(base + k, r.counted ? exp((v[j] - m) - log_sum) * a_scale - a * scale : vec4(0.0));
+            STORE_GRAD(base + k, r.counted ? (exp((v[j] - m) - log_sum) * a_scale - a * scale) * cap_slope(v[j])
+                                           : vec4(0.0));
         }
     }
 #endif
@@ -380,11 +398,11 @@ void main() {
     uint first = (w % p.chunks) * p.chunk, last = min(first + p.chunk, p.classes);
     uint base = row * p.classes;
     float m = NEG_INF;
-    for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) m = nan_max(m, PRED(base + c));
+    for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) m = nan_max(m, capped(PRED(base + c)));
     m = workgroup_max(m);
     vec4 sums = vec4(0.0);  // sum exp(p - m), sum a (p - m), sum a
     for (uint c = first + gl_LocalInvocationID.x; c < last; c += WG) {
-        float shifted = shift_from(PRED(base + c), m);
+        float shifted = shift_from(capped(PRED(base + c)), m);
         float a = coefficient(r, base + c, c);
         sums += vec4(exp(shifted), weighted_shift(a, shifted), a, 0.0);
     }
@@ -410,8 +428,8 @@ void main() {
         a_sum += part.w;
     }
     float log_sum = log_accurate(sum_exp);
-    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0);
-    row_stats[row] = vec4(m, log_sum, a_sum, 0.0);
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r, m + log_sum);
+    row_stats[row] = vec4(m, log_sum, a_sum + z_coefficient(r, m + log_sum), 0.0);
     FLAG_BAD(row, r);
 }
 
@@ -423,7 +441,8 @@ float grad_at(uint i) {
     vec4 stats = row_stats[row];
     float scale = r.counted ? grad_scale() : 0.0;
     float a = coefficient(r, i, i - row * p.classes);
-    return r.counted ? (exp((PRED(i) - stats.x) - stats.y) * stats.z - a) * scale : 0.0;
+    float y = capped(PRED(i));
+    return r.counted ? (exp((y - stats.x) - stats.y) * stats.z - a) * scale * cap_slope(y) : 0.0;
 }
 
 void main() {
@@ -438,6 +457,29 @@ void main() {
     if (i >= n) return;
     GRAD_OUT[i] = grad_at(i);
 #endif
+}
+#elif MODE_ROW_Z
+// One workgroup per row: the row's z-loss z_scale lse^2 alone (0 where the row does not count), for return_z_loss;
+// the loss kernels add it to the row loss. A running max rescales the sum, as in MODE_ROW.
+#include "reduce.glsl"
+layout(set = 0, binding = B_ROW_Z) writeonly buffer RowZ { float row_z[]; };
+void main() {
+    uint row = workgroup_index();
+    if (row >= p.rows) return;  // uniform across the workgroup, so barriers stay valid
+    RowTarget r = row_target(row);
+    uint base = row * p.classes;
+    float m_own = NEG_INF, s_own = 0.0;
+    for (uint c = gl_LocalInvocationID.x; c < p.classes; c += WG) {
+        float v = capped(PRED(base + c));
+        if (v > m_own) {
+            s_own *= exp(shift_from(m_own, v));
+            m_own = v;
+        }
+        s_own += exp(shift_from(v, m_own));  // a NaN logit makes the sum NaN
+    }
+    float m = workgroup_max(m_own);
+    float s = workgroup_sum4(vec4(m_own == NEG_INF ? 0.0 : s_own * exp(m_own - m), 0.0, 0.0, 0.0)).x;
+    if (gl_LocalInvocationID.x == 0) row_z[row] = z_loss(r, m + log_accurate(s));
 }
 #else
 #error "cross_entropy.comp: define one MODE_*"

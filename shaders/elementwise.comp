@@ -5,8 +5,8 @@
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "access.glsl"
-#if OP_LOG
-#include "losses.glsl"  // log_accurate: GLSL's log may be off by 2^-21 absolute near 1
+#if OP_LOG || OP_TANH
+#include "losses.glsl"  // log_accurate and tanh_accurate: GLSL's log and tanh lose digits near 1 and near 0
 #endif
 
 // Bindings (B_*) and the push block (n, and cols, the row length b is broadcast over, both counted in accesses; s,
@@ -27,24 +27,8 @@ layout(set = 0, binding = B_Y) writeonly buffer Out { STORED y[]; };
 
 #if VEC4
 #define POSITIVE(v) greaterThan(v, vec4(0.0))
-#define AT_MOST(v, bound) lessThanEqual(v, vec4(bound))
 #else
 #define POSITIVE(v) ((v) > 0.0)
-#define AT_MOST(v, bound) ((v) <= (bound))
-#endif
-
-#if OP_TANH
-// tanh to float32's precision: GLSL's tanh comes from exp's difference, 19% off at 1e-7 on lavapipe. Below
-// |x| = 0.25 its odd series to x^13 (less than float32's rounding left), above it 1 - 2 / (e^2|x| + 1) with the sign
-// back: 1 at large |x|, never inf / inf.
-ELEMENT tanh_accurate(ELEMENT x) {
-    ELEMENT x2 = x * x;
-    ELEMENT series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0 +
-        x2 * (-1382.0 / 155925.0 + x2 * (21844.0 / 6081075.0)))))));
-    ELEMENT magnitude = abs(x);
-    ELEMENT far = sign(x) * (1.0 - 2.0 / (exp(2.0 * min(magnitude, ELEMENT(20.0))) + 1.0));
-    return mix(mix(far, series, AT_MOST(magnitude, 0.25)), x, isnan(x));  // NaN stays NaN
-}
 #endif
 
 ELEMENT apply(ELEMENT a, ELEMENT b) {  // b is unused by the one-operand ops

@@ -15,6 +15,10 @@
 //               divisor comes after the sum); stats.y becomes log(sum exp) = lse - m for the gradient pass.
 //   MODE_GRAD:  one invocation per element of the chunk: the chunk's logits become their gradient, in place.
 // Masked logits (-inf) and huge ones follow cross_entropy.comp's rules (weighted_shift, shift_from).
+// Liger-Kernel's options, push constants 0 when off, as in cross_entropy.comp: softcap (each logit z read as
+// softcap tanh(z / softcap), its gradient times 1 - (capped / softcap)^2) and z_scale (z-loss: z_scale lse^2 added
+// to a counted row's loss, 2 z_scale lse to its A). Z_ROWS: MODE_LOSS also writes each row's z-loss alone.
+// ROW_SCALE: MODE_GRAD scales each row's gradient by row_scale[row] (reduction='none': the upstream gradient).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "losses.glsl"
@@ -44,6 +48,9 @@ RowTarget row_target(uint row) {
     return r;
 }
 
+float capped(float v) { return p.softcap > 0.0 ? p.softcap * tanh_accurate(v / p.softcap) : v; }
+float cap_slope(float y) { return p.softcap > 0.0 ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
+
 float coefficient(RowTarget r, uint c) {  // c: a class of the whole vocabulary
     float a = (int(c) == r.index ? r.keep : 0.0) + r.spread;
 #if WEIGHTED
@@ -65,11 +72,11 @@ void main() {
     uint base = local * p.chunk;
     float m = NEG_INF;
     for (uint c = gl_LocalInvocationID.x; c < p.chunk; c += WG)
-        m = nan_max(m, logits[base + c] + bias[p.chunk_begin + c]);
+        m = nan_max(m, capped(logits[base + c] + bias[p.chunk_begin + c]));
     m = workgroup_max(m);
     vec4 sums = vec4(0.0);  // sum exp(z - m), sum a (z - m), sum a
     for (uint c = gl_LocalInvocationID.x; c < p.chunk; c += WG) {
-        float shifted = shift_from(logits[base + c] + bias[p.chunk_begin + c], m);
+        float shifted = shift_from(capped(logits[base + c] + bias[p.chunk_begin + c]), m);
         float a = coefficient(r, p.chunk_begin + c);
         sums += vec4(exp(shifted), weighted_shift(a, shifted), a, 0.0);
     }
@@ -93,6 +100,9 @@ void main() {
 #elif MODE_LOSS
 layout(set = 0, binding = B_STATS) buffer Stats { vec4 stats[]; };
 layout(set = 0, binding = B_ROW_LOSS) writeonly buffer RowLoss { float row_loss[]; };
+#if Z_ROWS
+layout(set = 0, binding = B_ROW_Z) writeonly buffer RowZ { float row_z[]; };
+#endif
 void main() {
     uint local = global_index();
     if (local >= p.rows) return;
@@ -101,14 +111,22 @@ void main() {
     vec4 s = stats[row];
     float log_sum = log_accurate(s.y);  // lse - m
     // A (lse - m) - sum a (z - m): where A is 0 nothing counts (a mean's division by norm comes after the sum)
-    row_loss[row] = r.counted ? weighted_shift(s.w, log_sum) - s.z : 0.0;
-    stats[row] = vec4(s.x, log_sum, s.z, s.w);
+    float lse = s.x + log_sum, z_loss = r.counted && p.z_scale != 0.0 ? p.z_scale * lse * lse : 0.0;
+    row_loss[row] = (r.counted ? weighted_shift(s.w, log_sum) - s.z : 0.0) + z_loss;
+#if Z_ROWS
+    row_z[row] = z_loss;
+#endif
+    // the z-loss's gradient 2 z_scale lse softmax joins A's softmax A
+    stats[row] = vec4(s.x, log_sum, s.z, s.w + (r.counted && p.z_scale != 0.0 ? 2.0 * p.z_scale * lse : 0.0));
 }
 
 #elif MODE_GRAD
 layout(set = 0, binding = B_BIAS) readonly buffer Bias { float bias[]; };
 layout(set = 0, binding = B_STATS) readonly buffer Stats { vec4 stats[]; };  // .x: m, .y: lse - m, .w: A
 layout(set = 0, binding = B_LOGITS) buffer Logits { float logits[]; };  // in: the chunk's logits; out: d/dz
+#if ROW_SCALE
+layout(set = 0, binding = B_ROW_SCALE) readonly buffer RowScale { float row_scale[]; };
+#endif
 void main() {
     uint i = global_index();
     if (i >= p.rows * p.chunk) return;
@@ -119,11 +137,14 @@ void main() {
 #if NORM_BUFFER
     scale = norm[0] != 0.0 ? 1.0 / norm[0] : uintBitsToFloat(0x7f800000u);  // weights summing to 0: as PyTorch's 1/0
 #endif
-    float z = logits[i] + bias[p.chunk_begin + c];
+#if ROW_SCALE
+    scale *= row_scale[p.row_begin + local];
+#endif
+    float z = capped(logits[i] + bias[p.chunk_begin + c]);
     float a = coefficient(r, p.chunk_begin + c);
     // softmax = exp((z - m) - (lse - m)): never z - lse, which rounds lse's small part away where |m| is large
     float softmax = exp(shift_from(z, s.x) - s.y);
-    logits[i] = r.counted ? (softmax * s.w - a) * scale : 0.0;
+    logits[i] = r.counted ? (softmax * s.w - a) * scale * cap_slope(z) : 0.0;
 }
 #else
 #error "linear_cross_entropy.comp: define one MODE_*"

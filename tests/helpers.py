@@ -33,3 +33,28 @@ def dispatched_widths(g, family):
 # Subprocesses in tests get this long before they count as hung: a guard, not a speed requirement (a busy CI machine
 # compiling shaders for the first time may be slow, and a test must not fail for that).
 HANG_GUARD = 1800
+
+
+IGNORE = -100  # PyTorch's default ignore_index
+
+
+def liger_reference(x, labels, scale=0.0, softcap=None, smoothing=0.0, reduction="mean"):
+    """(loss, z_loss, d loss / d x) in float64: the z-loss included in the loss, as Liger adds it."""
+    x = x.astype(np.float64)
+    y = softcap * np.tanh(x / softcap) if softcap else x
+    m = y.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(y - m).sum(axis=1))
+    softmax = np.exp(y - lse[:, None])
+    rows, classes = x.shape
+    counted = labels != IGNORE
+    a = np.full(x.shape, smoothing / classes)
+    a[np.arange(rows), np.where(counted, labels, 0)] += 1 - smoothing
+    a[~counted] = 0.0
+    row_loss = -(a * (y - lse[:, None])).sum(axis=1)
+    row_z = np.where(counted, scale * lse ** 2, 0.0)
+    d_y = (softmax * a.sum(axis=1, keepdims=True) - a + 2 * scale * lse[:, None] * softmax) * counted[:, None]
+    divisor = counted.sum() if reduction == "mean" else 1.0
+    d_x = d_y * (1 - (y / softcap) ** 2 if softcap else 1.0) / divisor
+    if reduction == "none":
+        return row_loss + row_z, row_z, d_x
+    return (row_loss + row_z).sum() / divisor, row_z.sum() / divisor, d_x

@@ -6,7 +6,7 @@ import pytest
 
 import vkloss
 import vkloss.ops.linear_cross_entropy as linear
-from helpers import f32
+from helpers import f32, liger_reference
 
 try:
     import torch
@@ -148,10 +148,58 @@ def test_peak_memory_holds_one_chunk_of_logits_not_all(rng, small_workspace):
         close(w.grad.numpy(), reference(hidden, weight, target)[2])
 
 
+def liger(hidden, weight, bias, target, **options):
+    """Liger's reference (loss, z_loss) and the gradients (hidden, weight, bias) of the summed loss, in float64."""
+    h, w, b = f32(hidden), f32(weight), f32(bias)
+    loss, z_loss, grad_logits = liger_reference(h @ w.T + b, target, **options)
+    return loss, z_loss, grad_logits @ w, grad_logits.T @ h, grad_logits.sum(0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("softcap, scale, smoothing", [(None, 1e-3, 0.0), (2.5, 0.0, 0.0), (2.5, 1e-2, 0.1)])
+def test_softcap_z_loss_and_reductions_match_ligers_reference(g, rng, reduction, softcap, scale, smoothing):
+    hidden, weight, bias, target = inputs(rng)
+    hidden *= 3  # logits of a few units, where the softcap bends them
+    h, w, b = g.parameter(hidden), g.parameter(weight), g.parameter(bias)
+    loss, z_loss = g.linear_cross_entropy(h, w, target, bias=b, reduction=reduction, softcap=softcap,
+                                          lse_square_scale=scale, label_smoothing=smoothing, return_z_loss=True)
+    upstream = rng.uniform(0.5, 2.0, len(target)).astype(np.float32)  # 'none': each row's own upstream gradient
+    g.backward(g.sum(g.mul(loss, g.tensor(upstream))) if reduction == "none" else loss)
+    want = liger(hidden, weight, bias, target, scale=scale, softcap=softcap, smoothing=smoothing, reduction=reduction)
+    close(loss.numpy(), want[0], 1e-5)
+    if scale:
+        close(z_loss.numpy(), want[1], 1e-5)
+    else:
+        np.testing.assert_array_equal(z_loss.numpy(), 0.0)
+    if reduction == "none":  # per-row upstream: recompute with the logits' gradient scaled row by row
+        grad_logits = liger_reference(f32(hidden) @ f32(weight).T + f32(bias), target, scale, softcap, smoothing,
+                                      "none")[2] * f32(upstream)[:, None]
+        want = want[:2] + (grad_logits @ f32(weight), grad_logits.T @ f32(hidden), grad_logits.sum(0))
+    for got, expected in zip((h.grad, w.grad, b.grad), want[2:]):
+        close(got.numpy(), expected)
+
+
+def test_reduction_none_from_16_bit_operands_gives_gradients_in_their_dtype(g, rng):
+    hidden, weight, bias, target = inputs(rng, rows=9, classes=70)
+    h = g.tensor(hidden, dtype="bfloat16", requires_grad=True)
+    w = g.tensor(weight, dtype="bfloat16", requires_grad=True)
+    loss = g.linear_cross_entropy(h, w, target, reduction="none")
+    g.backward(g.sum(loss))
+    assert loss.shape == (9,) and h.grad.dtype == h.dtype and w.grad.dtype == w.dtype
+    stored_h, stored_w = h.numpy().astype(np.float64), w.numpy().astype(np.float64)
+    want = liger(stored_h, stored_w, np.zeros(70), target, reduction="none")
+    close(loss.numpy(), want[0], 1e-5)
+    close(h.grad.numpy().astype(np.float64), want[2], 1e-2)
+    close(w.grad.numpy().astype(np.float64), want[3], 1e-2)
+
+
 @pytest.mark.parametrize("call, error, says", [
     (lambda g, h, w, t: g.linear_cross_entropy(h, g.tensor(np.ones((5, 3))), t), ValueError, r"weight \[classes"),
     (lambda g, h, w, t: g.linear_cross_entropy(h, w, t[:5]), ValueError, r"target must be class indices \[rows\]"),
-    (lambda g, h, w, t: g.linear_cross_entropy(h, w, t, reduction="none"), ValueError, "'mean' or 'sum'"),
+    (lambda g, h, w, t: g.linear_cross_entropy(h, w, t, reduction="avg"), ValueError, "reduction"),
+    (lambda g, h, w, t: g.linear_cross_entropy(h, w, t, softcap=-2.0), ValueError, "softcap must be None or a pos"),
+    (lambda g, h, w, t: g.linear_cross_entropy(h, w, t, lse_square_scale=1e-4, weight_classes=np.ones(1003)),
+     ValueError, "lse_square_scale with class weights"),
     (lambda g, h, w, t: g.linear_cross_entropy(h, w, t, bias=np.ones(4)), ValueError, "bias must have shape"),
     (lambda g, h, w, t: g.linear_cross_entropy(h, w, t.astype(np.float32)), TypeError, "takes class indices"),
     (lambda g, h, w, t: g.linear_cross_entropy(h, w, t, foo=1), TypeError, "unexpected keyword argument 'foo'"),

@@ -31,7 +31,7 @@ def test_the_ops_are_methods_of_graph_with_their_parameters():
         "cross_entropy_loss" in vars(base) for base in vkloss.Graph.__mro__)
     parameters = list(inspect.signature(vkloss.Graph.cross_entropy_loss).parameters)
     assert parameters == ["self", "pred", "target", "weight", "reduction", "ignore_index", "label_smoothing",
-                          "inplace_grad"]
+                          "inplace_grad", "lse_square_scale", "softcap", "return_z_loss"]
     assert inspect.getsourcefile(vkloss.Graph.cross_entropy_loss).endswith("_graph_ops.py")
     assert vkloss.Graph.cross_entropy_loss.__doc__.strip().startswith("cross_entropy_loss(Float pred")
 

@@ -111,7 +111,8 @@ def test_tools_list_shows_the_options_of_each_loss():
     table = listed.split("\n\n")[0].splitlines()[2:]
     options = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in table}
     # in the schema's order, PyTorch's: weight before reduction
-    assert options["cross_entropy_loss"] == "weight, reduction, ignore_index, label_smoothing, inplace_grad"
+    assert options["cross_entropy_loss"] == ("weight, reduction, ignore_index, label_smoothing, inplace_grad, "
+                                             "lse_square_scale, softcap, return_z_loss")
     assert options["bce_with_logits_loss"] == "weight, reduction, pos_weight"
     assert options["bce_loss"] == "weight, reduction"
     assert options["mse_loss"] == options["l1_loss"] == "reduction"

@@ -26,7 +26,7 @@ SCHEMAS = {
     'bce_with_logits_loss': "bce_with_logits_loss(Float logits, Float labels, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', Tensor? pos_weight=None) -> Tensor",
     'mse_loss': "mse_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
     'l1_loss': "l1_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
-    'cross_entropy_loss': "cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor",
+    'cross_entropy_loss': "cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, bool inplace_grad=False, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)",
     'neg': 'neg(Tensor x) -> Tensor',
     'abs': 'abs(Tensor x) -> Tensor',
     'sigmoid': 'sigmoid(Tensor x) -> Tensor',
@@ -54,8 +54,10 @@ SCHEMAS = {
     'linear': "linear(Tensor x, Tensor weight, Tensor? bias=None, *, str{none|relu} activation='none') -> Tensor",
     'linear_grad_input': 'linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor',
     'linear_grad_weight': 'linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)',
-    'linear_cross_entropy_with_bias': "linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
-    'linear_cross_entropy': "linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) -> Tensor",
+    'linear_cross_entropy_with_bias': "linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str{mean|sum} reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)",
+    'linear_cross_entropy_rows': 'linear_cross_entropy_rows(Float hidden, Float weight, Index target, Float bias, *, int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)',
+    'linear_cross_entropy_backward': 'linear_cross_entropy_backward(Tensor grad, Float hidden, Float weight, Index target, Float bias, *, int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0, float? softcap=None) -> (Tensor, Tensor, Tensor)',
+    'linear_cross_entropy': "linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str{mean|sum|none} reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)",
     'softmax': 'softmax(Tensor x, *, int dim=-1) -> Tensor',
     'log_softmax': 'log_softmax(Tensor x, *, int dim=-1) -> Tensor',
     'softmax_backward': 'softmax_backward(Tensor grad, Tensor y, *, int dim=-1, bool log=False) -> Tensor',
@@ -238,10 +240,14 @@ class Graph:
         ignore_index: int | None = -100,
         label_smoothing: float = 0.0,
         inplace_grad: bool = False,
-    ) -> Tensor:
+        lse_square_scale: float = 0.0,
+        softcap: float | None = None,
+        return_z_loss: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
         cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, str{mean|sum|none}
-        reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, bool inplace_grad=False) -> Tensor
+        reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, bool inplace_grad=False, float
+        lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)
 
         (1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes];
         target is a distribution of the same shape (one-hot or soft; rows need not sum to 1) or class indices
@@ -258,9 +264,14 @@ class Graph:
         afterwards), so the loss adds no buffer of pred's size. Class indices outside [0, classes) raise
         ValueError at the next host read. No gradient with respect to target or weight. pred may be a 16-bit
         tensor (float16, bfloat16): the kernels read it two values to a 32-bit word, compute in float32, and
-        write the gradient in pred's dtype.
+        write the gradient in pred's dtype. Liger-Kernel's options, in the same kernels: softcap (Gemma 2's)
+        reads each logit as softcap tanh(logit / softcap), its gradient through the tanh; lse_square_scale adds
+        the z-loss lse_square_scale logsumexp(row)^2 to each counted row's loss (divided as the loss is: by the
+        counted rows for a mean; not with class weights), with its gradient. return_z_loss=True returns (loss,
+        z_loss), the z-loss alone (its share of the loss, not differentiable), as Liger's LigerCrossEntropyLoss
+        does.
         """
-        return self._call_bound('cross_entropy_loss', {'pred': pred, 'target': target, 'weight': weight, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'inplace_grad': inplace_grad})
+        return self._call_bound('cross_entropy_loss', {'pred': pred, 'target': target, 'weight': weight, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'inplace_grad': inplace_grad, 'lse_square_scale': lse_square_scale, 'softcap': softcap, 'return_z_loss': return_z_loss})
 
     def neg(self, x: Tensor) -> Tensor:
         """
@@ -512,19 +523,72 @@ class Graph:
         target: Tensor | np.ndarray,
         bias: Tensor,
         *,
-        reduction: str = 'mean',
+        reduction: Literal['mean', 'sum'] = 'mean',
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         weight_classes: Tensor | np.ndarray | None = None,
-    ) -> Tensor:
+        lse_square_scale: float = 0.0,
+        softcap: float | None = None,
+        return_z_loss: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
-        linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str
-        reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) ->
-        Tensor
+        linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str{mean|sum}
+        reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float
+        lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)
 
-        linear_cross_entropy with a bias tensor (which may require a gradient); see linear_cross_entropy.
+        linear_cross_entropy with a bias tensor (which may require a gradient), reduced; see
+        linear_cross_entropy.
         """
-        return self._call_bound('linear_cross_entropy_with_bias', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes})
+        return self._call_bound('linear_cross_entropy_with_bias', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes, 'lse_square_scale': lse_square_scale, 'softcap': softcap, 'return_z_loss': return_z_loss})
+
+    def linear_cross_entropy_rows(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        target: Tensor | np.ndarray,
+        bias: Tensor,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        weight_classes: Tensor | np.ndarray | None = None,
+        lse_square_scale: float = 0.0,
+        softcap: float | None = None,
+        return_z_loss: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """
+        linear_cross_entropy_rows(Float hidden, Float weight, Index target, Float bias, *, int
+        ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0,
+        float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)
+
+        [rows]: linear_cross_entropy_with_bias's loss of each row (reduction='none'). Its backward scales each
+        row's gradient by the upstream one inside a second sweep (linear_cross_entropy_backward): the fused
+        weight gradient cannot be scaled per row afterwards.
+        """
+        return self._call_bound('linear_cross_entropy_rows', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes, 'lse_square_scale': lse_square_scale, 'softcap': softcap, 'return_z_loss': return_z_loss})
+
+    def linear_cross_entropy_backward(
+        self,
+        grad: Tensor,
+        hidden: Tensor,
+        weight: Tensor,
+        target: Tensor | np.ndarray,
+        bias: Tensor,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        weight_classes: Tensor | np.ndarray | None = None,
+        lse_square_scale: float = 0.0,
+        softcap: float | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """
+        linear_cross_entropy_backward(Tensor grad, Float hidden, Float weight, Index target, Float bias, *, int
+        ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0,
+        float? softcap=None) -> (Tensor, Tensor, Tensor)
+
+        float32 (d hidden, d weight, d bias) of linear_cross_entropy_rows for the upstream gradient grad [rows].
+        Not differentiable.
+        """
+        return self._call_bound('linear_cross_entropy_backward', {'grad': grad, 'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes, 'lse_square_scale': lse_square_scale, 'softcap': softcap})
 
     def linear_cross_entropy(
         self,
@@ -533,28 +597,38 @@ class Graph:
         target: Tensor | np.ndarray,
         bias: Tensor | np.ndarray | None = None,
         *,
-        reduction: str = 'mean',
+        reduction: Literal['mean', 'sum', 'none'] = 'mean',
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         weight_classes: Tensor | np.ndarray | None = None,
-    ) -> Tensor:
+        lse_square_scale: float = 0.0,
+        softcap: float | None = None,
+        return_z_loss: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
-        linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str
-        reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None) ->
-        Tensor
+        linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, str{mean|sum|none}
+        reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float
+        lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)
 
-        (1,). PyTorch's F.cross_entropy(F.linear(hidden, weight, bias), target, ...): hidden [rows, features],
-        weight [classes, features] (nn.Linear's layout), target class indices [rows] (an int32 Tensor or an
-        integer numpy array), bias [classes]. The rows x classes logits are never held at once: the batch is
-        taken in blocks of whole rows (their logits made once, their loss, and with a gradient d hidden for
-        those rows, d weight and d bias added up block by block; backward hands them over), or where not one row
-        fits, the vocabulary in chunks with an online log-sum-exp, swept twice. Device memory: the inputs, their
-        gradients and a workspace of 32 MiB (256 MiB on GPUs). reduction 'mean' divides by the counted rows'
-        summed class weight, as PyTorch does. hidden, weight and bias may be 16-bit tensors (float16, bfloat16):
-        they are widened to float32 on the device (a float32 copy of each) and their gradients come back in
-        their own dtype.
+        (1,), or [rows] for reduction='none'. PyTorch's F.cross_entropy(F.linear(hidden, weight, bias), target,
+        ...), Liger-Kernel's LigerFusedLinearCrossEntropyLoss: hidden [rows, features], weight [classes,
+        features] (nn.Linear's layout), target class indices [rows] (an int32 Tensor or an integer numpy array),
+        bias [classes]. The rows x classes logits are never held at once: the batch is taken in blocks of whole
+        rows (their logits made once, their loss, and with a gradient d hidden for those rows, d weight and d
+        bias added up block by block; backward hands them over), or where not one row fits, the vocabulary in
+        chunks with an online log-sum-exp, swept twice. Device memory: the inputs, their gradients and a
+        workspace of 32 MiB (256 MiB on GPUs). reduction 'mean' divides by the counted rows' summed class
+        weight, as PyTorch does; 'none' gives each row's loss, and its backward sweeps a second time (each row's
+        upstream gradient scales its logits' gradient before the products). hidden, weight and bias may be
+        16-bit tensors (float16, bfloat16): they are widened to float32 on the device (a float32 copy of each)
+        and their gradients come back in their own dtype. Liger-Kernel's options, in the same kernels: softcap
+        (Gemma 2's) reads each logit as softcap tanh(logit / softcap), its gradient through the tanh;
+        lse_square_scale adds the z-loss lse_square_scale logsumexp(row)^2 to each counted row's loss (divided
+        as the loss is: by the counted rows for a mean; not with class weights), with its gradient.
+        return_z_loss=True returns (loss, z_loss), the z-loss alone (its share of the loss, not differentiable),
+        as Liger's LigerCrossEntropyLoss does.
         """
-        return self._call_bound('linear_cross_entropy', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes})
+        return self._call_bound('linear_cross_entropy', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'reduction': reduction, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes, 'lse_square_scale': lse_square_scale, 'softcap': softcap, 'return_z_loss': return_z_loss})
 
     def softmax(self, x: Tensor, *, dim: int = -1) -> Tensor:
         """

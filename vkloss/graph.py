@@ -287,7 +287,7 @@ class Graph(_graph_ops.Graph):
         launch plan down too."""
         constants = {name: value for name, value in options.items() if isinstance(value, Tensor)}
         shapes = op.shape(*(_shape_of(t) for t in tensors), **{**options, **{n: t.shape for n, t in constants.items()}})
-        if op.schema.outputs == 1:
+        if op.output_count(options) == 1:
             shapes = (shapes,)
         names = op.operand_names
         fused = op.backward_kind is registry.Backward.FUSED

@@ -69,6 +69,13 @@ class Op:
     module: str = ""  # where it was declared
     plannable: bool = False  # a repeated call may run its launch plan (vkloss/plans.py)
     view: bool = False  # its output is its first operand's buffer under another shape: no forward, no copy
+    outputs_option: str | None = None  # a bool option without which an op of several outputs returns its first alone
+
+    def output_count(self, options: dict) -> int:
+        """How many outputs a call with these options returns (its shape rule gives as many shapes)."""
+        if self.outputs_option is not None and not options.get(self.outputs_option):
+            return 1
+        return self.schema.outputs
 
     @functools.cached_property
     def operand_names(self) -> tuple:
@@ -209,7 +216,7 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
                 defines: dict | None = None, backward=Backward.NONE, forward: Callable | None = None,
                 compose: Callable | None = None, kernels: tuple = (), doc: str = "", validate: bool = True,
                 inplace_option: str | None = None, grad_inputs: tuple = (), out_dtype: Callable | None = None,
-                view: bool = False) -> Op:
+                view: bool = False, outputs_option: str | None = None) -> Op:
     """Declare an op; it then exists as the method `Graph.<name>` and in `python -m vkloss.tools list`.
 
     name: a Python identifier that neither an op nor Graph uses yet.
@@ -235,6 +242,8 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
     out_dtype(operand_dtypes, **options): the output's dtype, for an op whose forward writes 16-bit values into
         `ctx.out` (two to a uint32 word); default float32.
     view: the output is the first operand's buffer under the shape the shape rule gives (reshape): no forward.
+    outputs_option: for an op of several outputs, a bool option that must be true for it to return them all (its
+        shape rule then gives them all); otherwise it returns its first alone (Liger's return_z_loss).
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
@@ -271,14 +280,16 @@ def register_op(name: str, shader=None, *, schema: str | None = None, inputs: in
     module = sys._getframe(1).f_globals.get("__name__", "")
     operand_names = [p.name for p in signature.operands]
     grad_inputs = tuple(grad_inputs) or tuple(operand_names[:1])
-    unknown = [n for n in (*grad_inputs, *([inplace_option] if inplace_option else []))
+    unknown = [n for n in (*grad_inputs, *([inplace_option] if inplace_option else []),
+                           *([outputs_option] if outputs_option else []))
                if n not in {p.name for p in signature.params}]
     if unknown:
         raise ValueError(f"register_op {name}: {', '.join(unknown)} not in its schema {signature.text()}")
-    op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc), shape=_explained(name, shape, signature.outputs),
+    op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc),
+            shape=_explained(name, shape, signature.outputs, outputs_option),
             forward=forward, backward=_scaled_saved_grads if kind is Backward.FUSED else backward if callable(backward)
             else None, compose=compose, kernels=tuple(kernels), shader_variants=variants, inplace_option=inplace_option,
-            grad_inputs=grad_inputs, out_dtype=out_dtype, module=module, view=view,
+            grad_inputs=grad_inputs, out_dtype=out_dtype, module=module, view=view, outputs_option=outputs_option,
             # vkloss's own forwards and a user's shader go through their context alone; a user's forward may not
             plannable=compose is None and not view and (bool(variants) or module.split(".")[0] == __package__))
     _OPS[name] = op
@@ -310,12 +321,13 @@ def is_shape(value) -> bool:
     return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(d, int) and d > 0 for d in value)
 
 
-def _explained(name, rule, outputs: int = 1):
+def _explained(name, rule, most: int = 1, outputs_option: str | None = None):
     """A shape rule whose failures name the op and the shapes it was given."""
     if rule is None:
         return None
 
     def shape(*shapes, **options):
+        outputs = most if outputs_option is None or options.get(outputs_option) else 1
         try:
             out = rule(*shapes, **options)
         except ValueError:

@@ -2,6 +2,8 @@
 pass, PyTorch's F.cross_entropy with every option."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..launch import WORKGROUP, ceil_div
@@ -15,13 +17,15 @@ SMALL_ROW = 64  # classes up to which one invocation handles a whole row
 ROW_LIMIT = 1 << 18  # classes up to which one workgroup handles a row: 2 passes of at most 2^11 iterations each
                      # (LaunchPolicy.row_workgroup widens the workgroup to keep them there)
 CHUNK = 64 * WORKGROUP  # classes one workgroup reduces in the chunked path: 64 loop iterations per invocation
-MODES = ("SMALL", "ROW", "ROW_ONCE", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT")
+MODES = ("SMALL", "ROW", "ROW_ONCE", "STATS", "COMBINE", "GRAD", "ROW_WEIGHT", "ROW_Z")
 ROW_MODES = ("SMALL", "ROW", "ROW_ONCE", "COMBINE")  # one row loss per row: with class indices, they flag bad ones
 
 
 def _allowed(mode, target_index, weighted, norm_buffer, write_grad, inplace, vec4, storage, wide):
     if (norm_buffer and not target_index) or (inplace and not write_grad):
         return False
+    if mode == "ROW_Z":  # the z-loss alone, one workgroup per row (any storage)
+        return not (weighted or norm_buffer or write_grad or inplace or vec4 or wide)
     if wide and not (mode == "ROW" and vec4):  # eight classes per access (32 or 16 bytes): ROW only
         return False
     if mode != "ROW" and vec4 != (mode == "ROW_ONCE"):  # ROW reads one or four classes at a time, ROW_ONCE four
@@ -39,6 +43,8 @@ def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, ve
     if mode == "COMBINE":
         return (["partials", *(["target"] if target_index else []), *norm],
                 ["row_loss", "row_stats", *(["bad"] if target_index else [])])
+    if mode == "ROW_Z":
+        return ["pred", "target"], ["row_z"]
     logits = [] if inplace or mode == "ROW_WEIGHT" else ["pred"]
     reads = logits + ["target"] + (["weight"] if weighted else []) + norm + (["row_stats"] if mode == "GRAD" else [])
     writes = {"ROW_WEIGHT": ["row_weight", "bad"], "STATS": ["partials"], "GRAD": []}.get(mode, ["row_loss"])
@@ -52,11 +58,12 @@ CROSS_ENTROPY = Kernel(
                                                                  "write_grad", "inplace", "vec4", "wide")},
               "storage": ("F32", "F16", "BF16")},
     push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, float smoothing = 0.0, "
-         "int ignore_index = 0, uint ignore = 0",
+         "int ignore_index = 0, uint ignore = 0, float softcap = 0.0, float z_scale = 0.0",
 )
 
 
-def _shape(pred, target, weight=None, reduction="mean", ignore_index=-100, label_smoothing=0.0, inplace_grad=False):
+def _shape(pred, target, weight=None, reduction="mean", ignore_index=-100, label_smoothing=0.0, inplace_grad=False,
+           lse_square_scale=0.0, softcap=None, return_z_loss=False):
     if len(pred) != 2 or (target != pred and target != pred[:1]):
         raise ValueError(f"cross_entropy_loss: needs logits [batch, classes] and a target of the same shape "
                          f"(probabilities) or of shape [batch] (class indices); got pred {pred} and target {target}")
@@ -64,10 +71,23 @@ def _shape(pred, target, weight=None, reduction="mean", ignore_index=-100, label
         raise ValueError(f"cross_entropy_loss: weight must have shape ({pred[1]},), one per class; got {weight} "
                          f"beside pred {pred}")
     check_index_options("cross_entropy_loss", ignore_index, label_smoothing)
+    check_liger_options("cross_entropy_loss", lse_square_scale, softcap, weight is not None)
     if ignore_index is not None and ignore_index >= 0 and target == pred:  # PyTorch's rule: a negative one is unused
         raise ValueError(f"cross_entropy_loss: ignore_index applies to class-index targets [batch]; the target "
                          f"{target} holds probabilities (as in PyTorch)")
-    return (pred[0],) if reduction == "none" else (1,)
+    loss = (pred[0],) if reduction == "none" else (1,)
+    return (loss, loss) if return_z_loss else loss
+
+
+def check_liger_options(name, lse_square_scale, softcap, weighted: bool):
+    """Liger-Kernel's z-loss scale (finite) and softcap (None or positive and finite)."""
+    if not math.isfinite(lse_square_scale):
+        raise ValueError(f"{name}: lse_square_scale must be finite, got {lse_square_scale!r}")
+    if softcap is not None and not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"{name}: softcap must be None or a positive finite number, got {softcap!r}")
+    if weighted and lse_square_scale != 0.0:
+        raise ValueError(f"{name}: lse_square_scale with class weights is not supported (Liger's reference divides the "
+                         "z-loss by the counted rows and the loss by their summed weights, two divisors)")
 
 
 def check_index_options(name, ignore_index, label_smoothing):
@@ -80,7 +100,7 @@ def check_index_options(name, ignore_index, label_smoothing):
 
 
 def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100, label_smoothing=0.0,
-             inplace_grad=False):
+             inplace_grad=False, lse_square_scale=0.0, softcap=None, return_z_loss=False):
     (rows, classes), target_shape = ctx.shapes
     index = len(target_shape) == 1
     if index != (target.dtype == np.int32):
@@ -98,7 +118,14 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
             if index and reduction == "mean" and (weight is not None or ignore_index is not None) else None)
     scale = 1.0 / rows if reduction == "mean" and norm is None else 1.0
     push = dict(rows=rows, classes=classes, chunk=classes, scale=scale, smoothing=label_smoothing,
-                ignore_index=ignore_index or 0, ignore=ignore_index is not None)
+                ignore_index=ignore_index or 0, ignore=ignore_index is not None, softcap=softcap or 0.0,
+                z_scale=lse_square_scale)
+    if return_z_loss:  # the z-loss alone, before a gradient written in place overwrites the logits
+        z_out = ctx.outs[1] if reduction == "none" else ctx.alloc(rows)
+        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_Z", target_index=index, storage=storage), ctx.grid(rows),
+                     workgroup=ctx.row_workgroup(classes), push=push, pred=pred, target=target, row_z=z_out)
+        if reduction != "none":
+            tree_sum(ctx, z_out, rows, ctx.outs[1], 1.0 if norm is not None else scale, divide=norm)
     row_loss = ctx.out if reduction == "none" else ctx.alloc(rows)
     bad = ctx.alloc(rows) if index else None  # the row kernels flag class indices out of range
     grad = casts.alloc(ctx, rows * classes, storage) if want_grad and not inplace else None
@@ -182,11 +209,21 @@ def index_target_checks(ctx, target, weight, rows: int, classes: int, ignore_ind
     return norm
 
 
+LIGER_OPTIONS = (
+    "Liger-Kernel's options, in the same kernels: softcap (Gemma 2's) reads each logit as softcap tanh(logit / "
+    "softcap), its gradient through the tanh; lse_square_scale adds the z-loss lse_square_scale logsumexp(row)^2 "
+    "to each counted row's loss (divided as the loss is: by the counted rows for a mean; not with class weights), "
+    "with its gradient. return_z_loss=True returns (loss, z_loss), the z-loss alone (its share of the loss, not "
+    "differentiable), as Liger's LigerCrossEntropyLoss does.")
+
+
 register_op(
     "cross_entropy_loss", kernels=(CROSS_ENTROPY,), backward=Backward.FUSED, inplace_option="inplace_grad",
+    outputs_option="return_z_loss",
     schema="cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, "
            "str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, "
-           "bool inplace_grad=False) -> Tensor",
+           "bool inplace_grad=False, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) "
+           "-> (Tensor, Tensor)",
     doc="(1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes]; target "
         "is a distribution of the same shape (one-hot or soft; rows need not sum to 1) or class indices [batch] (an "
         "int32 Tensor or an integer numpy array, read directly by the kernel). Per row, loss = sum_c a_c "
@@ -201,6 +238,6 @@ register_op(
         "output and cannot be read afterwards), so the loss adds no buffer of pred's size. Class indices outside "
         "[0, classes) raise ValueError at the next host read. No gradient with respect to target or weight. pred may be "
         "a 16-bit tensor (float16, bfloat16): the kernels read it two values to a 32-bit word, compute in float32, "
-        "and write the gradient in pred's dtype.",
+        "and write the gradient in pred's dtype. " + LIGER_OPTIONS,
     shape=_shape, forward=_forward,
 )

@@ -35,6 +35,8 @@ def _method(op: registry.Op) -> str:
         params.append(f"{p.name}: {_annotation(p)}{default}")
         (options if p.keyword_only else operands).append(p.name)
     returns = "Tensor" if op.schema.outputs == 1 else "tuple[" + ", ".join(["Tensor"] * op.schema.outputs) + "]"
+    if op.outputs_option is not None:
+        returns = f"Tensor | {returns}"
     head = f"    def {op.name}(" + ", ".join(params) + f") -> {returns}:"
     if len(head) > 120:
         head = f"    def {op.name}(\n" + "".join(f"        {p},\n" for p in params) + f"    ) -> {returns}:"
