@@ -1,4 +1,5 @@
 """The main job, python -m vkloss.train, and the examples: device training agrees with the float64 numpy twin."""
+import dataclasses
 import pathlib
 import re
 import subprocess
@@ -12,14 +13,16 @@ from vkloss import train
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_task(g, name, epochs, seed=0):
-    task = train.TASKS[name]
-    task = train.Task(name, task.loss, task.hidden, epochs, task.batch_size, task.lr, task.optimizer, task.metric)
+def run_task(g, name, epochs, seed=0, bfloat16=False):
+    if name == "lm":
+        pytest.importorskip("torch")  # the language model's float64 twin is PyTorch's
+    task = dataclasses.replace(train.TASKS[name], epochs=epochs)
     data = train.load(task, seed)
     rng = np.random.default_rng(seed)
-    weights = train.initial_weights([data.x_train.shape[1], task.hidden, data.y_train.shape[1]], rng)
-    plan = train.batches(len(data.x_train), task.batch_size, epochs, rng)
-    return train.train_vkloss(g, task, data, weights, plan, lambda *a: None), train.train_reference(task, data, weights, plan)
+    weights, model = train.make_model(g, task, data, rng, bfloat16)
+    plan = train.batches(len(data.x_train), task.batch_size, epochs, rng, task.steps_per_epoch)
+    return (train.train_vkloss(g, task, data, model, plan, lambda *a: None),
+            train.train_reference(task, data, weights, plan))
 
 
 @pytest.mark.parametrize("name", list(train.TASKS))
@@ -33,6 +36,19 @@ def test_one_epoch_agrees_with_float64_numpy(g, name):
 def test_defaults_reach_95_percent_held_out_accuracy(g, name):
     vk, ref = run_task(g, name, epochs=train.TASKS[name].epochs)
     assert vk.metric >= 0.95 and ref.metric >= 0.95
+
+
+def test_the_language_model_learns_and_matches_pytorch_float64(g):
+    vk, ref = run_task(g, "lm", epochs=train.TASKS["lm"].epochs)
+    np.testing.assert_allclose(vk.losses, ref.losses, rtol=1e-4)  # the loss curve, epoch by epoch
+    assert vk.metric == pytest.approx(ref.metric, rel=1e-4)
+    assert vk.losses[-1] < 0.7 * vk.losses[0] and vk.metric < 8  # held-out perplexity; a uniform guess: 88
+
+
+def test_the_language_model_with_a_bfloat16_output_layer_stays_near_float64(g):
+    vk, ref = run_task(g, "lm", epochs=2, bfloat16=True)
+    np.testing.assert_allclose(vk.losses, ref.losses, rtol=1e-3)
+    assert vk.metric == pytest.approx(ref.metric, rel=1e-3)
 
 
 def test_after_the_first_step_no_kernel_is_compiled_and_no_buffer_created(g):
@@ -58,6 +74,15 @@ def test_command_prints_the_summary_and_writes_the_plot(tmp_path):
     assert "device:" in done.stdout and "rel diff" in done.stdout and "subm/step" in done.stdout
     assert re.search(r"breast_cancer\s+bce_loss", done.stdout)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_trains_the_language_model_and_prints_its_perplexity(tmp_path):
+    pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-m", "vkloss.train", "--task", "lm", "--epochs", "1", "--quiet",
+                           "--plot", "", "--lm-bfloat16"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"lm\s+linear_cross_entropy", done.stdout) and "output layer in bfloat16" in done.stdout
+    assert re.search(r"held-out perplexity: vkloss [0-9.]+, PyTorch float64 [0-9.]+", done.stdout)
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.py")))

@@ -5,12 +5,15 @@ Tasks (data from the installed scikit-learn; nothing is downloaded):
   breast_cancer  569 samples, binary: MLP 30-16-1, g.sigmoid then g.bce_loss
   diabetes_mse   442 samples, regression: MLP 10-16-1, g.mse_loss
   diabetes_l1    the same with g.l1_loss
-Each task also trains the same model in float64 numpy (vkloss.reference) from the same initial weights on the same
-batches, and the summary puts both side by side.
+  lm             a character-level language model of Python's own text (the Zen and argparse's source): embedding,
+                 a tanh layer, then g.linear_cross_entropy over the vocabulary; perplexity on held-out text
+Each task also trains the same model in float64 from the same initial weights on the same batches (the MLPs in numpy,
+vkloss.reference; the language model in PyTorch on the CPU), and the summary puts both side by side.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import optim, reference
+from . import language_model, optim, reference
 from . import checkpoint as checkpoints
 from .device import choose_device
 from .errors import NoVulkanDeviceError
@@ -35,6 +38,7 @@ class Task:
     lr: float
     optimizer: str = "adam"
     metric: str = "accuracy"
+    steps_per_epoch: int | None = None  # where an epoch of all the data would take long: this many batches of it
 
 
 TASKS = {
@@ -42,8 +46,11 @@ TASKS = {
     "breast_cancer": Task("breast_cancer", "bce_loss", hidden=16, epochs=20, batch_size=32, lr=0.01),
     "diabetes_mse": Task("diabetes_mse", "mse_loss", hidden=16, epochs=60, batch_size=32, lr=0.01, metric="rmse"),
     "diabetes_l1": Task("diabetes_l1", "l1_loss", hidden=16, epochs=60, batch_size=32, lr=0.01, metric="mae"),
+    "lm": Task("lm", "linear_cross_entropy", hidden=language_model.HIDDEN, epochs=4, batch_size=256, lr=0.01,
+               metric="perplexity", steps_per_epoch=40),
 }
-GROUPS = {"all": list(TASKS), "diabetes": ["diabetes_mse", "diabetes_l1"]}
+GROUPS = {"all": list(TASKS), "mlp": [name for name in TASKS if name != "lm"], "diabetes": ["diabetes_mse",
+                                                                                            "diabetes_l1"]}
 
 
 @dataclass
@@ -53,9 +60,13 @@ class Data:
     x_test: np.ndarray
     y_test: np.ndarray
     y_scale: float = 1.0  # regression targets are standardized; errors are reported in the original units
+    classes: int = 0  # the language model's vocabulary
 
 
 def load(task: Task, seed: int) -> Data:
+    if task.name == "lm":
+        *splits, vocabulary = language_model.load()
+        return Data(*splits, classes=len(vocabulary))
     from sklearn import datasets  # bundled with the package: load_* read local files
 
     if task.name == "digits":
@@ -92,13 +103,14 @@ def initial_weights(sizes, rng):
     return weights
 
 
-def batches(n: int, batch_size: int, epochs: int, rng):
+def batches(n: int, batch_size: int, epochs: int, rng, steps: int | None = None):
     """Shuffled batches per epoch, all of `batch_size` (the remainder of each shuffle is left out, as PyTorch's
-    drop_last=True does): every step has the same shapes, so after the first steps it reuses its kernels."""
+    drop_last=True does; with `steps`, the first `steps` batches of each shuffle): every step has the same shapes,
+    so after the first steps it reuses its kernels."""
     if not 0 < batch_size <= n:
         raise ValueError(f"batch size {batch_size} must be between 1 and the {n} training samples")
     whole = n // batch_size * batch_size
-    return [np.split(rng.permutation(n)[:whole], whole // batch_size) for _ in range(epochs)]
+    return [np.split(rng.permutation(n)[:whole], whole // batch_size)[:steps] for _ in range(epochs)]
 
 
 def metric(task: Task, output: np.ndarray, data: Data) -> float:
@@ -108,6 +120,33 @@ def metric(task: Task, output: np.ndarray, data: Data) -> float:
         return float(np.mean((output > 0) == (data.y_test > 0.5)))  # logit > 0 <=> sigmoid > 0.5
     error = (output - data.y_test) * data.y_scale
     return float(np.sqrt(np.mean(error ** 2))) if task.metric == "rmse" else float(np.mean(np.abs(error)))
+
+
+class MLP:
+    """An MLP task's model on a Graph: parameters named as a PyTorch state dict, its loss, its test metric."""
+
+    def __init__(self, g, task: Task, weights):
+        self.g, self.task = g, task
+        self.params = [g.parameter(a.T if a.ndim == 2 else a) for layer in weights for a in layer]  # nn.Linear's
+        self.named = {f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": p for i, p in enumerate(self.params)}
+        self.loss_fn = getattr(g, task.loss)
+
+    def loss(self, x, y):
+        out = network(self.g, self.params, x)
+        return self.loss_fn(self.g.sigmoid(out), y) if self.task.loss == "bce_loss" else self.loss_fn(out, y)
+
+    def evaluate(self, data: Data) -> float:
+        with self.g.no_grad():
+            return metric(self.task, network(self.g, self.params, self.g.tensor(data.x_test)).numpy(), data)
+
+
+def make_model(g, task: Task, data: Data, rng, bfloat16: bool = False):
+    """A task's initial weights (float32 arrays, shared with the float64 run) and its model on `g`."""
+    if task.name == "lm":
+        weights = language_model.initial_weights(data.classes, rng)
+        return weights, language_model.Model(g, weights, bfloat16=bfloat16)
+    weights = initial_weights([data.x_train.shape[1], task.hidden, data.y_train.shape[1]], rng)
+    return weights, MLP(g, task, weights)
 
 
 def network(g, params, x):
@@ -138,28 +177,27 @@ class Run:
     buffers_at_end: int = 0
 
 
-def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress, eager: bool = False,
+def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager: bool = False,
                  checkpoint: str | None = None, resume: bool = False, seed: int = 0) -> Run:
-    params = [g.parameter(a.T if a.ndim == 2 else a) for layer in weights for a in layer]  # [out, in] as nn.Linear
-    named = {f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": p for i, p in enumerate(params)}
+    params, named = model.params, model.named
     opt = optim.Adam(params, lr=task.lr) if task.optimizer == "adam" else optim.SGD(params, lr=task.lr, momentum=0.9)
-    loss_fn = getattr(g, task.loss)
     run = Run()
     identity = {"task": task.name, "seed": seed, "batch_size": task.batch_size, "lr": task.lr,
                 "optimizer": task.optimizer, "epochs": len(plan)}
     if resume and checkpoint and os.path.exists(checkpoint):
-        saved = checkpoints.load(checkpoint, named, optimizer=opt)  # before the step is captured: it keeps what it recorded
+        # before the step is captured: it keeps what it recorded
+        saved = checkpoints.load(checkpoint, named, optimizer=opt)
         if {k: saved.get(k) for k in identity if k != "epochs"} != {k: v for k, v in identity.items() if k != "epochs"}:
             raise ValueError(f"{checkpoint} is from another run ({saved}); this one is {identity}")
         run.losses = list(saved["losses"])
     start, submissions = time.perf_counter(), g.stats["submissions"]
-    x = g.tensor(data.x_train[plan[0][0]])  # refilled every step: the same buffers, the same compiled kernels
-    y = g.tensor(data.y_train[plan[0][0]])
+    # refilled every step: the same buffers, the same compiled kernels (class indices as int32)
+    x, y = (g.tensor(a[plan[0][0]], dtype=np.int32 if a.dtype.kind in "iu" else None)
+            for a in (data.x_train, data.y_train))
 
     def step():
         opt.zero_grad()  # first, as in PyTorch: last step's gradients are not held through this forward
-        out = network(g, params, x)
-        loss = loss_fn(g.sigmoid(out), y) if task.loss == "bce_loss" else loss_fn(out, y)
+        loss = model.loss(x, y)
         g.backward(loss)
         opt.step()
         return loss
@@ -198,14 +236,17 @@ def train_vkloss(g: Graph, task: Task, data: Data, weights, plan, progress, eage
     run.submissions = g.stats["submissions"] - submissions
     run.algorithms_at_end = g.stats["algorithms_created"]
     run.buffers_at_end = g.stats["buffers_created"]
-    with g.no_grad():
-        run.metric = metric(task, network(g, params, g.tensor(data.x_test)).numpy(), data)
+    run.metric = model.evaluate(data)
     if not eager:
         train_step.release()
     return run
 
 
 def train_reference(task: Task, data: Data, weights, plan) -> Run:
+    if task.name == "lm":
+        run = Run()
+        run.losses, run.metric = language_model.train_torch(weights, data, plan, task.lr, task.optimizer)
+        return run
     params = [a.astype(np.float64) for layer in weights for a in layer]
     opt = reference.Adam(params, task.lr) if task.optimizer == "adam" else reference.SGD(params, task.lr, 0.9)
     layers = lambda: list(zip(params[0::2], params[1::2]))  # noqa: E731
@@ -237,15 +278,25 @@ def progress_bar(name: str, quiet: bool, epochs: int):
 
 
 def summary(results) -> str:
-    head = (f"{'task':14s} {'loss':19s} {'final loss':>11s} {'float64':>11s} {'rel diff':>9s} {'metric':>8s} "
+    head = (f"{'task':14s} {'loss':19s} {'final loss':>11s} {'float64':>11s} {'rel diff':>9s} {'metric':>10s} "
             f"{'vkloss':>8s} {'float64':>8s} {'time s':>7s} {'steps/s':>8s} {'subm/step':>9s}")
     lines = [head, "-" * len(head)]
     for task, vk, ref in results:
         rel = abs(vk.losses[-1] - ref.losses[-1]) / abs(ref.losses[-1])
         lines.append(f"{task.name:14s} {task.loss:19s} {vk.losses[-1]:11.6f} {ref.losses[-1]:11.6f} {rel:9.1e} "
-                     f"{task.metric:>8s} {vk.metric:8.4f} {ref.metric:8.4f} {vk.seconds:7.2f} "
+                     f"{task.metric:>10s} {vk.metric:8.4f} {ref.metric:8.4f} {vk.seconds:7.2f} "
                      f"{vk.steps / vk.seconds:8.1f} {vk.submissions / vk.steps:9.2f}")
     return "\n".join(lines)
+
+
+def describe_language_model(vk: Run, ref: Run, data: Data, bfloat16: bool) -> None:
+    """The language model's loss curve and held-out perplexity, beside PyTorch float64's."""
+    print(f"lm: {data.classes} characters, {len(data.x_train):,} training and {len(data.x_test):,} held-out "
+          f"positions" + ("; output layer in bfloat16" if bfloat16 else ""))
+    print("lm training loss by epoch, vkloss | PyTorch float64: "
+          + ", ".join(f"{a:.4f} | {b:.4f}" for a, b in zip(vk.losses, ref.losses)))
+    print(f"lm held-out perplexity: vkloss {vk.metric:.4f}, PyTorch float64 {ref.metric:.4f} (a uniform guess: "
+          f"{data.classes})")
 
 
 def plot(results, path: str) -> None:
@@ -330,6 +381,9 @@ def parse(argv):
                              "atomically (with several tasks, one file each: PATH's name gets the task's)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from --checkpoint where it exists: bit-identical to a run never stopped")
+    parser.add_argument("--lm-bfloat16", action="store_true",
+                        help="lm: the output layer's operands (hidden state, weight) in bfloat16 for "
+                             "g.linear_cross_entropy, which computes the loss and gradient in float32")
     parser.add_argument("--eager", action="store_true",
                         help="run each step op by op, instead of recording it once and replaying it (g.capture)")
     args = parser.parse_args(argv)
@@ -351,31 +405,34 @@ def main(argv=None) -> int:
         print(f"device: {g.device}")
         for name in names:
             defaults = TASKS[name]
-            task = Task(name, defaults.loss, defaults.hidden, given(args.epochs, defaults.epochs),
-                        given(args.batch_size, defaults.batch_size), given(args.lr, defaults.lr),
-                        given(args.optimizer, defaults.optimizer), defaults.metric)
+            task = dataclasses.replace(defaults, epochs=given(args.epochs, defaults.epochs),
+                                       batch_size=given(args.batch_size, defaults.batch_size),
+                                       lr=given(args.lr, defaults.lr),
+                                       optimizer=given(args.optimizer, defaults.optimizer))
             data = load(task, args.seed)
             rng = np.random.default_rng(args.seed)
-            outputs = data.y_train.shape[1]
-            weights = initial_weights([data.x_train.shape[1], task.hidden, outputs], rng)
+            weights, model = make_model(g, task, data, rng, args.lm_bfloat16)
             try:
-                plan = batches(len(data.x_train), task.batch_size, task.epochs, rng)
+                plan = batches(len(data.x_train), task.batch_size, task.epochs, rng, task.steps_per_epoch)
             except ValueError as e:
                 print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
                 return 2
             try:
-                vk = train_vkloss(g, task, data, weights, plan, progress_bar(name, args.quiet, task.epochs),
+                vk = train_vkloss(g, task, data, model, plan, progress_bar(name, args.quiet, task.epochs),
                                   args.eager, checkpoint_for(args.checkpoint, name, names), args.resume, args.seed)
             except ValueError as e:  # a checkpoint of another run, or a bad file: one line
                 print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
                 return 2
             ref = train_reference(task, data, weights, plan)
             results.append((task, vk, ref))
+            if name == "lm":
+                describe_language_model(vk, ref, data, args.lm_bfloat16)
     print(summary(results))
     print("steps run op by op (--eager)" if args.eager else "steps recorded once and replayed (g.capture; --eager "
           "runs them op by op)")
     for task, vk, _ in results:
-        print(f"{task.name}: {vk.steps} steps; after the first {WARMUP_STEPS} steps, {vk.algorithms_at_end - vk.algorithms_after_warmup}"
+        print(f"{task.name}: {vk.steps} steps; after the first {WARMUP_STEPS} steps, "
+              f"{vk.algorithms_at_end - vk.algorithms_after_warmup}"
               f" kernels compiled and {vk.buffers_at_end - vk.buffers_after_warmup} buffers created")
     if args.plot:
         plot(results, args.plot)
