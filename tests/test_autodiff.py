@@ -111,3 +111,34 @@ def test_the_seed_one_is_shared_by_backward_passes_but_never_handed_out(g, rng):
     r = g.parameter(np.array([1.0]))
     g.backward(r)
     assert r.grad.item() == 1.0
+
+
+# sum_rows and matmul_transposed were public and not differentiable: put through a loss, they gave x a wrong
+# gradient (1/6 where PyTorch gives 1/2) or W none at all, without a word
+def test_sum_rows_is_differentiable(g, rng):
+    x = f32(rng.standard_normal((6, 5)))
+    (grad,) = device_gradients(g, lambda t: g.mean_all(g.sum_rows(t)), [x])
+    np.testing.assert_allclose(grad, np.full(x.shape, 1 / 5), rtol=1e-6)  # d mean_j sum_i x_ij / d x = 1/n
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
+def test_matmul_transposed_is_differentiable(g, rng, trans_a, trans_b):
+    a = f32(rng.standard_normal((7, 5) if trans_a else (5, 7)))
+    b = f32(rng.standard_normal((3, 7) if trans_b else (7, 3)))
+    u = f32(rng.standard_normal((5, 3)))  # d sum(u * C) / dC = u
+    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+    grad_a, grad_b = device_gradients(g, lambda ta, tb: g.sum(g.mul(
+        g.matmul_transposed(ta, tb, trans_a=trans_a, trans_b=trans_b), g.tensor(u))), [a, b])
+    want_a, want_b = u @ op_b.T, op_a.T @ u
+    np.testing.assert_allclose(grad_a, want_a.T if trans_a else want_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_b, want_b.T if trans_b else want_b, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_through_an_op_without_a_gradient_raises_naming_it(g, rng):
+    x = g.tensor(f32(rng.standard_normal((4, 3))), requires_grad=True)
+    loss = g.mean_all(g.relu_backward(g.tensor(np.ones((4, 3))), x))
+    with pytest.raises(RuntimeError, match=r"backward reached g.relu_backward, which is not differentiable.*\(4, 3\)"):
+        g.backward(loss)
+    with g.no_grad():  # what a step computes for itself needs no gradient
+        assert g.mean_all(g.relu_backward(g.tensor(np.ones((4, 3))), x)).item() >= 0
+    assert g.add(g.tensor([1.0]), g.tensor([2.0])).item() == 3.0

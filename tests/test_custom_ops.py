@@ -117,6 +117,12 @@ BUILTIN_CASES = {
         lambda g, h, w, b: g.linear_cross_entropy_with_bias(h, w, g.tensor(np.array([1, 4, 3]), dtype=np.int32), b,
                                                             label_smoothing=0.1, reduction="sum"),
         [(3, 4), (5, 4), (5,)]),
+    "sum_rows": (lambda g, x: g.sum_rows(x), [(3, 4)]),
+    "matmul_transposed": (lambda g, a, b: g.matmul_transposed(a, b, trans_a=True, trans_b=True), [(3, 2), (4, 3)]),
+    "linear_cross_entropy_rows": (  # reduction='none', each row its own upstream gradient, Liger's options on
+        lambda g, h, w, b: g.sum(g.mul(g.linear_cross_entropy_rows(
+            h, w, np.array([1, 4, 3]), b, softcap=2.0, lse_square_scale=0.01), g.tensor([0.5, 2.0, 1.0]))),
+        [(3, 4), (5, 4), (5,)]),
 }
 
 

@@ -461,7 +461,8 @@ class Graph:
         """
         matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor
 
-        op(a) @ op(b): the products matmul's backward needs.
+        op(a) @ op(b), op a transpose where asked (the products matmul's backward needs): a @ b.T is
+        matmul_transposed(a, b, trans_b=True). d/da and d/db are products of the same kind.
         """
         return self._call_bound('matmul_transposed', {'a': a, 'b': b, 'trans_a': trans_a, 'trans_b': trans_b})
 
@@ -470,7 +471,7 @@ class Graph:
         sum_rows(Tensor x) -> Tensor
 
         [n]: the sum over the batch of a [batch, n] matrix (the gradient of a broadcast bias), computed as
-        ones[1, batch] @ x.
+        ones[1, batch] @ x. d/dx: grad repeated over the rows.
         """
         return self._call_bound('sum_rows', {'x': x})
 

@@ -296,7 +296,9 @@ class Graph(_graph_ops.Graph):
                 raise ValueError(f"g.{op.name}: its fused kernel gives the gradient with respect to "
                                  f"{', '.join(op.grad_inputs)} only; argument {position} (shape {t.shape}) must not "
                                  f"require a gradient ({name})")
-        differentiable = self._grad_enabled and op.backward is not None and any(_requires_grad(t) for t in tensors)
+        # an op without a backward still records its node where an input needs a gradient: backward reaching it
+        # raises, naming it, rather than cutting the gradient without a word
+        differentiable = self._grad_enabled and any(_requires_grad(t) for t in tensors)
         in_place = differentiable and bool(op.inplace_option and options.get(op.inplace_option))
         if in_place:
             self._check_in_place(op, tensors, constants)

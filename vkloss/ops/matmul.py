@@ -101,6 +101,19 @@ def _transposed_forward(ctx, a, b, trans_a=False, trans_b=False):
     matmul_into(ctx, a, b, ctx.out, m, n, k, trans_a, trans_b)
 
 
+def _transposed_backward(ctx, grad):
+    """C = op(a) @ op(b): d op(a) = G @ op(b)^T and d op(b) = op(a)^T @ G, each transposed back where a or b was."""
+    (a, b), (trans_a, trans_b), g = ctx.inputs, (ctx.attrs["trans_a"], ctx.attrs["trans_b"]), ctx.g
+    grad_a = grad_b = None
+    if ctx.needs[0]:
+        grad_a = (g.matmul_transposed(b, grad, trans_a=trans_b, trans_b=True) if trans_a else
+                  g.matmul_transposed(grad, b, trans_b=not trans_b))
+    if ctx.needs[1]:
+        grad_b = (g.matmul_transposed(grad, a, trans_a=True, trans_b=trans_a) if trans_b else
+                  g.matmul_transposed(a, grad, trans_a=not trans_a))
+    return grad_a, grad_b
+
+
 def _sum_rows_shape(x):
     if len(x) != 2:
         raise ValueError(f"sum_rows: needs a matrix [batch, n], got shape {x}")
@@ -121,12 +134,15 @@ register_op(
 )
 register_op(
     "matmul_transposed", kernels=(MATMUL,), shape=_transposed_shape, forward=_transposed_forward,
+    backward=_transposed_backward,
     schema="matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor",
-    doc="op(a) @ op(b): the products matmul's backward needs.",
+    doc="op(a) @ op(b), op a transpose where asked (the products matmul's backward needs): a @ b.T is "
+        "matmul_transposed(a, b, trans_b=True). d/da and d/db are products of the same kind.",
 )
 register_op(
     "sum_rows", schema="sum_rows(Tensor x) -> Tensor", kernels=(MATMUL,), shape=_sum_rows_shape,
     forward=_sum_rows_forward,
+    backward=lambda ctx, grad: (ctx.g.broadcast_axis(grad, shape=ctx.inputs[0].shape, dim=0),),
     doc="[n]: the sum over the batch of a [batch, n] matrix (the gradient of a broadcast bias), computed as "
-        "ones[1, batch] @ x.",
+        "ones[1, batch] @ x. d/dx: grad repeated over the rows.",
 )
