@@ -31,7 +31,8 @@
 // INPLACE: the gradient is written over the logits (binding `pred` moves to the outputs, read then written by the same
 // invocation, element by element), so the loss needs no buffer of the logits' size.
 // Per-invocation loops stay short for any size (chunk / WG and chunks per row), well under lavapipe's limit.
-// Liger-Kernel's options are push constants, 0 when off (a uniform branch: no variant of their own):
+// Liger-Kernel's options are push constants, 0 when off (softcap also switched by the specialization constant SOFTCAP;
+// neither has variants of its own):
 //   softcap: each logit is read as softcap tanh(logit / softcap), and its gradient times 1 - (capped / softcap)^2;
 //   z_scale (z-loss): z_scale lse^2 is added to a counted row's loss, lse = log sum exp of the (capped) logits, and
 //   2 z_scale lse softmax to its gradient: A grows by 2 z_scale lse.
@@ -100,10 +101,13 @@ layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { STORED weight[]; };
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
 #endif
 
-float capped(float v) { return p.softcap > 0.0 ? p.softcap * tanh_accurate(v / p.softcap) : v; }
-vec4 capped(vec4 v) { return p.softcap > 0.0 ? p.softcap * tanh_accurate(v / p.softcap) : v; }
-float cap_slope(float y) { return p.softcap > 0.0 ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
-vec4 cap_slope(vec4 y) { return p.softcap > 0.0 ? 1.0 - (y / p.softcap) * (y / p.softcap) : vec4(1.0); }
+// Whether softcap is on: a specialization constant, so a kernel without it has no trace of it (a branch on the push
+// constant alone costs CPU devices the tanh on every logit, both sides of the select being computed).
+layout(constant_id = 2) const bool SOFTCAP = false;
+float capped(float v) { return SOFTCAP ? p.softcap * tanh_accurate(v / p.softcap) : v; }
+vec4 capped(vec4 v) { return SOFTCAP ? p.softcap * tanh_accurate(v / p.softcap) : v; }
+float cap_slope(float y) { return SOFTCAP ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
+vec4 cap_slope(vec4 y) { return SOFTCAP ? 1.0 - (y / p.softcap) * (y / p.softcap) : vec4(1.0); }
 
 // The gradient's scale: with NORM_BUFFER 1 / norm, +inf where the counted rows' weights sum to 0 (the row losses are
 // summed first, then divided).

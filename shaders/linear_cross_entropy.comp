@@ -48,8 +48,9 @@ RowTarget row_target(uint row) {
     return r;
 }
 
-float capped(float v) { return p.softcap > 0.0 ? p.softcap * tanh_accurate(v / p.softcap) : v; }
-float cap_slope(float y) { return p.softcap > 0.0 ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
+layout(constant_id = 2) const bool SOFTCAP = false;  // softcap on: as in cross_entropy.comp
+float capped(float v) { return SOFTCAP ? p.softcap * tanh_accurate(v / p.softcap) : v; }
+float cap_slope(float y) { return SOFTCAP ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
 
 float coefficient(RowTarget r, uint c) {  // c: a class of the whole vocabulary
     float a = (int(c) == r.index ? r.keep : 0.0) + r.spread;

@@ -160,3 +160,23 @@ def test_two_pass_rows_in_the_widest_workgroup(rng, classes, dtype):
         ref_loss, ref_grad = reference.cross_entropy(x.astype(np.float64), soft.astype(np.float64))
         assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
         np.testing.assert_allclose(p32.grad.numpy(), ref_grad, rtol=1e-5, atol=1e-5 * np.abs(ref_grad).max())
+
+
+@pytest.mark.parametrize("classes", [100, 4096])
+def test_softcap_and_z_loss_in_registers(gpu_like, classes):
+    from helpers import liger_reference
+
+    g = gpu_like
+    rng = np.random.default_rng(classes)
+    logits = (rng.standard_normal((6, classes)) * 4).astype(np.float32)
+    labels = rng.integers(0, classes, 6)
+    labels[2] = -100
+    pred = g.tensor(logits, requires_grad=True)
+    loss, z_loss = g.cross_entropy_loss(pred, labels, softcap=3.0, lse_square_scale=1e-3, label_smoothing=0.1,
+                                        return_z_loss=True)
+    g.backward(loss)
+    assert g.chosen and g.chosen[-1] is not None  # the row held in registers, with SOFTCAP specialized on
+    want_loss, want_z, want_grad = liger_reference(logits, labels, 1e-3, 3.0, 0.1)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-6)
+    assert z_loss.item() == pytest.approx(want_z, rel=1e-6)
+    np.testing.assert_allclose(pred.grad.numpy(), want_grad, rtol=1e-4, atol=1e-5 * np.abs(want_grad).max())

@@ -18,7 +18,8 @@ from ..kernels import Kernel
 from ..registry import Backward, register_op
 from ..tensor import dtype_name
 from . import casts
-from .cross_entropy import LIGER_OPTIONS, check_index_options, check_liger_options, index_target_checks
+from .cross_entropy import (LIGER_OPTIONS, check_index_options, check_liger_options, index_target_checks,
+                            softcap_constants)
 from .matmul import TILE, matmul_into
 from .reductions import tree_sum
 
@@ -131,6 +132,7 @@ class Sweep:
         self.push = dict(rows=self.rows, classes=self.classes, smoothing=label_smoothing, ignore_index=ignore_index,
                          softcap=softcap or 0.0, z_scale=lse_square_scale)
         self.weighted = weight_classes is not None
+        self.cap = softcap_constants(softcap)()  # STATS and GRAD read the logits
         self.known = dict(target=target, weight=weight_classes)
 
     def gradients(self) -> tuple:
@@ -162,8 +164,8 @@ class Sweep:
 
     def _grad(self, known, push, count, logits, row_scale):
         self.ctx.dispatch(self._variant("GRAD", norm_buffer=self.norm is not None, row_scale=row_scale is not None),
-                          self.ctx.groups_for(count), push=push, norm=self.norm, row_scale=row_scale, bias=self.bias,
-                          logits=logits, **known)
+                          self.ctx.groups_for(count), constants=self.cap, push=push, norm=self.norm,
+                          row_scale=row_scale, bias=self.bias, logits=logits, **known)
 
     def _by_rows(self, known, losses, grads, row_scale, per_block):
         """Blocks of whole rows: each block's logits made once, its loss, and with `grads` its share of them."""
@@ -177,7 +179,7 @@ class Sweep:
             matmul_into(ctx, hidden, weight, logits, count, classes, features, trans_b=True,
                         offsets=(begin * features, 0, 0))  # logits[count, classes] = hidden_rows @ weight.T
             ctx.dispatch(self._variant("STATS", first=True), ctx.grid(count), workgroup=ctx.row_workgroup(classes),
-                         push=block, logits=logits, bias=self.bias, **known)
+                         constants=self.cap, push=block, logits=logits, bias=self.bias, **known)
             self._loss(known, losses, block, count)
             if grads is None:
                 continue
@@ -205,7 +207,7 @@ class Sweep:
         for begin, width in chunks:
             make_logits(begin, width)
             ctx.dispatch(self._variant("STATS", first=begin == 0), ctx.grid(rows), workgroup=ctx.row_workgroup(width),
-                         push={**self.push, "chunk_begin": begin, "chunk": width}, logits=logits, bias=self.bias,
+                         constants=self.cap, push={**self.push, "chunk_begin": begin, "chunk": width}, logits=logits, bias=self.bias,
                          **known)
         self._loss(known, losses, self.push, rows)
         if grads is None:
