@@ -51,6 +51,19 @@ def test_the_language_model_with_a_bfloat16_output_layer_stays_near_float64(g):
     assert vk.metric == pytest.approx(ref.metric, rel=1e-3)
 
 
+def test_without_pytorch_the_language_model_has_no_float64_run_and_says_so(monkeypatch, capsys):
+    def missing(*args, **kwargs):
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(train.language_model, "train_torch", missing)
+    task = dataclasses.replace(train.TASKS["lm"], epochs=2)
+    ref = train.train_reference(task, None, None, [[], []])
+    assert len(ref.losses) == 2 and np.isnan(ref.losses).all() and np.isnan(ref.metric)
+    data = train.Data(np.zeros((3, 8)), np.zeros(3), np.zeros((1, 8)), np.zeros(1), classes=88)
+    train.describe_language_model(ref, ref, data, bfloat16=False)
+    assert "PyTorch is not installed" in capsys.readouterr().out
+
+
 def test_after_the_first_step_no_kernel_is_compiled_and_no_buffer_created(g):
     vk, _ = run_task(g, "breast_cancer", epochs=3)
     assert vk.steps > 20
