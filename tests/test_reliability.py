@@ -198,6 +198,7 @@ TEN_THOUSAND_STEPS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ten_thousand_training_steps_keep_memory_and_kernels_flat():
     # Without the validation layer: with synchronization validation on, the layer itself keeps about 5.6 KB per
     # queue submission (measured: flat without it, +5.5 MiB per 1,000 steps with it, and no message).

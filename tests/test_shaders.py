@@ -80,6 +80,7 @@ def run_tools(*args, env=None):
     return subprocess.run([sys.executable, "-m", "vkloss.tools", *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow  # every variant compiled into an empty cache: a minute and a half on 2 cores
 def test_tools_compile_then_check_pass(tmp_path):
     env = dict(os.environ, VKLOSS_CACHE_DIR=str(tmp_path))
     compiled = run_tools("compile", env=env)
@@ -132,6 +133,7 @@ def test_dispatch_with_the_wrong_number_of_buffers_is_refused(g):
         engine.dispatch(ELEMENTWISE.variant(op="add").shader, [a], [a], [4], (1, 1, 1))
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_ratios_and_writes_json(tmp_path):
     import json
 

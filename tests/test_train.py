@@ -89,6 +89,7 @@ def test_command_prints_the_summary_and_writes_the_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_command_trains_the_language_model_and_prints_its_perplexity(tmp_path):
     pytest.importorskip("torch")
     done = subprocess.run([sys.executable, "-m", "vkloss.train", "--task", "lm", "--epochs", "1", "--quiet",
