@@ -179,6 +179,23 @@ def test_softcap_z_loss_and_reductions_match_ligers_reference(g, rng, reduction,
         close(got.numpy(), expected)
 
 
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+def test_reduction_none_with_class_weights_and_smoothing_matches_pytorch(g, rng):
+    hidden, weight, bias, target = inputs(rng)
+    wc = rng.uniform(0.5, 2, len(weight)).astype(np.float32)
+    upstream = rng.uniform(0.5, 2, len(target)).astype(np.float32)
+    h, w, b = g.parameter(hidden), g.parameter(weight), g.parameter(bias)
+    loss = g.linear_cross_entropy(h, w, target, bias=b, reduction="none", weight_classes=wc, label_smoothing=0.1)
+    g.backward(g.sum(g.mul(loss, g.tensor(upstream))))
+    th, tw, tb = (torch.tensor(f32(a), requires_grad=True) for a in (hidden, weight, bias))
+    theirs = torch.nn.functional.cross_entropy(torch.nn.functional.linear(th, tw, tb), torch.tensor(target),
+                                               weight=torch.tensor(f32(wc)), reduction="none", label_smoothing=0.1)
+    (theirs * torch.tensor(f32(upstream))).sum().backward()
+    close(loss.numpy(), theirs.detach().numpy(), 1e-5)
+    for got, expected in zip((h.grad, w.grad, b.grad), (th.grad, tw.grad, tb.grad)):
+        close(got.numpy(), expected.numpy())
+
+
 def test_reduction_none_from_16_bit_operands_gives_gradients_in_their_dtype(g, rng):
     hidden, weight, bias, target = inputs(rng, rows=9, classes=70)
     h = g.tensor(hidden, dtype="bfloat16", requires_grad=True)
