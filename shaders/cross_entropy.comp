@@ -31,11 +31,8 @@
 // INPLACE: the gradient is written over the logits (binding `pred` moves to the outputs, read then written by the same
 // invocation, element by element), so the loss needs no buffer of the logits' size.
 // Per-invocation loops stay short for any size (chunk / WG and chunks per row), well under lavapipe's limit.
-// Liger-Kernel's options are push constants, 0 when off (softcap also switched by the specialization constant SOFTCAP;
-// neither has variants of its own):
-//   softcap: each logit is read as softcap tanh(logit / softcap), and its gradient times 1 - (capped / softcap)^2;
-//   z_scale (z-loss): z_scale lse^2 is added to a counted row's loss, lse = log sum exp of the (capped) logits, and
-//   2 z_scale lse softmax to its gradient: A grows by 2 z_scale lse.
+// Liger-Kernel's options, softcap and the z-loss, are push constants (softcap switched on by the specialization
+// constant SOFTCAP) with no variants of their own: shaders/include/liger_options.glsl.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "losses.glsl"
@@ -101,13 +98,7 @@ layout(set = 0, binding = B_WEIGHT) readonly buffer Weight { STORED weight[]; };
 layout(set = 0, binding = B_NORM) readonly buffer Norm { float norm[]; };  // sum of the counted rows' w_target
 #endif
 
-// Whether softcap is on: a specialization constant, so a kernel without it has no trace of it (a branch on the push
-// constant alone costs CPU devices the tanh on every logit, both sides of the select being computed).
-layout(constant_id = 2) const bool SOFTCAP = false;
-float capped(float v) { return SOFTCAP ? p.softcap * tanh_accurate(v / p.softcap) : v; }
-vec4 capped(vec4 v) { return SOFTCAP ? p.softcap * tanh_accurate(v / p.softcap) : v; }
-float cap_slope(float y) { return SOFTCAP ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
-vec4 cap_slope(vec4 y) { return SOFTCAP ? 1.0 - (y / p.softcap) * (y / p.softcap) : vec4(1.0); }
+#include "liger_options.glsl"  // capped(), cap_slope(), z_loss(), z_coefficient()
 
 // The gradient's scale: with NORM_BUFFER 1 / norm, +inf where the counted rows' weights sum to 0 (the row losses are
 // summed first, then divided).
@@ -135,10 +126,6 @@ RowTarget row_target(uint row) {
     r.spread = r.counted ? p.smoothing / float(p.classes) : 0.0;
     return r;
 }
-
-// The z-loss of a row whose log-sum-exp is lse, and what it adds to A.
-float z_loss(RowTarget r, float lse) { return r.counted && p.z_scale != 0.0 ? p.z_scale * lse * lse : 0.0; }
-float z_coefficient(RowTarget r, float lse) { return r.counted && p.z_scale != 0.0 ? 2.0 * p.z_scale * lse : 0.0; }
 
 // Class indices outside [0, classes) that are not ignore_index: the row kernels (and COMBINE) flag their row in `bad`,
 // which the engine counts and raises on at the next host read.
@@ -225,11 +212,11 @@ void main() {
         a_sum += a;
     }
     float log_sum = log_accurate(sum_exp);
-    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r, m + log_sum);
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r.counted, m + log_sum);
     FLAG_BAD(row, r);
 #if WRITE_GRAD
     float scale = grad_scale();
-    a_sum += z_coefficient(r, m + log_sum);
+    a_sum += z_coefficient(r.counted, m + log_sum);
     for (uint c = 0; c < p.classes; ++c) {
         float y = capped(pred[base + c]);
         float softmax = exp(y - m - log_sum);
@@ -320,14 +307,14 @@ void main() {
     vec4 sums = workgroup_sum4(vec4(s_own * exp(m_own - m), a_own - rebase, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
     if (gl_LocalInvocationID.x == 0) {
-        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) + z_loss(r, m + log_sum);
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) + z_loss(r.counted, m + log_sum);
         FLAG_BAD(row, r);
     }
 #if WRITE_GRAD
     // grad = softmax * A * scale - a * scale, softmax = exp((p - m) - log_sum): never m + log_sum, which rounds
     // log_sum away where the logits are large (|m| ~ 3e4 has float32 spacing 0.002)
     float scale = r.counted ? grad_scale() : 0.0;
-    float a_scale = (sums.z + z_coefficient(r, m + log_sum)) * scale;
+    float a_scale = (sums.z + z_coefficient(r.counted, m + log_sum)) * scale;
     for (uint k = gl_LocalInvocationID.x; k < width; k += WG) {
         ELEMENT v[PER_LOAD], a[PER_LOAD], g[PER_LOAD];
         load_row(r, base + k, k, v, a);
@@ -374,12 +361,12 @@ void main() {
     vec4 sums = workgroup_sum4(vec4(s_own, a_own, t_own, 0.0));
     float log_sum = log_accurate(sums.x);
     if (gl_LocalInvocationID.x == 0) {
-        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) + z_loss(r, m + log_sum);
+        row_loss[row] = (r.counted ? sums.z * log_sum - sums.y : 0.0) + z_loss(r.counted, m + log_sum);
         FLAG_BAD(row, r);
     }
 #if WRITE_GRAD
     float scale = r.counted ? grad_scale() : 0.0;
-    float a_scale = (sums.z + z_coefficient(r, m + log_sum)) * scale;
+    float a_scale = (sums.z + z_coefficient(r.counted, m + log_sum)) * scale;
     [[unroll]] for (uint j = 0; j < VALUES; ++j) {
         uint k = gl_LocalInvocationID.x + j * WG;
         if (k < width) {
@@ -432,8 +419,8 @@ void main() {
         a_sum += part.w;
     }
     float log_sum = log_accurate(sum_exp);
-    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r, m + log_sum);
-    row_stats[row] = vec4(m, log_sum, a_sum + z_coefficient(r, m + log_sum), 0.0);
+    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r.counted, m + log_sum);
+    row_stats[row] = vec4(m, log_sum, a_sum + z_coefficient(r.counted, m + log_sum), 0.0);
     FLAG_BAD(row, r);
 }
 
@@ -483,7 +470,7 @@ void main() {
     }
     float m = workgroup_max(m_own);
     float s = workgroup_sum4(vec4(m_own == NEG_INF ? 0.0 : s_own * exp(m_own - m), 0.0, 0.0, 0.0)).x;
-    if (gl_LocalInvocationID.x == 0) row_z[row] = z_loss(r, m + log_accurate(s));
+    if (gl_LocalInvocationID.x == 0) row_z[row] = z_loss(r.counted, m + log_accurate(s));
 }
 #else
 #error "cross_entropy.comp: define one MODE_*"

@@ -15,9 +15,8 @@
 //               divisor comes after the sum); stats.y becomes log(sum exp) = lse - m for the gradient pass.
 //   MODE_GRAD:  one invocation per element of the chunk: the chunk's logits become their gradient, in place.
 // Masked logits (-inf) and huge ones follow cross_entropy.comp's rules (weighted_shift, shift_from).
-// Liger-Kernel's options, push constants 0 when off, as in cross_entropy.comp: softcap (each logit z read as
-// softcap tanh(z / softcap), its gradient times 1 - (capped / softcap)^2) and z_scale (z-loss: z_scale lse^2 added
-// to a counted row's loss, 2 z_scale lse to its A). Z_ROWS: MODE_LOSS also writes each row's z-loss alone.
+// Liger-Kernel's options, softcap and the z-loss, as in cross_entropy.comp (shaders/include/liger_options.glsl).
+// Z_ROWS: MODE_LOSS also writes each row's z-loss alone.
 // ROW_SCALE: MODE_GRAD scales each row's gradient by row_scale[row] (reduction='none': the upstream gradient).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -48,9 +47,7 @@ RowTarget row_target(uint row) {
     return r;
 }
 
-layout(constant_id = 2) const bool SOFTCAP = false;  // softcap on: as in cross_entropy.comp
-float capped(float v) { return SOFTCAP ? p.softcap * tanh_accurate(v / p.softcap) : v; }
-float cap_slope(float y) { return SOFTCAP ? 1.0 - (y / p.softcap) * (y / p.softcap) : 1.0; }
+#include "liger_options.glsl"  // capped(), cap_slope(), z_loss(), z_coefficient()
 
 float coefficient(RowTarget r, uint c) {  // c: a class of the whole vocabulary
     float a = (int(c) == r.index ? r.keep : 0.0) + r.spread;
@@ -112,13 +109,13 @@ void main() {
     vec4 s = stats[row];
     float log_sum = log_accurate(s.y);  // lse - m
     // A (lse - m) - sum a (z - m): where A is 0 nothing counts (a mean's division by norm comes after the sum)
-    float lse = s.x + log_sum, z_loss = r.counted && p.z_scale != 0.0 ? p.z_scale * lse * lse : 0.0;
-    row_loss[row] = (r.counted ? weighted_shift(s.w, log_sum) - s.z : 0.0) + z_loss;
+    float lse = s.x + log_sum, z = z_loss(r.counted, lse);
+    row_loss[row] = (r.counted ? weighted_shift(s.w, log_sum) - s.z : 0.0) + z;
 #if Z_ROWS
-    row_z[row] = z_loss;
+    row_z[row] = z;
 #endif
     // the z-loss's gradient 2 z_scale lse softmax joins A's softmax A
-    stats[row] = vec4(s.x, log_sum, s.z, s.w + (r.counted && p.z_scale != 0.0 ? 2.0 * p.z_scale * lse : 0.0));
+    stats[row] = vec4(s.x, log_sum, s.z, s.w + z_coefficient(r.counted, lse));
 }
 
 #elif MODE_GRAD

@@ -73,9 +73,7 @@ class Op:
 
     def output_count(self, options: dict) -> int:
         """How many outputs a call with these options returns (its shape rule gives as many shapes)."""
-        if self.outputs_option is not None and not options.get(self.outputs_option):
-            return 1
-        return self.schema.outputs
+        return _output_count(self.schema.outputs, self.outputs_option, options)
 
     @functools.cached_property
     def operand_names(self) -> tuple:
@@ -321,13 +319,18 @@ def is_shape(value) -> bool:
     return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(d, int) and d > 0 for d in value)
 
 
+def _output_count(most: int, outputs_option: str | None, options: dict) -> int:
+    """An op of `most` outputs returns its first alone unless its outputs_option is set (None: always all)."""
+    return 1 if outputs_option is not None and not options.get(outputs_option) else most
+
+
 def _explained(name, rule, most: int = 1, outputs_option: str | None = None):
     """A shape rule whose failures name the op and the shapes it was given."""
     if rule is None:
         return None
 
     def shape(*shapes, **options):
-        outputs = most if outputs_option is None or options.get(outputs_option) else 1
+        outputs = _output_count(most, outputs_option, options)
         try:
             out = rule(*shapes, **options)
         except ValueError:

@@ -120,11 +120,11 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
     push = dict(rows=rows, classes=classes, chunk=classes, scale=scale, smoothing=label_smoothing,
                 ignore_index=ignore_index or 0, ignore=ignore_index is not None, softcap=softcap or 0.0,
                 z_scale=lse_square_scale)
-    cap = softcap_constants(softcap)
+    cap = spec_constants(softcap)  # every kernel below that reads the logits
     if return_z_loss:  # the z-loss alone, before a gradient written in place overwrites the logits
         z_out = ctx.outs[1] if reduction == "none" else ctx.alloc(rows)
         ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_Z", target_index=index, storage=storage), ctx.grid(rows),
-                     workgroup=ctx.row_workgroup(classes), constants=cap(), push=push, pred=pred, target=target,
+                     workgroup=ctx.row_workgroup(classes), constants=cap, push=push, pred=pred, target=target,
                      row_z=z_out)
         if reduction != "none":
             tree_sum(ctx, z_out, rows, ctx.outs[1], 1.0 if norm is not None else scale, divide=norm)
@@ -135,15 +135,15 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
     buffers = dict(pred=pred, target=target, weight=weight, norm=norm, grad=grad)
     if classes <= SMALL_ROW and storage == "F32":
         ctx.dispatch(CROSS_ENTROPY.variant(mode="SMALL", write_grad=want_grad, inplace=inplace, **switches),
-                     ctx.groups_for(rows), constants=cap(), push=push, row_loss=row_loss, bad=bad, **buffers)
+                     ctx.groups_for(rows), constants=cap, push=push, row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
         wide = ctx.wide_loads(classes)  # or eight (float32: 32 bytes, 16-bit: 16), on CPU devices
         once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
         if once:
-            workgroup, constants = once[0], cap(once[1])
+            workgroup, constants = once[0], spec_constants(softcap, once[1])
         else:
-            workgroup, constants = ctx.row_workgroup(classes // (8 if wide else 4 if vec4 else 1)), cap()
+            workgroup, constants = ctx.row_workgroup(classes // (8 if wide else 4 if vec4 else 1)), cap
         ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_ONCE" if once else "ROW", write_grad=want_grad, inplace=inplace,
                                            vec4=vec4, storage=storage, wide=wide and not once, **switches),
                      ctx.grid(rows), workgroup=workgroup, constants=constants, push=push, row_loss=row_loss, bad=bad,
@@ -154,7 +154,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
         partials, row_stats = ctx.alloc(rows * chunks * 4), ctx.alloc(rows * 4)
         ctx.dispatch(CROSS_ENTROPY.variant(mode="STATS", target_index=index, weighted=weight is not None,
                                            storage=storage),
-                     ctx.grid(rows * chunks), constants=cap(), push=push, pred=pred, target=target, weight=weight,
+                     ctx.grid(rows * chunks), constants=cap, push=push, pred=pred, target=target, weight=weight,
                      partials=partials)
         ctx.dispatch(CROSS_ENTROPY.variant(mode="COMBINE", target_index=index, norm_buffer=norm is not None),
                      ctx.groups_for(rows), push=push, partials=partials, target=target if index else None, norm=norm,
@@ -163,7 +163,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
             ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, storage=storage,
                                                **switches),
                          ctx.groups_for(rows * classes if storage == "F32" else packed_words(rows * classes)),
-                         constants=cap(), push=push, row_stats=row_stats, **buffers)
+                         constants=cap, push=push, row_stats=row_stats, **buffers)
     if index:
         count_bad(ctx, bad, rows, classes, ignore_index, f"cross_entropy_loss: {{count}} class indices of target "
                   f"(shape {target_shape}) are outside {{allowed}}, beside pred {ctx.shapes[0]}")
@@ -173,15 +173,12 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
         ctx.save_for_backward(pred if inplace else grad)
 
 
-def softcap_constants(softcap):
+def spec_constants(softcap, values: int = 0) -> tuple:
     """The specialization constants after the workgroup size, (VALUES, SOFTCAP), for a kernel that reads logits:
-    `cap(values)` gives () or (values,) where softcap is off, so such kernels are the ones they were without it."""
-    def cap(values: int = 0) -> tuple:
-        if softcap:
-            return values, 1
-        return (values,) if values else ()
-
-    return cap
+    () or (values,) where softcap is off, so such kernels are the ones they were without it."""
+    if softcap:
+        return values, 1
+    return (values,) if values else ()
 
 
 def count_bad(ctx, bad, rows: int, classes: int, ignore_index, message: str) -> None:

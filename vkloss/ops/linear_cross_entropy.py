@@ -19,7 +19,7 @@ from ..registry import Backward, register_op
 from ..tensor import dtype_name
 from . import casts
 from .cross_entropy import (LIGER_OPTIONS, check_index_options, check_liger_options, index_target_checks,
-                            softcap_constants)
+                            spec_constants)
 from .matmul import TILE, matmul_into
 from .reductions import tree_sum
 
@@ -132,7 +132,7 @@ class Sweep:
         self.push = dict(rows=self.rows, classes=self.classes, smoothing=label_smoothing, ignore_index=ignore_index,
                          softcap=softcap or 0.0, z_scale=lse_square_scale)
         self.weighted = weight_classes is not None
-        self.cap = softcap_constants(softcap)()  # STATS and GRAD read the logits
+        self.cap = spec_constants(softcap)  # STATS and GRAD read the logits
         self.known = dict(target=target, weight=weight_classes)
 
     def gradients(self) -> tuple:
@@ -207,8 +207,8 @@ class Sweep:
         for begin, width in chunks:
             make_logits(begin, width)
             ctx.dispatch(self._variant("STATS", first=begin == 0), ctx.grid(rows), workgroup=ctx.row_workgroup(width),
-                         constants=self.cap, push={**self.push, "chunk_begin": begin, "chunk": width}, logits=logits, bias=self.bias,
-                         **known)
+                         constants=self.cap, push={**self.push, "chunk_begin": begin, "chunk": width}, logits=logits,
+                         bias=self.bias, **known)
         self._loss(known, losses, self.push, rows)
         if grads is None:
             return
