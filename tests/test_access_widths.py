@@ -48,7 +48,7 @@ def test_elementwise_ops_at_every_width(forced, rng, shape):
             rtol = 1e-6 if name == "sigmoid" else 2e-7  # exp's error, not the access's
             np.testing.assert_allclose(getattr(g, name)(tx).numpy(), reference(x64), rtol=rtol, err_msg=name)
         for name, reference in BINARY.items():
-            got = getattr(g, name)(tother, tx).numpy()
+            got = getattr(g.ops, name)(tother, tx).numpy()
             np.testing.assert_allclose(got, reference(other64, x64), rtol=2e-7, atol=1e-30, err_msg=name)
     assert np.signbit(g.neg(tx).numpy().reshape(-1)[-1]) == 0  # -(-0) = +0
     assert set(widths(g, "elementwise")) == {width_for(g, x.size)}
@@ -63,7 +63,7 @@ def test_broadcast_ops_keep_each_access_within_a_row(forced, rng, rows, cols):
     bias, scales = rng.standard_normal(cols).astype(np.float32), rng.standard_normal(rows).astype(np.float32)
     tx = g.tensor(x)
     np.testing.assert_allclose(g.add(tx, g.tensor(bias)).numpy(), x.astype(np.float64) + bias, rtol=2e-7)
-    np.testing.assert_allclose(g.mul_rows(tx, g.tensor(scales)).numpy(), x.astype(np.float64) * scales[:, None],
+    np.testing.assert_allclose(g.ops.mul_rows(tx, g.tensor(scales)).numpy(), x.astype(np.float64) * scales[:, None],
                                rtol=2e-7)
     assert widths(g, "elementwise") == [width_for(g, rows * cols, cols)] * 2
     g.names.clear()
@@ -88,7 +88,7 @@ def test_sums_counts_and_fills_at_every_width(forced, rng, n):
     assert widths(g, "reductions") == [width_for(g, n)]
     bad = x.copy()
     bad[[1, 5, n - 1]] = [np.nan, np.inf, -np.inf]  # in either half of an eight-float access, and the last
-    assert g.count_nonfinite(g.tensor(bad)).item() == (3 if n > 5 else 2)
+    assert g.ops.count_nonfinite(g.tensor(bad)).item() == (3 if n > 5 else 2)
 
 
 # whole accesses only, four-float accesses and a tail of one, eight-float accesses and a tail of five

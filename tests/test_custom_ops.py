@@ -30,6 +30,11 @@ def fresh(name):
     return f"{name}_{next(_names)}_{os.getpid()}"
 
 
+def one(name):
+    """The schema of a user's op of one operand."""
+    return f"{name}(Tensor x) -> Tensor"
+
+
 def huber_reference(p, t, delta):
     d = f32(p) - f32(t)
     small = np.abs(d) < delta
@@ -142,16 +147,33 @@ def test_every_builtin_op_passes_gradcheck(g, rng, name):
 def test_every_differentiable_builtin_op_has_a_gradcheck_case():
     from vkloss import registry
 
-    builtin = [op.name for op in registry.all_ops() if op.backward_kind != registry.NOT_DIFFERENTIABLE
+    builtin = [op.name for op in registry.all_ops() if op.backward_kind is not vkloss.Backward.NONE
                and not op.name.startswith("huber")]  # the example's ops: its own tests above
     assert [name for name in builtin if name not in BUILTIN_CASES] == []
+
+
+def test_public_means_differentiable_and_internal_kernels_are_not_graph_methods(g):
+    """Every Graph method of vkloss's own ops has a backward; the kernels backward rules call are g.ops alone."""
+    from vkloss import registry
+
+    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.")]
+    assert [op.name for op in ops if not op.internal and op.backward_kind is vkloss.Backward.NONE] == []
+    internal = [op.name for op in ops if op.internal]
+    assert {"count_nonfinite", "mul_rows", "relu_backward", "softmax_backward", "linear_grad_input"} <= set(internal)
+    for name in internal:
+        assert not hasattr(vkloss.Graph, name) and callable(getattr(g.ops, name))
+        with pytest.raises(AttributeError, match=rf"internal op.*g\.ops\.{name}"):
+            getattr(g, name)
+    np.testing.assert_array_equal(g.ops.relu_backward(g.tensor([1.0, 2.0]), g.tensor([-1.0, 1.0])).numpy(), [0, 2])
+    assert g.ops.add is not None and "relu_backward" in dir(g.ops)
 
 
 def test_gradcheck_catches_a_wrong_backward_rule(g, rng):
     src = (CUSTOM / "huber.comp").read_text()
     name = fresh("wrong_huber")
-    vkloss.register_op(name, src, inputs=2, defines={"MODE_FORWARD": 1}, shape=huber.same_shape, push=huber.push,
-                       backward=lambda ctx, grad: (ctx.g.mul(grad, grad), None))
+    vkloss.register_op(f"{name}(Tensor pred, Tensor target, *, float delta=1.0) -> Tensor",
+                       vkloss.UserShader(src, defines={"MODE_FORWARD": 1}, shape=huber.same_shape, push=huber.push,
+                                         backward=lambda ctx, grad: (ctx.g.mul(grad, grad), None)))
     with pytest.raises(vkloss.GradcheckError, match="input 0"):
         vkloss.gradcheck(lambda a, b: getattr(g, name)(a, b), [g.tensor(rng.standard_normal(4)),
                                                                g.tensor(rng.standard_normal(4))])
@@ -170,42 +192,54 @@ void main() { uint i = global_index(); if (i < p.n) y[i] = x[i] + 1.0; }
 
 def test_a_user_op_from_source_text_runs(g):
     name = fresh("add_one")
-    vkloss.register_op(name, ADD_ONE, inputs=1, shape=lambda s: s)
+    vkloss.register_op(one(name), vkloss.UserShader(ADD_ONE, shape=lambda s: s))
     np.testing.assert_array_equal(getattr(g, name)(g.tensor([1.0, 2.0])).numpy(), [2.0, 3.0])
     assert name in dir(g)
 
 
 def test_a_name_that_is_taken(g):
     with pytest.raises(ValueError, match="'add' is already registered"):
-        vkloss.register_op("add", ADD_ONE, inputs=1, shape=lambda s: s)
-    with pytest.raises(ValueError, match="not a valid op name"):
-        vkloss.register_op("two words", ADD_ONE, inputs=1, shape=lambda s: s)
+        vkloss.register_op(one("add"), vkloss.UserShader(ADD_ONE, shape=lambda s: s))
+    with pytest.raises(ValueError, match="schema"):
+        vkloss.register_op(one("two words"), vkloss.UserShader(ADD_ONE, shape=lambda s: s))
+    with pytest.raises(ValueError, match=r"schema 'add_two': expected 'name\(Type arg"):  # a name alone
+        vkloss.register_op("add_two", vkloss.UserShader(ADD_ONE, shape=lambda s: s))
+    with pytest.raises(ValueError, match="the first argument is the op's schema"):
+        vkloss.register_op(None, vkloss.UserShader(ADD_ONE, shape=lambda s: s))
+
+
+def test_an_implementation_that_is_not_one_of_the_kinds():
+    with pytest.raises(ValueError, match="must be one of FusedKernel, ForwardKernel, Composed, View, UserShader"):
+        vkloss.register_op(one(fresh("no_kind")), lambda g, x: x)
+    with pytest.raises(ValueError, match="backward must be a function"):
+        vkloss.register_op(one(fresh("bad_rule")), vkloss.UserShader(ADD_ONE, shape=lambda s: s, backward="fused"))
 
 
 def test_a_shader_that_does_not_compile_names_file_and_line():
     broken = ADD_ONE.replace("x[i] + 1.0", "x[i] + undefined_value")
     with pytest.raises(ShaderCompileError, match=r"\.comp:7.*undefined_value"):
-        vkloss.register_op(fresh("broken"), broken, inputs=1, shape=lambda s: s)
+        vkloss.register_op(one(fresh("broken")), vkloss.UserShader(broken, shape=lambda s: s))
 
 
 def test_a_shader_file_that_is_missing():
     with pytest.raises(ValueError, match="not found"):
-        vkloss.register_op(fresh("missing"), "no/such/file.comp", inputs=1, shape=lambda s: s)
+        vkloss.register_op(one(fresh("missing")), vkloss.UserShader("no/such/file.comp", shape=lambda s: s))
 
 
 def test_a_binding_count_that_does_not_match_inputs_and_output():
     with pytest.raises(ValueError, match=r"declares 2 buffer bindings, but an op with 2 input\(s\) and one output "
                                          r"binds 3"):
-        vkloss.register_op(fresh("miscount"), ADD_ONE, inputs=2, shape=lambda a, b: a)
+        vkloss.register_op(f"{fresh('miscount')}(Tensor a, Tensor b) -> Tensor",
+                           vkloss.UserShader(ADD_ONE, shape=lambda a, b: a))
 
 
 def test_a_shape_rule_that_raises_names_the_op_and_shapes(g):
     name = fresh("bad_shape")
-    vkloss.register_op(name, ADD_ONE, inputs=1, shape=lambda s: (s[5],))
+    vkloss.register_op(one(name), vkloss.UserShader(ADD_ONE, shape=lambda s: (s[5],)))
     with pytest.raises(ValueError, match=rf"{name}: its shape rule failed for input shapes \(\(2,\),\): IndexError"):
         getattr(g, name)(g.tensor([1.0, 2.0]))
     other = fresh("bad_shape_result")
-    vkloss.register_op(other, ADD_ONE, inputs=1, shape=lambda s: "big")
+    vkloss.register_op(one(other), vkloss.UserShader(ADD_ONE, shape=lambda s: "big"))
     with pytest.raises(ValueError, match="expected a tuple of positive ints"):
         getattr(g, other)(g.tensor([1.0]))
 
@@ -216,7 +250,7 @@ def test_a_shape_rule_that_raises_names_the_op_and_shapes(g):
 ])
 def test_a_backward_rule_with_wrong_gradients(g, rule, message):
     name = fresh("bad_backward")
-    vkloss.register_op(name, ADD_ONE, inputs=1, shape=lambda s: s, backward=rule)
+    vkloss.register_op(one(name), vkloss.UserShader(ADD_ONE, shape=lambda s: s, backward=rule))
     x = g.tensor(np.ones(3), requires_grad=True)
     with pytest.raises(RuntimeError, match=rf"backward of {name} {message}"):
         g.backward(g.sum_all(getattr(g, name)(x)))

@@ -314,7 +314,8 @@ def test_nonsense_hyperparameters_are_refused(g, make, says):
 @pytest.mark.parametrize("name", ["close", "tensor", "backward", "stats"])
 def test_register_op_refuses_names_graph_already_uses(name):
     with pytest.raises(ValueError, match=f"{name!r} is already a Graph attribute"):
-        vkloss.register_op(name, "void main() {}", inputs=1)
+        vkloss.register_op(f"{name}(Tensor x) -> Tensor", vkloss.UserShader("void main() {}", shape=lambda s: s,
+                                                                            validate=False))
 
 
 def test_an_unwritable_cache_falls_back_to_a_temporary_one_with_one_warning(tmp_path):

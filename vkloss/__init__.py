@@ -6,11 +6,13 @@ from . import optim
 from .checkpoint import load, save
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Graph
-from .registry import Backward, ForwardContext, register_op, unregister_op
+from .implementations import Backward, Composed, ForwardKernel, FusedKernel, UserShader, View
+from .registry import ForwardContext, register_op, unregister_op
 from .tensor import Tensor
 from . import ops  # noqa: E402,F401  (registers the built-in ops, after Graph exists to take their methods)
 
 __all__ = ["Graph", "Tensor", "devices", "optim", "register_op", "unregister_op", "Backward", "ForwardContext",
+           "FusedKernel", "ForwardKernel", "Composed", "View", "UserShader",
            "gradcheck", "GradcheckError", "DeviceInfo", "VkLossError", "NoVulkanDeviceError", "ShaderCompileError",
            "ShaderCheckError", "DeviceMemoryError", "CaptureError", "save", "load"]
 __version__ = "0.1.0"

@@ -94,15 +94,6 @@ class Graph:
         """
         return self._call_bound('expand', {'s': s, 'shape': shape, 'scale': scale})
 
-    def count_nonfinite(self, x: Tensor) -> Tensor:
-        """
-        count_nonfinite(Tensor x) -> Tensor
-
-        (1,): how many elements of x are NaN or infinite (Graph(check_finite=True) runs it after every op). Not
-        differentiable.
-        """
-        return self._call_bound('count_nonfinite', {'x': x})
-
     def sum(self, x: Tensor, *, dim: int | None = None, keepdim: bool = False) -> Tensor:
         """
         sum(Tensor x, *, int? dim=None, bool keepdim=False) -> Tensor
@@ -330,15 +321,6 @@ class Graph:
         """
         return self._call_bound('mul_scalar', {'x': x, 's': s})
 
-    def mul_rows(self, x: Tensor, s: Tensor) -> Tensor:
-        """
-        mul_rows(Tensor x, Tensor s) -> Tensor
-
-        x * s[row]: x [rows, cols], s [rows], each row of x times its entry of s (the backward of a per-row loss
-        such as cross_entropy_loss(reduction='none')). Not differentiable.
-        """
-        return self._call_bound('mul_rows', {'x': x, 's': s})
-
     def sub(self, a: Tensor, b: Tensor) -> Tensor:
         """
         sub(Tensor a, Tensor b) -> Tensor
@@ -395,38 +377,6 @@ class Graph:
         """
         return self._call_bound('shift', {'x': x, 's': s})
 
-    def tanh_backward(self, grad: Tensor, y: Tensor) -> Tensor:
-        """
-        tanh_backward(Tensor grad, Tensor y) -> Tensor
-
-        grad * (1 - y^2), y = tanh(x).
-        """
-        return self._call_bound('tanh_backward', {'grad': grad, 'y': y})
-
-    def abs_backward(self, grad: Tensor, x: Tensor) -> Tensor:
-        """
-        abs_backward(Tensor grad, Tensor x) -> Tensor
-
-        grad * sign(x) (sign(0) = 0): the gradient of abs.
-        """
-        return self._call_bound('abs_backward', {'grad': grad, 'x': x})
-
-    def relu_backward(self, grad: Tensor, x: Tensor) -> Tensor:
-        """
-        relu_backward(Tensor grad, Tensor x) -> Tensor
-
-        grad where x > 0, else 0: the gradient of relu.
-        """
-        return self._call_bound('relu_backward', {'grad': grad, 'x': x})
-
-    def sigmoid_backward(self, grad: Tensor, y: Tensor) -> Tensor:
-        """
-        sigmoid_backward(Tensor grad, Tensor y) -> Tensor
-
-        grad * y * (1 - y), y = sigmoid(x).
-        """
-        return self._call_bound('sigmoid_backward', {'grad': grad, 'y': y})
-
     def embedding(self, weight: Tensor, indices: Tensor | np.ndarray) -> Tensor:
         """
         embedding(Tensor weight, Index indices) -> Tensor
@@ -438,15 +388,6 @@ class Graph:
         run); that costs classes x indices comparisons per feature, fine for the vocabularies of the examples.
         """
         return self._call_bound('embedding', {'weight': weight, 'indices': indices})
-
-    def embedding_backward(self, grad: Tensor, indices: Tensor | np.ndarray, *, classes: int) -> Tensor:
-        """
-        embedding_backward(Tensor grad, Index indices, *, int classes) -> Tensor
-
-        [classes, dim]: the gradient of embedding's weight, the rows of grad summed per index in a fixed order.
-        Not differentiable.
-        """
-        return self._call_bound('embedding_backward', {'grad': grad, 'indices': indices, 'classes': classes})
 
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
         """
@@ -493,29 +434,6 @@ class Graph:
         everywhere (none); the weight's and the bias's gradients come from one dispatch.
         """
         return self._call_bound('linear', {'x': x, 'weight': weight, 'bias': bias, 'activation': activation})
-
-    def linear_grad_input(self, grad: Tensor, weight: Tensor, mask: Tensor | np.ndarray | None = None) -> Tensor:
-        """
-        linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor
-
-        [batch, in_features]: g @ weight, g = grad where mask > 0 (mask None: everywhere): linear's backward to
-        its input. Not differentiable.
-        """
-        return self._call_bound('linear_grad_input', {'grad': grad, 'weight': weight, 'mask': mask})
-
-    def linear_grad_weight(
-        self,
-        grad: Tensor,
-        x: Tensor,
-        mask: Tensor | np.ndarray | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """
-        linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)
-
-        (g.T @ x [out_features, in_features], g summed over the batch [out_features]), g = grad where mask > 0:
-        linear's backward to its weight and bias, in one dispatch. Not differentiable.
-        """
-        return self._call_bound('linear_grad_weight', {'grad': grad, 'x': x, 'mask': mask})
 
     def linear_cross_entropy_with_bias(
         self,
@@ -566,30 +484,6 @@ class Graph:
         weight gradient cannot be scaled per row afterwards.
         """
         return self._call_bound('linear_cross_entropy_rows', {'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes, 'lse_square_scale': lse_square_scale, 'softcap': softcap, 'return_z_loss': return_z_loss})
-
-    def linear_cross_entropy_backward(
-        self,
-        grad: Tensor,
-        hidden: Tensor,
-        weight: Tensor,
-        target: Tensor | np.ndarray,
-        bias: Tensor,
-        *,
-        ignore_index: int = -100,
-        label_smoothing: float = 0.0,
-        weight_classes: Tensor | np.ndarray | None = None,
-        lse_square_scale: float = 0.0,
-        softcap: float | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """
-        linear_cross_entropy_backward(Tensor grad, Float hidden, Float weight, Index target, Float bias, *, int
-        ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0,
-        float? softcap=None) -> (Tensor, Tensor, Tensor)
-
-        float32 (d hidden, d weight, d bias) of linear_cross_entropy_rows for the upstream gradient grad [rows].
-        Not differentiable.
-        """
-        return self._call_bound('linear_cross_entropy_backward', {'grad': grad, 'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes, 'lse_square_scale': lse_square_scale, 'softcap': softcap})
 
     def linear_cross_entropy(
         self,
@@ -651,11 +545,117 @@ class Graph:
         """
         return self._call_bound('log_softmax', {'x': x, 'dim': dim})
 
+
+class Ops:
+    """The internal ops (kernels that backward rules call) as methods of vkloss.graph.Ops, g.ops."""
+
+    def count_nonfinite(self, x: Tensor) -> Tensor:
+        """
+        count_nonfinite(Tensor x) -> Tensor
+
+        (1,): how many elements of x are NaN or infinite (Graph(check_finite=True) runs it after every op).
+        """
+        return self._call_bound('count_nonfinite', {'x': x})
+
+    def mul_rows(self, x: Tensor, s: Tensor) -> Tensor:
+        """
+        mul_rows(Tensor x, Tensor s) -> Tensor
+
+        x * s[row]: x [rows, cols], s [rows], each row of x times its entry of s (the backward of a per-row loss
+        such as cross_entropy_loss(reduction='none')).
+        """
+        return self._call_bound('mul_rows', {'x': x, 's': s})
+
+    def tanh_backward(self, grad: Tensor, y: Tensor) -> Tensor:
+        """
+        tanh_backward(Tensor grad, Tensor y) -> Tensor
+
+        grad * (1 - y^2), y = tanh(x).
+        """
+        return self._call_bound('tanh_backward', {'grad': grad, 'y': y})
+
+    def abs_backward(self, grad: Tensor, x: Tensor) -> Tensor:
+        """
+        abs_backward(Tensor grad, Tensor x) -> Tensor
+
+        grad * sign(x) (sign(0) = 0): the gradient of abs.
+        """
+        return self._call_bound('abs_backward', {'grad': grad, 'x': x})
+
+    def relu_backward(self, grad: Tensor, x: Tensor) -> Tensor:
+        """
+        relu_backward(Tensor grad, Tensor x) -> Tensor
+
+        grad where x > 0, else 0: the gradient of relu.
+        """
+        return self._call_bound('relu_backward', {'grad': grad, 'x': x})
+
+    def sigmoid_backward(self, grad: Tensor, y: Tensor) -> Tensor:
+        """
+        sigmoid_backward(Tensor grad, Tensor y) -> Tensor
+
+        grad * y * (1 - y), y = sigmoid(x).
+        """
+        return self._call_bound('sigmoid_backward', {'grad': grad, 'y': y})
+
+    def embedding_backward(self, grad: Tensor, indices: Tensor | np.ndarray, *, classes: int) -> Tensor:
+        """
+        embedding_backward(Tensor grad, Index indices, *, int classes) -> Tensor
+
+        [classes, dim]: the gradient of embedding's weight, the rows of grad summed per index in a fixed order.
+        """
+        return self._call_bound('embedding_backward', {'grad': grad, 'indices': indices, 'classes': classes})
+
+    def linear_grad_input(self, grad: Tensor, weight: Tensor, mask: Tensor | np.ndarray | None = None) -> Tensor:
+        """
+        linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor
+
+        [batch, in_features]: g @ weight, g = grad where mask > 0 (mask None: everywhere): linear's backward to
+        its input.
+        """
+        return self._call_bound('linear_grad_input', {'grad': grad, 'weight': weight, 'mask': mask})
+
+    def linear_grad_weight(
+        self,
+        grad: Tensor,
+        x: Tensor,
+        mask: Tensor | np.ndarray | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """
+        linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)
+
+        (g.T @ x [out_features, in_features], g summed over the batch [out_features]), g = grad where mask > 0:
+        linear's backward to its weight and bias, in one dispatch.
+        """
+        return self._call_bound('linear_grad_weight', {'grad': grad, 'x': x, 'mask': mask})
+
+    def linear_cross_entropy_backward(
+        self,
+        grad: Tensor,
+        hidden: Tensor,
+        weight: Tensor,
+        target: Tensor | np.ndarray,
+        bias: Tensor,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        weight_classes: Tensor | np.ndarray | None = None,
+        lse_square_scale: float = 0.0,
+        softcap: float | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """
+        linear_cross_entropy_backward(Tensor grad, Float hidden, Float weight, Index target, Float bias, *, int
+        ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0,
+        float? softcap=None) -> (Tensor, Tensor, Tensor)
+
+        float32 (d hidden, d weight, d bias) of linear_cross_entropy_rows for the upstream gradient grad [rows].
+        """
+        return self._call_bound('linear_cross_entropy_backward', {'grad': grad, 'hidden': hidden, 'weight': weight, 'target': target, 'bias': bias, 'ignore_index': ignore_index, 'label_smoothing': label_smoothing, 'weight_classes': weight_classes, 'lse_square_scale': lse_square_scale, 'softcap': softcap})
+
     def softmax_backward(self, grad: Tensor, y: Tensor, *, dim: int = -1, log: bool = False) -> Tensor:
         """
         softmax_backward(Tensor grad, Tensor y, *, int dim=-1, bool log=False) -> Tensor
 
-        The gradient of softmax (log: log_softmax) from its output y and the upstream gradient. Not
-        differentiable.
+        The gradient of softmax (log: log_softmax) from its output y and the upstream gradient.
         """
         return self._call_bound('softmax_backward', {'grad': grad, 'y': y, 'dim': dim, 'log': log})

@@ -83,8 +83,9 @@ def backward(g, root, seed, retain_graph: bool = False) -> None:
         if grad is None:
             continue
         if node.op.backward is None:
+            where = f"g.ops.{node.op.name}" if node.op.internal else f"g.{node.op.name}"
             raise RuntimeError(
-                f"backward reached g.{node.op.name}, which is not differentiable, on the way from the loss to inputs "
+                f"backward reached {where}, which is not differentiable, on the way from the loss to inputs "
                 f"of shapes {', '.join(str(t.shape) for t in node.inputs if t is not None and t.requires_grad)} "
                 f"that require a gradient; compute it under g.no_grad() or from tensors that need none")
         with g._refusing(node.op.name, modified_inputs(node)):  # a rule that uses one of them raises

@@ -11,45 +11,17 @@ import threading
 
 import numpy as np
 
-from . import autodiff, registry
+from . import arguments, autodiff, op_methods, registry
 from .device import DeviceInfo, choose_device
 from . import _graph_ops
 from .capture import CapturedStep
 from .errors import CaptureError
 from .host_copy import DeviceChecks, HostCopy
-from .plans import UNPLANNED, Tracer
+from .plans import PlanTable, Tracer, plan_key
 from .runtime import Engine
-from .tensor import SIXTEEN_BIT, Tensor, buffer_layout, decode16, encode16, parse_dtype
+from .tensor import SIXTEEN_BIT, Tensor, buffer_layout, decode16, parse_dtype
 
-PLAN_TABLE_SIZE = 4096  # launch plans a Graph keeps (the oldest goes first): a training loop needs a few dozen
-_FLOAT_LIKE = "fiu"  # float, signed and unsigned integer dtypes convert to float32
-_INT32 = np.iinfo(np.int32)
 _FLOAT32 = np.dtype(np.float32)
-
-
-def _host_array(data, where: str) -> np.ndarray:
-    array = np.asarray(data)
-    if array.dtype.kind not in _FLOAT_LIKE:
-        raise TypeError(f"{where} takes real numbers; got an array of dtype {array.dtype} with shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{where} got an empty array of shape {array.shape}")
-    return array
-
-
-def _converted(array: np.ndarray, dtype, where: str) -> np.ndarray:
-    """`array` as `dtype`: any real numbers as float32, or as 16-bit floats packed two to a uint32 word; integers
-    within int32's range as int32."""
-    if dtype == np.float32:
-        return array.astype(np.float32, copy=False)
-    if dtype in SIXTEEN_BIT:
-        return encode16(array, dtype)
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"{where}: an int32 tensor takes integer data; got dtype {array.dtype} with shape "
-                        f"{array.shape}")
-    low, high = array.min(), array.max()
-    if low < _INT32.min or high > _INT32.max:
-        raise ValueError(f"{where}: values from {low} to {high} (shape {array.shape}) do not fit int32")
-    return array.astype(np.int32, copy=False)
 
 
 class Graph(_graph_ops.Graph):
@@ -71,7 +43,14 @@ class Graph(_graph_ops.Graph):
         self._modified: dict = {}  # while a backward rule runs: inputs of its op modified in place since
         self._backward_op = None
         self._seed = None  # the buffer of backward's d(loss)/d(loss) = 1, uploaded once
-        self._plans: dict = {}  # plan key (see _plan_key) -> its launch plan, or UNPLANNED
+        self._plans = PlanTable()
+        self._ops = op_methods.Ops(self)
+
+    @property
+    def ops(self) -> op_methods.Ops:
+        """Every op by name, as torch.ops: g.ops.<name>, the internal kernels that backward rules call (such as
+        g.ops.relu_backward) included."""
+        return self._ops
 
     def require_usable(self, what: str) -> None:
         """Raise RuntimeError unless this Graph may be used here: it is used from the thread that made it, until
@@ -102,13 +81,13 @@ class Graph(_graph_ops.Graph):
             self._engine.copy(source.buffer, buffer)
             return Tensor(self, source.shape, buffer, requires_grad=bool(requires_grad), dtype=source.dtype)
         dtype = np.dtype(np.float32) if dtype is None else parse_dtype(dtype, "g.tensor")
-        array = _host_array(data, "g.tensor")
+        array = arguments.host_array(data, "g.tensor")
         shape = array.shape or (1,)
         # before converting: a too-large array is refused without a copy
         self._engine.check_size(*buffer_layout(array.size, dtype))
         if dtype == np.int32 and requires_grad:
             raise ValueError(f"g.tensor: an int32 tensor (shape {shape}) cannot require a gradient")
-        buffer = self._engine.upload(_converted(array, dtype, "g.tensor"))
+        buffer = self._engine.upload(arguments.converted(array, dtype, "g.tensor"))
         return Tensor(self, shape, buffer, requires_grad=bool(requires_grad), dtype=dtype)
 
     def _copy_into(self, tensor: Tensor, data) -> Tensor:
@@ -118,10 +97,10 @@ class Graph(_graph_ops.Graph):
         if isinstance(data, Tensor):  # on the device, converted to this tensor's dtype, as PyTorch's copy_
             self._engine.copy(self._device_source(data, "copy_", tensor.shape, tensor.dtype).buffer, tensor.buffer)
         else:
-            array = _host_array(data, "copy_")
+            array = arguments.host_array(data, "copy_")
             if (array.shape or (1,)) != tensor.shape:
                 raise ValueError(f"copy_: data of shape {array.shape} into a tensor of shape {tensor.shape}")
-            self._engine.upload_into(tensor.buffer, _converted(array, tensor.dtype, "copy_"))
+            self._engine.upload_into(tensor.buffer, arguments.converted(array, tensor.dtype, "copy_"))
         tensor.version += 1
         return tensor
 
@@ -161,46 +140,27 @@ class Graph(_graph_ops.Graph):
         """An op a plugin package declares (entry points load on first use); every other op is a method already."""
         if name.startswith("_"):
             raise AttributeError(name)
-        registry.get(name)  # loads the plugins, or raises AttributeError
-        return getattr(self, name)
+        if registry.get(name).internal:  # loads the plugins, or raises AttributeError
+            raise AttributeError(f"Graph has no method {name}: it is an internal op, a kernel that backward rules "
+                                 f"call, and not differentiable itself: g.ops.{name}")
+        return getattr(type(self), name).__get__(self)
 
     def _call_op(self, name: str, args: tuple, kwargs: dict) -> Tensor:
-        """g.<op>(...): bind and check the arguments by the op's schema, then compose, or run its forward and record
-        it on the tape."""
-        op = registry.get(name)
-        return self._run_op(op, op.schema.bind(args, kwargs))
+        """A user's op, g.<op>(...): its arguments bound by the op's schema, then as a generated method's."""
+        return self._call_bound(name, registry.get(name).schema.bound(args, kwargs))
 
     def _call_bound(self, name: str, arguments: dict) -> Tensor:
-        """What a generated method calls: its arguments, which Python bound to the signature, by name. A call made
-        the same way before runs its launch plan (vkloss/plans.py): no schema walk, shape rule or launch policy."""
+        """The one way from g.<op> to its dispatches: the arguments, bound to the signature, by name (a generated
+        method's, which Python bound). The arguments are checked by the schema, then the op composed or its forward
+        run and recorded on the tape. A call made the same way before runs its launch plan (vkloss/plans.py): no
+        schema walk, shape rule or launch policy."""
         op = registry.get(name)
-        key = self._plan_key(op, arguments) if op.plannable else None
-        if key is not None:
-            try:
-                plan = self._plans.get(key)
-            except TypeError:  # an option that cannot be a key (an array): no plan
-                plan = key = None
-            if plan is not None and plan is not UNPLANNED and not self._modified and not self._engine.closed \
-                    and threading.get_ident() == self._thread:
-                return self._run_plan(op, plan, arguments)
+        key = plan_key(self, op, arguments, self._grad_enabled) if op.plannable else None
+        plan = self._plans.get(key)
+        if plan is not None and not self._modified and not self._engine.closed \
+                and threading.get_ident() == self._thread:
+            return self._run_plan(op, plan, arguments)
         return self._run_op(op, op.schema.checked(arguments), key)
-
-    def _plan_key(self, op, arguments: dict):
-        """What makes a call of `op` the same as an earlier one: the operands' shapes, dtypes and gradient needs,
-        the options (each with its type: 0 is not False), and whether gradients are on. None where an operand is
-        not a Tensor of this graph."""
-        key = [op, self._grad_enabled]
-        operands = op.operand_names
-        for name, value in arguments.items():
-            if type(value) is Tensor:
-                if value.graph is not self:
-                    return None
-                key += (value.shape, value._dtype, value.requires_grad)
-            elif name in operands and value is not None:
-                return None
-            else:
-                key += (value, type(value))
-        return tuple(key)
 
     def _run_plan(self, op, plan, arguments: dict) -> Tensor:
         tensors = [arguments[name] for name in op.operand_names]
@@ -222,65 +182,21 @@ class Graph(_graph_ops.Graph):
                     enumerate(op.schema.operands, 1)]
         for p in op.schema.constant_tensors:
             if bound.get(p.name) is not None:
-                bound[p.name] = self._constant_tensor(op, p.name, bound[p.name])
+                bound[p.name] = arguments.constant_tensor(self, op, p.name, bound[p.name])
         if op.compose is not None:
             return op.compose(self, *operands, **bound)
         return self._apply(op, operands, bound, key)
 
     def _operand(self, op, position: int, param, value) -> Tensor | None:
-        """Operand `position` (1-based) of g.<op>: a Tensor of this graph, float32 unless the schema takes class
-        indices there (where an integer numpy array is also taken, and uploaded as int32)."""
-        where = f"g.{op.name}: argument {position}"
-        if value is None and param.optional:
-            return None
-        integer = param.type in ("Index", "Tensor|Index")
-        if not isinstance(value, Tensor):
-            array = np.asarray(value)
-            if integer and array.dtype.kind in "iu":
-                return self.tensor(array, dtype=np.int32)
-            if param.type == "Index" and array.dtype.kind == "f":
-                raise TypeError(f"{where} ({param.name}) takes class indices, an int32 Tensor or an integer numpy "
-                                f"array; got a {array.dtype} array of shape {array.shape}")
-            if param.optional and array.dtype.kind in _FLOAT_LIKE and array.size:
-                return self.tensor(array)
-            raise TypeError(f"{where} ({param.name}) is a {type(value).__name__}, not a vkloss Tensor (wrap arrays "
-                            "with g.tensor)")
-        if value.graph is not self:
-            raise ValueError(f"{where} ({param.name}) belongs to another Graph")
-        if id(value) in self._modified:
+        """Operand `position` (1-based) of g.<op>, converted and checked (vkloss/arguments.py); refused while a
+        backward rule runs if it was modified in place since its op ran."""
+        if isinstance(value, Tensor) and value.graph is self and id(value) in self._modified:
             tensor, version = self._modified[id(value)]
             raise RuntimeError(
                 f"backward of {self._backward_op}: a tensor it needs (shape {tensor.shape}) was modified in place "
                 f"since the op ran (by copy_ or an optimizer step: version {tensor.version}, expected {version}), as "
                 "PyTorch's 'modified by an inplace operation'. Refill inputs and step optimizers after backward")
-        if value.dtype in SIXTEEN_BIT and param.type != "Float":
-            takers = ", ".join(f"{o.name}({', '.join(p.name for p in o.schema.operands if p.type == 'Float')})"
-                               for o in registry.all_ops() if any(p.type == "Float" for p in o.schema.operands))
-            raise TypeError(f"{where} is a {value.dtype} tensor of shape {value.shape}; this op takes float32 "
-                            f"tensors there ({param.name}). 16-bit tensors go to {takers}")
-        if value.dtype != np.float32 and value.dtype not in SIXTEEN_BIT and not integer:
-            raise TypeError(f"{where} is an {value.dtype} tensor of shape {value.shape}; this op takes float32 "
-                            f"tensors there ({param.name})")
-        if param.type == "Index" and value.dtype != np.int32:
-            raise TypeError(f"{where} ({param.name}) takes class indices: an int32 Tensor or an integer numpy "
-                            f"array, not a {value.dtype} tensor of shape {value.shape}")
-        return value
-
-    def _constant_tensor(self, op, name: str, value) -> Tensor:
-        """A tensor-valued option such as a loss's `weight`: a numpy array (uploaded) or a float32 Tensor that
-        needs no gradient."""
-        if not isinstance(value, Tensor):
-            array = np.asarray(value)
-            if array.dtype.kind not in _FLOAT_LIKE or array.size == 0:
-                raise TypeError(f"g.{op.name}: {name} must be a non-empty array of real numbers or a Tensor, got "
-                                f"{type(value).__name__} of dtype {array.dtype} and shape {array.shape}")
-            return self.tensor(array)
-        if value.graph is not self:
-            raise ValueError(f"g.{op.name}: {name} belongs to another Graph")
-        if value.dtype != np.float32 or value.requires_grad:
-            raise ValueError(f"g.{op.name}: {name} must be a float32 tensor that requires no gradient; got "
-                             f"{value!r}")
-        return value
+        return arguments.operand(self, op, position, param, value)
 
     def _apply(self, op, tensors: list, options: dict, key=None) -> Tensor:
         """Run a kernel op's forward on checked operands and record it on the tape; with a plan `key`, write its
@@ -320,9 +236,7 @@ class Graph(_graph_ops.Graph):
             plan = tracer.plan(shapes, out_layouts, out_dtype, ctx.checks, saved,
                                {n: v for n, v in options.items() if n not in constants}, differentiable,
                                tuple(constants))
-            while len(self._plans) >= PLAN_TABLE_SIZE:
-                del self._plans[next(iter(self._plans))]  # the oldest
-            self._plans[key] = plan if plan is not None else UNPLANNED
+            self._plans.put(key, plan)
         out = self._record(op, tensors, options, shapes, outs, out_dtype, differentiable, ctx.checks, saved)
         if in_place:
             tensors[0].overwritten_by = f"g.{op.name}(..., {op.inplace_option}=True)"
@@ -343,10 +257,10 @@ class Graph(_graph_ops.Graph):
         out = Tensor.made(self, shapes[0], outs[0], differentiable, node, out_dtype)
         results = (out,) if len(shapes) == 1 else (out, *[Tensor.made(self, shape, buffer, False, None, _FLOAT32)
                                                           for shape, buffer in zip(shapes[1:], outs[1:])])
-        if self.check_finite and op.name != "count_nonfinite":
+        if self.check_finite:
             for result in results:
-                with self.no_grad():
-                    count = self.count_nonfinite(self._float32_unchecked(result))
+                with self.no_grad(), self._unchecked():  # the count's own output is not counted
+                    count = self.ops.count_nonfinite(self._float32_unchecked(result))
                 self._record_check(count.buffer, f"{op.name} produced {{count}} NaN or infinite values (output shape "
                                    f"{result.shape}, input shapes {', '.join(str(_shape_of(t)) for t in tensors)})",
                                    FloatingPointError)
@@ -356,8 +270,7 @@ class Graph(_graph_ops.Graph):
         """`tensor`, or its float32 copy where it is 16-bit (made without a check of its own: the caller checks)."""
         if tensor.dtype not in SIXTEEN_BIT:
             return tensor
-        with self._unchecked():
-            return self.astype(tensor, dtype="float32")
+        return self.astype(tensor, dtype="float32")
 
     def _record_check(self, count, message: str, error) -> None:
         """A device-side check, read with the next host read. One already pending with the same message takes the
@@ -531,22 +444,4 @@ def reserved_names() -> set[str]:
     return set(dir(Graph)) - set(_graph_ops.SCHEMAS)
 
 
-def _install(op, removed: bool = False) -> None:
-    """Make `op` a method of Graph: the generated one in _graph_ops.py where it is current (the built-in ops, which
-    an IDE and a type checker can follow), else one made here with the schema's signature (a user's op)."""
-    if removed:
-        if op.name in Graph.__dict__:
-            delattr(Graph, op.name)
-        return
-    if _graph_ops.SCHEMAS.get(op.name) == op.schema.text():
-        return
-
-    def method(self, *args, **kwargs):
-        return self._call_op(op.name, args, kwargs)
-
-    method.__name__, method.__qualname__, method.__doc__ = op.name, f"Graph.{op.name}", op.doc
-    method.__signature__ = op.schema.signature(with_self=True)
-    setattr(Graph, op.name, method)
-
-
-registry.on_register(_install)
+registry.on_register(op_methods.installer(Graph))

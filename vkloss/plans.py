@@ -16,8 +16,55 @@ from __future__ import annotations
 import numpy as np
 
 from .launch import WORKGROUP
+from .tensor import Tensor
 
 UNPLANNED = "unplanned"  # what the plan table holds for a call shape whose forward cannot be planned
+
+
+def plan_key(graph, op, arguments: dict, grad_enabled: bool) -> tuple | None:
+    """What makes a call of `op` the same as an earlier one: the operands' shapes, dtypes and gradient needs, the
+    options (each with its type: 0 is not False), and whether gradients are on. None where an operand is not a
+    Tensor of this graph, or an option cannot be a key (an array)."""
+    key = [op, grad_enabled]
+    operands = op.operand_names
+    for name, value in arguments.items():
+        if type(value) is Tensor:
+            if value.graph is not graph:
+                return None
+            key += (value.shape, value.dtype, value.requires_grad)
+        elif name in operands and value is not None:
+            return None
+        else:
+            key += (value, type(value))
+    key = tuple(key)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class PlanTable:
+    """A Graph's launch plans by call key (see plan_key); past SIZE the oldest goes first. A training loop needs a
+    few dozen."""
+
+    SIZE = 4096
+
+    def __init__(self):
+        self._plans: dict = {}  # key -> its Plan, or UNPLANNED
+
+    def get(self, key) -> Plan | None:
+        """The plan for a call of this key, or None (no key, none yet, or the forward cannot be planned)."""
+        plan = self._plans.get(key) if key is not None else None
+        return None if plan is UNPLANNED else plan
+
+    def put(self, key, plan: Plan | None) -> None:
+        while len(self._plans) >= self.SIZE:
+            del self._plans[next(iter(self._plans))]  # the oldest
+        self._plans[key] = plan if plan is not None else UNPLANNED
+
+    def clear(self) -> None:
+        self._plans.clear()
 
 
 class NotPlannable(Exception):

@@ -1,62 +1,38 @@
-"""The op table: every op, built-in or a user's, is declared once, by `register_op`.
+"""The op table: every op, built-in or a user's, is declared once, by `register_op(schema, impl)`.
 
-An entry holds the op's schema (its typed signature: see vkloss/schema.py), the rule that gives the output shape,
-how it runs forward, how it differentiates (a `Backward` kind), and its docstring:
+The schema is the op's typed signature (vkloss/schema.py); the implementation object says how it runs and
+differentiates, one kind each (vkloss/implementations.py): FusedKernel, ForwardKernel (a kernel plus a backward
+rule), Composed, View or UserShader. The registry turns the two into an Op record.
 
-- Backward.COMPOSED: built from other ops in Python (`compose(g, *operands, **options)`); the tape records those ops,
-  and the gradient comes from their rules. No kernel of its own.
-- Backward.RULE: a kernel forward and a `backward(ctx, grad)` written with other ops, one gradient per operand.
-- Backward.FUSED: the kernel computes the value and the gradients in the same pass (`ctx.save_for_backward`);
-  backward scales them by the upstream gradient.
-- Backward.NONE: helpers that backward rules use (the tape never records them).
-
-Forward, one convention for every op: `forward(ctx, *operand_buffers, **options)`, where ctx (a ForwardContext)
-allocates buffers, dispatches kernels, registers device-side checks and saves what backward needs, and `ctx.out` is
-the output buffer. The simplest op is a shader with one invocation per output element: its bindings are the operands
-in order, then the output; push constants come from `push(*operand_shapes, **options)` (default: the output's size).
-
-Registering an op also makes it a method of `Graph` (with the schema's signature). Other packages register ops by
-importing vkloss and calling `register_op`; `python -m vkloss.tools --import MODULE` and the entry-point group
-"vkloss.ops" bring their ops to the tools.
+Registering an op makes it a method of `Graph` (with the schema's signature), unless it is internal: a kernel that
+backward rules call (`g.ops.<name>`, where every op is). Other packages register ops by importing vkloss and calling
+`register_op`; `python -m vkloss.tools --import MODULE` and the entry-point group "vkloss.ops" bring their ops to the
+tools.
 """
 from __future__ import annotations
 
-import enum
 import functools
-import hashlib
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import autodiff, kernels, schema as schemas, shaders
+from . import kernels, schema as schemas, shaders
+from .implementations import KINDS, Backward
 from .launch import WORKGROUP
-
-
-class Backward(str, enum.Enum):
-    """How an op differentiates. A str, so `tools list` prints the words."""
-
-    FUSED = "fused kernel"
-    COMPOSED = "primitive autodiff"
-    RULE = "own rule"
-    NONE = "not differentiable"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-NOT_DIFFERENTIABLE = Backward.NONE
-BACKWARD_KINDS = tuple(kind.value for kind in Backward)
 
 
 @dataclass(frozen=True, eq=False)
 class Op:
+    """One registered op: what register_op made of its schema and implementation."""
+
     name: str
     schema: schemas.Schema
+    impl: object  # the implementation object it was declared with
     backward_kind: Backward
     doc: str
+    internal: bool = False  # a kernel for backward rules: g.ops.<name>, not a Graph method
     shape: Callable | None = None  # (*operand_shapes, **options) -> output shape; raises ValueError
     forward: Callable | None = None  # (ctx, *operand_buffers, **options) -> None
     backward: Callable | None = None  # (ctx, grad) -> one gradient Tensor (or None) per operand
@@ -64,7 +40,7 @@ class Op:
     kernels: tuple = ()  # the kernels.Kernel families its forward dispatches (tools list)
     shader_variants: tuple = ()  # a user op's own shader variants, outside the kernel catalog (tools compile)
     inplace_option: str | None = None  # a fused op's option that writes its gradient over its first operand
-    grad_inputs: tuple = ()  # the operands a fused kernel gives gradients for (default: the first)
+    grad_inputs: tuple = ()  # the operands a fused kernel gives gradients for
     out_dtype: Callable | None = None  # (operand dtypes, **options) -> the output's dtype; None: float32
     module: str = ""  # where it was declared
     plannable: bool = False  # a repeated call may run its launch plan (vkloss/plans.py)
@@ -194,102 +170,44 @@ def on_register(listener: Callable) -> None:
         listener(op)
 
 
-def _user_shader(name: str, shader) -> Path:
-    """A `.comp` path, or GLSL source text written once into the cache, named by its hash."""
-    text = str(shader)
-    if "\n" in text or "void main" in text:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        path = shaders.cache_dir() / "sources" / f"{name}-{digest}.comp"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        return path
-    if not Path(text).is_file():
-        raise ValueError(f"register_op {name}: shader file {text} not found (give a .comp path or GLSL source)")
-    return Path(text).resolve()
+def register_op(schema: str, impl, *, doc: str = "", internal: bool = False) -> Op:
+    """Declare an op; it then exists as the method `Graph.<name>` (or, internal, as `g.ops.<name>` alone) and in
+    `python -m vkloss.tools list`.
 
-
-def register_op(name: str, shader=None, *, schema: str | None = None, inputs: int | None = None,
-                shape: Callable | None = None, push: Callable | None = None, invocations: Callable | None = None,
-                defines: dict | None = None, backward=Backward.NONE, forward: Callable | None = None,
-                compose: Callable | None = None, kernels: tuple = (), doc: str = "", validate: bool = True,
-                inplace_option: str | None = None, grad_inputs: tuple = (), out_dtype: Callable | None = None,
-                view: bool = False, outputs_option: str | None = None) -> Op:
-    """Declare an op; it then exists as the method `Graph.<name>` and in `python -m vkloss.tools list`.
-
-    name: a Python identifier that neither an op nor Graph uses yet.
     schema: the typed signature, e.g. "huber(Tensor pred, Tensor target, *, float delta=1.0) -> Tensor" (see
-        vkloss/schema.py). Without one, `inputs` says how many tensor operands the op takes, and their names and the
-        options' defaults are read from the shape rule or compose function (options then go unchecked).
-    shader: a user op's `.comp` path or GLSL source text (it may `#include "common.glsl"`: the workgroup size WG,
-        `global_index()`), one invocation per output element. Bindings: the operands in order, then the output.
-    shape(*operand_shapes, **options): the output shape (a tuple of shapes for an op of several outputs, whose
-        schema returns `(Tensor, Tensor)`); raise ValueError for shapes the op does not take.
-    push(*operand_shapes, **options): the shader's push constants, ints and floats (default: [output size]).
-    invocations(*operand_shapes, **options): how many invocations to dispatch (default: the output size).
-    defines: preprocessor defines for the shader.
-    backward: `backward(ctx, grad)`, one gradient per operand (None where ctx.needs says none is wanted), written
-        with other ops; Backward.NONE ("not differentiable"); or Backward.FUSED for an op whose forward saves its
-        gradients (ctx.save_for_backward), which backward then scales by the upstream gradient.
-    forward(ctx, *operand_buffers, **options): an op that runs its own dispatches (the built-in ops), with
-        `kernels` the kernels.Kernel families it uses. compose(g, *operands, **options): an op built from others.
-    validate: compile the user's shader now and check its bindings, so a mistake shows at registration.
-    inplace_option: a fused op's option that, when true, makes it write its gradient over its first operand (which
-        must be an op's output; it is unreadable afterwards). grad_inputs: the operands a fused op gives gradients
-        for (default: the first).
-    out_dtype(operand_dtypes, **options): the output's dtype, for an op whose forward writes 16-bit values into
-        `ctx.out` (two to a uint32 word); default float32.
-    view: the output is the first operand's buffer under the shape the shape rule gives (reshape): no forward.
-    outputs_option: for an op of several outputs, a bool option that must be true for it to return them all (its
-        shape rule then gives them all); otherwise it returns its first alone (Liger's return_z_loss).
+        vkloss/schema.py); its name is the op's, a Python identifier that neither an op nor Graph uses yet.
+    impl: how it runs and differentiates, one of vkloss.implementations' kinds: FusedKernel, ForwardKernel,
+        Composed, View or UserShader.
+    doc: what it computes and its gradient, for the method's docstring and the README's table.
+    internal: a kernel that backward rules call, not differentiable itself: not a Graph method.
     """
-    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+    signature = schemas.parse(schema) if isinstance(schema, str) else None
+    name = signature.name if signature else schema
+    if signature is None:
+        raise ValueError(f"register_op: the first argument is the op's schema, a string such as "
+                         f"'huber(Tensor pred, Tensor target, *, float delta=1.0) -> Tensor'; got {schema!r}")
+    if not isinstance(impl, KINDS):
+        raise ValueError(f"register_op {name}: the implementation must be one of "
+                         f"{', '.join(k.__name__ for k in KINDS)} (vkloss.implementations); got {impl!r}")
+    if name.startswith("_"):
         raise ValueError(f"register_op: {name!r} is not a valid op name (a Python identifier, no leading _)")
     if name in _OPS:
         raise ValueError(f"register_op: an op named {name!r} is already registered")
     if name in _graph_names():
         raise ValueError(f"register_op: {name!r} is already a Graph attribute (g.{name}), so an op of that name "
                          "could never be called; choose another name")
-    if compose is None and shader is None and forward is None and not view:
-        raise ValueError(f"register_op {name}: give a shader, a forward (with its kernels), or compose=")
-    if compose is None and shape is None:
-        raise ValueError(f"register_op {name}: give shape=, the rule (*operand_shapes, **options) -> output shape")
-    if isinstance(backward, str) and backward in BACKWARD_KINDS:
-        backward = Backward(backward)
-    if not (callable(backward) or backward in (Backward.NONE, Backward.FUSED)):
-        raise ValueError(f"register_op {name}: backward must be a function (ctx, grad) -> gradients, "
-                         f"Backward.FUSED or {Backward.NONE.value!r}")
-    if schema is not None:
-        signature = schemas.parse(schema)
-        if signature.name != name:
-            raise ValueError(f"register_op {name}: its schema names {signature.name!r}")
-    elif inputs is not None:
-        signature = schemas.derived(name, inputs, compose, shape, push)
-    else:
-        raise ValueError(f"register_op {name}: give schema= (or inputs=, the number of tensor operands)")
-    kind = (Backward.COMPOSED if compose else Backward.FUSED if backward is Backward.FUSED else
-            Backward.RULE if callable(backward) else Backward.NONE)
-    variants = ()
-    if shader is not None and compose is None and forward is None:
-        variant = shaders.variant(_user_shader(name, shader), **(defines or {}))
-        forward, variants = _one_dispatch(variant, push, invocations), (variant,)
-        if validate:
-            _check_bindings(name, variant, len(signature.operands) + 1)
-    module = sys._getframe(1).f_globals.get("__name__", "")
-    operand_names = [p.name for p in signature.operands]
-    grad_inputs = tuple(grad_inputs) or tuple(operand_names[:1])
-    unknown = [n for n in (*grad_inputs, *([inplace_option] if inplace_option else []),
-                           *([outputs_option] if outputs_option else []))
-               if n not in {p.name for p in signature.params}]
+    fields = impl.op_fields(name, signature)
+    named = [fields.get("inplace_option"), fields.get("outputs_option"), *fields.get("grad_inputs", ())]
+    unknown = [n for n in named if n is not None and n not in {p.name for p in signature.params}]
     if unknown:
         raise ValueError(f"register_op {name}: {', '.join(unknown)} not in its schema {signature.text()}")
-    op = Op(name=name, schema=signature, backward_kind=kind, doc=_doc(signature, doc),
-            shape=_explained(name, shape, signature.outputs, outputs_option),
-            forward=forward, backward=_scaled_saved_grads if kind is Backward.FUSED else backward if callable(backward)
-            else None, compose=compose, kernels=tuple(kernels), shader_variants=variants, inplace_option=inplace_option,
-            grad_inputs=grad_inputs, out_dtype=out_dtype, module=module, view=view, outputs_option=outputs_option,
-            # vkloss's own forwards and a user's shader go through their context alone; a user's forward may not
-            plannable=compose is None and not view and (bool(variants) or module.split(".")[0] == __package__))
+    module = sys._getframe(1).f_globals.get("__name__", "")
+    fields["shape"] = _explained(name, fields.get("shape"), signature.outputs, fields.get("outputs_option"))
+    # vkloss's own forwards and a user's shader go through their context alone; a user's forward may not
+    plannable = fields.get("forward") is not None and (bool(fields.get("shader_variants"))
+                                                       or module.split(".")[0] == __package__)
+    op = Op(name=name, schema=signature, impl=impl, doc=_doc(signature, doc), internal=internal, module=module,
+            plannable=plannable, **fields)
     _OPS[name] = op
     for listener in _listeners:
         listener(op)
@@ -350,35 +268,6 @@ def _explained(name, rule, most: int = 1, outputs_option: str | None = None):
     return shape
 
 
-def _one_dispatch(variant, push, invocations):
-    def forward(ctx, *operands, **options):
-        constants = push(*ctx.shapes, **options) if push else [ctx.out.size]
-        count = invocations(*ctx.shapes, **options) if invocations else ctx.out.size
-        ctx.dispatch_shader(variant, list(operands), [ctx.out], list(constants), ctx.groups_for(count))
-
-    return forward
-
-
-def _check_bindings(name, variant, expected):
-    declared = shaders.binding_count(shaders.load(variant))  # compiles now: a GLSL error names file and line
-    if declared != expected:
-        raise ValueError(f"register_op {name}: {variant.path.name} declares {declared} buffer bindings, but an op "
-                         f"with {expected - 1} input(s) and one output binds {expected} (inputs first, then output)")
-
-
-def _scaled_saved_grads(ctx, grad):
-    """A fused op's backward: the gradients its kernel saved, times the upstream gradient unless that is the seed 1.
-    Upstream is one value for a reduced loss, or one per row or element of the saved gradient (reduction='none')."""
-    return tuple(None if saved is None or not need else saved if ctx.upstream_is_one else _scaled(ctx.g, saved, grad)
-                 for saved, need in zip(ctx.saved, ctx.needs))
-
-
-def _scaled(g, saved, grad):
-    """saved * grad; a 16-bit saved gradient is scaled in float32 and returned in its own dtype."""
-    multiply = g.mul_scalar if grad.shape == (1,) else g.mul if grad.shape == saved.shape else g.mul_rows
-    return autodiff.in_float32(g, lambda s: multiply(s, grad), saved)
-
-
 def get(name: str) -> Op:
     op = _OPS.get(name)
     if op is None:
@@ -409,5 +298,5 @@ def _load_plugins() -> None:
             entry.load()
 
 
-__all__ = ["Backward", "ForwardContext", "KernelContext", "Op", "register_op", "unregister_op", "get", "all_ops", "on_register",
-           "NOT_DIFFERENTIABLE"]
+__all__ = ["Backward", "ForwardContext", "KernelContext", "Op", "register_op", "unregister_op", "get", "all_ops",
+           "on_register"]

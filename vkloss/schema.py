@@ -117,14 +117,13 @@ class Schema:
             params.append(inspect.Parameter(p.name, kind, default=p.default))
         return inspect.Signature(params)
 
-    def bind(self, args: tuple, kwargs: dict) -> dict:
-        """The call's arguments by parameter name (options left at their default are filled in, OMITTED ones left
-        out), each checked against its type. Operands are returned as given: the Graph converts them."""
+    def bound(self, args: tuple, kwargs: dict) -> dict:
+        """The call's arguments by parameter name, as Python binds them to the signature (unchecked: see checked).
+        Operands are returned as given: the Graph converts them."""
         try:
-            bound = self.signature().bind(*args, **kwargs).arguments
+            return dict(self.signature().bind(*args, **kwargs).arguments)
         except TypeError as e:  # Python's own words, as the generated methods raise them
             raise TypeError(f"Graph.{self.name}() {e}") from None
-        return self.checked(bound)
 
     def checked(self, bound: dict) -> dict:
         """Arguments already bound by name (a generated method's, which Python bound): defaults filled in, options
@@ -272,29 +271,3 @@ def _default(name: str, parameter: str, text: str):
     except (ValueError, SyntaxError):
         raise ValueError(f"schema of {name}: the default of {parameter}, {text.strip()!r}, is not a Python literal "
                          "(numbers, 'strings', True, False, None, tuples and lists of them, inf, -inf, nan)") from None
-
-
-def derived(name: str, operands: int, *functions, options: dict | None = None) -> Schema:
-    """A schema for a user's op declared without one (register_op(..., inputs=N)): operand names and option
-    defaults read from its shape rule or compose function (the first that names them), option types Any."""
-    operand_names, defaults = [], {}
-    for function in functions:
-        if function is None:
-            continue
-        try:
-            params = list(inspect.signature(function).parameters.values())
-        except (TypeError, ValueError):
-            continue
-        if params and params[0].name == "g":  # a compose function: (g, *tensors, **options)
-            params = params[1:]
-        plain = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if not operand_names and len(plain) >= operands:
-            operand_names = [p.name for p in plain[:operands]]
-        for p in params:
-            if p.default is not p.empty and p.name not in operand_names:
-                defaults.setdefault(p.name, p.default)
-    operand_names = operand_names or [f"x{i}" for i in range(operands)]
-    option_names = list(options) if options is not None else list(defaults)
-    params = [Param(n, "Tensor", False, inspect.Parameter.empty, False) for n in operand_names]
-    params += [Param(n, "Any", True, defaults.get(n, OMITTED), True) for n in option_names if n not in operand_names]
-    return Schema(name, tuple(params))

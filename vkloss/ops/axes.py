@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..kernels import Kernel
+from ..implementations import ForwardKernel, View
 from ..registry import register_op
 from .reductions import tree_sum
 
@@ -69,8 +70,9 @@ def _reduce_backward(mean: bool):
 
 for _name, _mean in (("sum", False), ("mean", True)):
     register_op(
-        _name, forward=_reduce(_mean), backward=_reduce_backward(_mean), shape=_reduced_shape(_name),
-        kernels=(AXES,), schema=f"{_name}(Tensor x, *, int? dim=None, bool keepdim=False) -> Tensor",
+        f"{_name}(Tensor x, *, int? dim=None, bool keepdim=False) -> Tensor",
+        ForwardKernel(shape=_reduced_shape(_name), forward=_reduce(_mean), backward=_reduce_backward(_mean),
+                      kernels=(AXES,)),
         doc=f"The {'mean' if _mean else 'sum'} of x along axis `dim` (negative from the end), the axis left out (kept "
             f"as 1 with keepdim), or of every element with dim=None: shape (1,). PyTorch's torch.{_name}. Along an "
             "axis each output element sums its terms in order with a compensated (Kahan) sum; over everything, a "
@@ -91,13 +93,14 @@ def _broadcast_forward(ctx, grad, shape, dim, scale=1.0):
                  push=dict(outer=outer, size=size, inner=inner, scale=scale), x=grad, y=ctx.out)
 
 
+def _broadcast_backward(ctx, grad):
+    summed = ctx.g.reshape(ctx.g.sum(grad, dim=ctx.attrs["dim"]), shape=ctx.inputs[0].shape)
+    return (summed if ctx.attrs["scale"] == 1.0 else ctx.g.scale(summed, s=ctx.attrs["scale"]),)
+
+
 register_op(
-    "broadcast_axis", forward=_broadcast_forward, shape=_broadcast_shape, kernels=(AXES,),
-    schema="broadcast_axis(Tensor grad, *, int[] shape, int dim, float scale=1.0) -> Tensor",
-    backward=lambda ctx, grad: (ctx.g.reshape(ctx.g.sum(grad, dim=ctx.attrs["dim"]), shape=ctx.inputs[0].shape)
-                                if ctx.attrs["scale"] == 1.0 else
-                                ctx.g.scale(ctx.g.reshape(ctx.g.sum(grad, dim=ctx.attrs["dim"]),
-                                                          shape=ctx.inputs[0].shape), s=ctx.attrs["scale"]),),
+    "broadcast_axis(Tensor grad, *, int[] shape, int dim, float scale=1.0) -> Tensor",
+    ForwardKernel(shape=_broadcast_shape, forward=_broadcast_forward, backward=_broadcast_backward, kernels=(AXES,)),
     doc="`shape`: grad (shape without the axis `dim`, or with it as 1) repeated along that axis, times scale: the "
         "backward of sum and mean along an axis. d/dgrad: the sum along the axis, times scale.",
 )
@@ -119,9 +122,8 @@ def _reshape_shape(x, shape):
 
 
 register_op(
-    "reshape", view=True, shape=_reshape_shape, out_dtype=lambda dtypes, shape: dtypes[0],
-    schema="reshape(Float x, *, int[] shape) -> Tensor",
-    backward=lambda ctx, grad: (ctx.g.reshape(grad, shape=ctx.inputs[0].shape),),
+    "reshape(Float x, *, int[] shape) -> Tensor",
+    View(shape=_reshape_shape, backward=lambda ctx, grad: (ctx.g.reshape(grad, shape=ctx.inputs[0].shape),)),
     doc="x with another shape of as many elements (one size may be -1, inferred): a view of x's buffer, no copy, as "
         "PyTorch's reshape of a contiguous tensor. d/dx: the gradient reshaped back.",
 )
@@ -147,9 +149,9 @@ def _transpose_forward(ctx, x, dim0, dim1):
 
 
 register_op(
-    "transpose", forward=_transpose_forward, shape=_transpose_shape, kernels=(AXES,),
-    schema="transpose(Tensor x, *, int dim0, int dim1) -> Tensor",
-    backward=lambda ctx, grad: (ctx.g.transpose(grad, dim0=ctx.attrs["dim0"], dim1=ctx.attrs["dim1"]),),
+    "transpose(Tensor x, *, int dim0, int dim1) -> Tensor",
+    ForwardKernel(shape=_transpose_shape, forward=_transpose_forward, kernels=(AXES,),
+                  backward=lambda ctx, grad: (ctx.g.transpose(grad, dim0=ctx.attrs["dim0"], dim1=ctx.attrs["dim1"]),)),
     doc="x with axes dim0 and dim1 swapped (PyTorch's transpose), as a new tensor: vkloss's tensors are contiguous. "
         "d/dx: the gradient transposed back.",
 )

@@ -7,7 +7,8 @@ import math
 
 from ..launch import ceil_div
 from ..kernels import Kernel, access_allowed
-from ..registry import Backward, register_op
+from ..implementations import FusedKernel
+from ..registry import register_op
 from . import casts
 from .reductions import tree_sum
 
@@ -98,8 +99,8 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
 
 def _declare(name: str, logits: bool, schema: str, doc: str) -> None:
     """One of the two BCE ops: the kernel family, its shape rule and forward, told apart by `logits`."""
-    register_op(name, kernels=(BCE,), backward=Backward.FUSED, schema=schema, doc=doc,
-                shape=functools.partial(_shape, name), forward=functools.partial(_forward, name, logits))
+    forward = functools.partial(_forward, name, logits)
+    register_op(schema, FusedKernel(shape=functools.partial(_shape, name), forward=forward, kernels=(BCE,)), doc=doc)
 
 
 _declare(

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ..kernels import Kernel
+from ..implementations import ForwardKernel
 from ..registry import register_op
 from ..tensor import BFLOAT16, buffer_layout, dtype_name, packed_words
 
@@ -71,9 +72,10 @@ def _astype_forward(ctx, x, dtype):
 
 
 register_op(
-    "astype", kernels=(CASTS,), schema="astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor",
-    shape=lambda x, dtype: x, out_dtype=lambda dtypes, dtype: DTYPES[dtype], forward=_astype_forward,
-    backward=lambda ctx, grad: (ctx.g.astype(grad, dtype=dtype_name(ctx.inputs[0].dtype)),),
+    "astype(Float x, *, dtype{float32|float16|bfloat16} dtype) -> Tensor",
+    ForwardKernel(shape=lambda x, dtype: x, forward=_astype_forward, kernels=(CASTS,),
+                  backward=lambda ctx, grad: (ctx.g.astype(grad, dtype=dtype_name(ctx.inputs[0].dtype)),),
+                  out_dtype=lambda dtypes, dtype: DTYPES[dtype]),
     doc="x as float32, float16 or bfloat16 (rounded to nearest even), as PyTorch's x.to(dtype): how a 16-bit "
         "tensor reaches the float32 ops, and back. The gradient comes back in x's dtype.",
 )

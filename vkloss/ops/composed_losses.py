@@ -2,6 +2,7 @@
 of their own."""
 from __future__ import annotations
 
+from ..implementations import Composed
 from ..registry import register_op
 
 
@@ -27,15 +28,13 @@ def _l1(g, pred, target, reduction):
 
 
 register_op(
-    "mse_loss", compose=_mse,
-    schema="mse_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
+    "mse_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor", Composed(_mse),
     doc="(1,), or pred's shape for reduction='none': (pred - target)^2, averaged (mean) or summed (sum); any shape, "
         "both the same. Composed as mean_all (or sum_all) of mul(d, d) with d = add(pred, neg(target)); the tape "
         "differentiates it: 2 d (/ n for a mean).",
 )
 register_op(
-    "l1_loss", compose=_l1,
-    schema="l1_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor",
+    "l1_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor", Composed(_l1),
     doc="(1,), or pred's shape for reduction='none': |pred - target|, averaged (mean) or summed (sum); any shape, "
         "both the same. Composed as mean_all (or sum_all) of abs(d) with d = add(pred, neg(target)); gradient "
         "sign(d) (/ n for a mean), which is 0 where pred == target (PyTorch's convention for the undefined "

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..launch import WORKGROUP, ceil_div
 from ..kernels import Kernel
-from ..registry import Backward, register_op
+from ..implementations import FusedKernel
+from ..registry import register_op
 from ..tensor import packed_words
 from . import casts
 from .reductions import tree_sum
@@ -229,12 +230,12 @@ LIGER_OPTIONS = (
 
 
 register_op(
-    "cross_entropy_loss", kernels=(CROSS_ENTROPY,), backward=Backward.FUSED, inplace_option="inplace_grad",
-    outputs_option="return_z_loss",
-    schema="cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, "
-           "str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, "
-           "bool inplace_grad=False, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) "
-           "-> (Tensor, Tensor)",
+    "cross_entropy_loss(Float pred, Tensor|Index target, *, Tensor? weight=None, "
+    "str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, "
+    "bool inplace_grad=False, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) "
+    "-> (Tensor, Tensor)",
+    FusedKernel(shape=_shape, forward=_forward, kernels=(CROSS_ENTROPY,), inplace_option="inplace_grad",
+                outputs_option="return_z_loss"),
     doc="(1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes]; target "
         "is a distribution of the same shape (one-hot or soft; rows need not sum to 1) or class indices [batch] (an "
         "int32 Tensor or an integer numpy array, read directly by the kernel). Per row, loss = sum_c a_c "
@@ -250,5 +251,4 @@ register_op(
         "[0, classes) raise ValueError at the next host read. No gradient with respect to target or weight. pred may be "
         "a 16-bit tensor (float16, bfloat16): the kernels read it two values to a 32-bit word, compute in float32, "
         "and write the gradient in pred's dtype. " + LIGER_OPTIONS,
-    shape=_shape, forward=_forward,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from ..kernels import Kernel
+from ..implementations import ForwardKernel
 from ..registry import register_op
 from .reductions import tree_sum
 
@@ -35,12 +36,12 @@ def _forward(ctx, weight, indices):
 
 def _backward(ctx, grad):
     weight, indices = ctx.inputs
-    return ctx.g.embedding_backward(grad, indices, classes=weight.shape[0]), None
+    return ctx.g.ops.embedding_backward(grad, indices, classes=weight.shape[0]), None
 
 
 register_op(
-    "embedding", forward=_forward, backward=_backward, shape=_shape, kernels=(EMBEDDING,),
-    schema="embedding(Tensor weight, Index indices) -> Tensor",
+    "embedding(Tensor weight, Index indices) -> Tensor",
+    ForwardKernel(shape=_shape, forward=_forward, backward=_backward, kernels=(EMBEDDING,)),
     doc="indices' shape + [dim]: the rows of weight [classes, dim] that indices (an int32 Tensor or an integer numpy "
         "array, any shape) name, PyTorch's F.embedding(indices, weight). An index outside [0, classes) raises "
         "ValueError at the next host read. d/dweight: each row the sum of the upstream gradient's rows that looked it "
@@ -65,8 +66,7 @@ def _backward_forward(ctx, grad, indices, classes):
 
 
 register_op(
-    "embedding_backward", forward=_backward_forward, shape=_backward_shape, kernels=(EMBEDDING,),
-    schema="embedding_backward(Tensor grad, Index indices, *, int classes) -> Tensor",
-    doc="[classes, dim]: the gradient of embedding's weight, the rows of grad summed per index in a fixed order. Not "
-        "differentiable.",
+    "embedding_backward(Tensor grad, Index indices, *, int classes) -> Tensor",
+    ForwardKernel(shape=_backward_shape, forward=_backward_forward, kernels=(EMBEDDING,)), internal=True,
+    doc="[classes, dim]: the gradient of embedding's weight, the rows of grad summed per index in a fixed order.",
 )

@@ -2,8 +2,9 @@
 two backward (the input's gradient; the weight's with the bias's beside it). shaders/matmul.comp."""
 from __future__ import annotations
 
+from ..implementations import ForwardKernel
 from ..registry import register_op
-from .matmul import matmul_into
+from .matmul import MATMUL, matmul_into
 
 ACTIVATIONS = ("none", "relu")
 
@@ -28,16 +29,16 @@ def _backward(ctx, grad):
     x, weight, bias = ctx.inputs
     g = ctx.g
     mask = ctx.output if ctx.attrs["activation"] == "relu" else None  # y > 0 where the relu let the gradient through
-    grad_x = g.linear_grad_input(grad, weight, mask) if ctx.needs[0] else None
+    grad_x = g.ops.linear_grad_input(grad, weight, mask) if ctx.needs[0] else None
     grad_weight = grad_bias = None
     if ctx.needs[1] or ctx.needs[2]:
-        grad_weight, grad_bias = g.linear_grad_weight(grad, x, mask)
+        grad_weight, grad_bias = g.ops.linear_grad_weight(grad, x, mask)
     return grad_x, grad_weight if ctx.needs[1] else None, grad_bias if ctx.needs[2] else None
 
 
 register_op(
-    "linear", forward=_forward, backward=_backward, shape=_shape,
-    schema="linear(Tensor x, Tensor weight, Tensor? bias=None, *, str{none|relu} activation='none') -> Tensor",
+    "linear(Tensor x, Tensor weight, Tensor? bias=None, *, str{none|relu} activation='none') -> Tensor",
+    ForwardKernel(shape=_shape, forward=_forward, backward=_backward, kernels=(MATMUL,)),
     doc="[batch, out_features]: activation(x @ weight.T + bias), PyTorch's F.linear (then F.relu): x [batch, "
         "in_features], weight [out_features, in_features] (nn.Linear's layout), bias [out_features] or None. One "
         "dispatch: the bias and the relu are the product's epilogue. d/dx = g @ weight, d/dweight = g.T @ x, "
@@ -72,14 +73,14 @@ def _grad_weight_forward(ctx, grad, x, mask=None):
 
 
 register_op(
-    "linear_grad_input", forward=_grad_input_forward, shape=_grad_input_shape,
-    schema="linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor",
+    "linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor",
+    ForwardKernel(shape=_grad_input_shape, forward=_grad_input_forward, kernels=(MATMUL,)), internal=True,
     doc="[batch, in_features]: g @ weight, g = grad where mask > 0 (mask None: everywhere): linear's backward to its "
-        "input. Not differentiable.",
+        "input.",
 )
 register_op(
-    "linear_grad_weight", forward=_grad_weight_forward, shape=_grad_weight_shape,
-    schema="linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)",
+    "linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)",
+    ForwardKernel(shape=_grad_weight_shape, forward=_grad_weight_forward, kernels=(MATMUL,)), internal=True,
     doc="(g.T @ x [out_features, in_features], g summed over the batch [out_features]), g = grad where mask > 0: "
-        "linear's backward to its weight and bias, in one dispatch. Not differentiable.",
+        "linear's backward to its weight and bias, in one dispatch.",
 )

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import Kernel
-from ..registry import Backward, register_op
+from ..implementations import Composed, ForwardKernel, FusedKernel
+from ..registry import register_op
 from ..tensor import dtype_name
 from . import casts
 from .cross_entropy import (LIGER_OPTIONS, check_index_options, check_liger_options, index_target_checks,
@@ -230,7 +231,7 @@ def _rows_backward(ctx, grad):
     runs again (linear_cross_entropy_backward); float32 gradients, back in the operands' dtypes."""
     hidden, weight, target, bias = ctx.inputs
     options = {name: ctx.attrs[name] for name in BACKWARD_OPTIONS}
-    grads = ctx.g.linear_cross_entropy_backward(grad, hidden, weight, target, bias, **options)
+    grads = ctx.g.ops.linear_cross_entropy_backward(grad, hidden, weight, target, bias, **options)
     return tuple(None if t is None or not need else ctx.g.astype(d, dtype=dtype_name(t.dtype))
                  for t, need, d in zip(ctx.inputs, ctx.needs, (grads[0], grads[1], None, grads[2])))
 
@@ -254,28 +255,25 @@ OPTIONS = ("int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_cla
            "float lse_square_scale=0.0, float? softcap=None")
 OPERANDS = "Float hidden, Float weight, Index target, Float bias"
 register_op(
-    "linear_cross_entropy_with_bias", kernels=(LINEAR_CROSS_ENTROPY,), backward=Backward.FUSED,
-    grad_inputs=("hidden", "weight", "bias"), shape=_shape, forward=_forward, outputs_option="return_z_loss",
-    schema=f"linear_cross_entropy_with_bias({OPERANDS}, *, str{{mean|sum}} reduction='mean', {OPTIONS}, "
-           "bool return_z_loss=False) -> (Tensor, Tensor)",
+    f"linear_cross_entropy_with_bias({OPERANDS}, *, str{{mean|sum}} reduction='mean', {OPTIONS}, "
+    "bool return_z_loss=False) -> (Tensor, Tensor)",
+    FusedKernel(shape=_shape, forward=_forward, kernels=(LINEAR_CROSS_ENTROPY,),
+                grad_inputs=("hidden", "weight", "bias"), outputs_option="return_z_loss"),
     doc="linear_cross_entropy with a bias tensor (which may require a gradient), reduced; see linear_cross_entropy.",
 )
 register_op(
-    "linear_cross_entropy_rows", kernels=(LINEAR_CROSS_ENTROPY,), backward=_rows_backward,
-    shape=lambda *shapes, **options: _shape(*shapes, reduction="none", **options),
-    forward=lambda ctx, *buffers, **options: _forward(ctx, *buffers, reduction="none", **options),
-    outputs_option="return_z_loss",
-    schema=f"linear_cross_entropy_rows({OPERANDS}, *, {OPTIONS}, bool return_z_loss=False) -> (Tensor, Tensor)",
+    f"linear_cross_entropy_rows({OPERANDS}, *, {OPTIONS}, bool return_z_loss=False) -> (Tensor, Tensor)",
+    ForwardKernel(shape=lambda *shapes, **options: _shape(*shapes, reduction="none", **options),
+                  forward=lambda ctx, *buffers, **options: _forward(ctx, *buffers, reduction="none", **options),
+                  backward=_rows_backward, kernels=(LINEAR_CROSS_ENTROPY,), outputs_option="return_z_loss"),
     doc="[rows]: linear_cross_entropy_with_bias's loss of each row (reduction='none'). Its backward scales each "
         "row's gradient by the upstream one inside a second sweep (linear_cross_entropy_backward): the fused weight "
         "gradient cannot be scaled per row afterwards.",
 )
 register_op(
-    "linear_cross_entropy_backward", kernels=(LINEAR_CROSS_ENTROPY,), shape=_backward_shape,
-    forward=_backward_forward,
-    schema=f"linear_cross_entropy_backward(Tensor grad, {OPERANDS}, *, {OPTIONS}) -> (Tensor, Tensor, Tensor)",
-    doc="float32 (d hidden, d weight, d bias) of linear_cross_entropy_rows for the upstream gradient grad [rows]. "
-        "Not differentiable.",
+    f"linear_cross_entropy_backward(Tensor grad, {OPERANDS}, *, {OPTIONS}) -> (Tensor, Tensor, Tensor)",
+    ForwardKernel(shape=_backward_shape, forward=_backward_forward, kernels=(LINEAR_CROSS_ENTROPY,)), internal=True,
+    doc="float32 (d hidden, d weight, d bias) of linear_cross_entropy_rows for the upstream gradient grad [rows].",
 )
 
 
@@ -288,9 +286,9 @@ def _compose(g, hidden, weight, target, bias=None, reduction="mean", **options):
 
 
 register_op(
-    "linear_cross_entropy", compose=_compose, outputs_option="return_z_loss",
-    schema=f"linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, "
-           f"str{{mean|sum|none}} reduction='mean', {OPTIONS}, bool return_z_loss=False) -> (Tensor, Tensor)",
+    f"linear_cross_entropy(Float hidden, Float weight, Index target, Float? bias=None, *, "
+    f"str{{mean|sum|none}} reduction='mean', {OPTIONS}, bool return_z_loss=False) -> (Tensor, Tensor)",
+    Composed(_compose, outputs_option="return_z_loss"),
     doc="(1,), or [rows] for reduction='none'. PyTorch's F.cross_entropy(F.linear(hidden, weight, bias), target, "
         "...), Liger-Kernel's LigerFusedLinearCrossEntropyLoss: hidden [rows, features], "
         "weight [classes, features] (nn.Linear's layout), target class indices [rows] (an int32 Tensor or an "

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..launch import ceil_div
 from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches
+from ..implementations import ForwardKernel
 from ..registry import register_op
 
 BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
@@ -127,22 +128,22 @@ def _sum_rows_forward(ctx, x):
 
 
 register_op(
-    "matmul", schema="matmul(Tensor a, Tensor b) -> Tensor", kernels=(MATMUL,), shape=_matmul_shape,
-    forward=_matmul_forward, backward=_matmul_backward,
+    "matmul(Tensor a, Tensor b) -> Tensor",
+    ForwardKernel(shape=_matmul_shape, forward=_matmul_forward, backward=_matmul_backward, kernels=(MATMUL,)),
     doc="a @ b for a [m, k] and b [k, n]. d/da = grad @ b^T, d/db = a^T @ grad (the same kernel, reading the "
         "operands transposed).",
 )
 register_op(
-    "matmul_transposed", kernels=(MATMUL,), shape=_transposed_shape, forward=_transposed_forward,
-    backward=_transposed_backward,
-    schema="matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor",
+    "matmul_transposed(Tensor a, Tensor b, *, bool trans_a=False, bool trans_b=False) -> Tensor",
+    ForwardKernel(shape=_transposed_shape, forward=_transposed_forward, backward=_transposed_backward,
+                  kernels=(MATMUL,)),
     doc="op(a) @ op(b), op a transpose where asked (the products matmul's backward needs): a @ b.T is "
         "matmul_transposed(a, b, trans_b=True). d/da and d/db are products of the same kind.",
 )
 register_op(
-    "sum_rows", schema="sum_rows(Tensor x) -> Tensor", kernels=(MATMUL,), shape=_sum_rows_shape,
-    forward=_sum_rows_forward,
-    backward=lambda ctx, grad: (ctx.g.broadcast_axis(grad, shape=ctx.inputs[0].shape, dim=0),),
+    "sum_rows(Tensor x) -> Tensor",
+    ForwardKernel(shape=_sum_rows_shape, forward=_sum_rows_forward, kernels=(MATMUL,),
+                  backward=lambda ctx, grad: (ctx.g.broadcast_axis(grad, shape=ctx.inputs[0].shape, dim=0),)),
     doc="[n]: the sum over the batch of a [batch, n] matrix (the gradient of a broadcast bias), computed as "
         "ones[1, batch] @ x. d/dx: grad repeated over the rows.",
 )

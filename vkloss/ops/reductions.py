@@ -5,6 +5,7 @@ import math
 
 from ..launch import ceil_div
 from ..kernels import ACCESS_SWITCHES, Kernel, access_allowed, access_switches
+from ..implementations import ForwardKernel
 from ..registry import register_op
 
 ITEMS = 16  # accesses each invocation sums before the workgroup's tree: the shader's ITEMS define comes from here
@@ -61,29 +62,31 @@ def _expand_forward(ctx, s, shape, scale=1.0):
 
 
 register_op(
-    "mean_all", schema="mean_all(Tensor x) -> Tensor", kernels=(REDUCTIONS,),
+    "mean_all(Tensor x) -> Tensor",
+    ForwardKernel(shape=lambda s: (1,), forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0 / x.size),
+                  backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape,
+                                                           scale=1.0 / math.prod(ctx.inputs[0].shape)),),
+                  kernels=(REDUCTIONS,)),
     doc="(1,): the mean of every element, summed as a pairwise tree (deterministic; error grows with log2 n). "
         "d/dx = 1/n everywhere.",
-    shape=lambda s: (1,), forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0 / x.size),
-    backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape,
-                                             scale=1.0 / math.prod(ctx.inputs[0].shape)),),
 )
 register_op(
-    "sum_all", schema="sum_all(Tensor x, *, float scale=1.0) -> Tensor", kernels=(REDUCTIONS,),
+    "sum_all(Tensor x, *, float scale=1.0) -> Tensor",
+    ForwardKernel(shape=lambda s, scale: (1,), forward=lambda ctx, x, scale: tree_sum(ctx, x, x.size, ctx.out, scale),
+                  backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape, scale=ctx.attrs["scale"]),),
+                  kernels=(REDUCTIONS,)),
     doc="(1,): scale * the sum of every element (pairwise tree). d/dx = scale.",
-    shape=lambda s, scale: (1,), forward=lambda ctx, x, scale: tree_sum(ctx, x, x.size, ctx.out, scale),
-    backward=lambda ctx, grad: (ctx.g.expand(grad, shape=ctx.inputs[0].shape, scale=ctx.attrs["scale"]),),
 )
 register_op(
-    "expand", schema="expand(Tensor s, *, int[] shape, float scale=1.0) -> Tensor", kernels=(REDUCTIONS,),
+    "expand(Tensor s, *, int[] shape, float scale=1.0) -> Tensor",
+    ForwardKernel(shape=_expand_shape, forward=_expand_forward, kernels=(REDUCTIONS,),
+                  backward=lambda ctx, grad: (ctx.g.sum_all(grad, scale=ctx.attrs["scale"]),)),
     doc="shape: s of shape (1,) repeated, times scale. d/ds = scale * sum(grad).",
-    shape=_expand_shape, forward=_expand_forward,
-    backward=lambda ctx, grad: (ctx.g.sum_all(grad, scale=ctx.attrs["scale"]),),
 )
 register_op(
-    "count_nonfinite", schema="count_nonfinite(Tensor x) -> Tensor", kernels=(REDUCTIONS,),
-    doc="(1,): how many elements of x are NaN or infinite (Graph(check_finite=True) runs it after every op). Not "
-        "differentiable.",
-    shape=lambda s: (1,),
-    forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0, count_nonfinite=True),
+    "count_nonfinite(Tensor x) -> Tensor",
+    ForwardKernel(shape=lambda s: (1,), kernels=(REDUCTIONS,),
+                  forward=lambda ctx, x: tree_sum(ctx, x, x.size, ctx.out, 1.0, count_nonfinite=True)),
+    internal=True,
+    doc="(1,): how many elements of x are NaN or infinite (Graph(check_finite=True) runs it after every op).",
 )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..kernels import Kernel
+from ..implementations import ForwardKernel
 from ..registry import register_op
 from .axes import axis, split
 
@@ -24,9 +25,10 @@ def _declare(name: str, log: bool, formula: str, gradient: str):
         _rows(ctx, "FORWARD", log, dim, x=x, y=ctx.out)
 
     register_op(
-        name, forward=forward, kernels=(SOFTMAX,), shape=lambda x, dim=-1: (axis(name, dim, len(x)), x)[1],
-        schema=f"{name}(Tensor x, *, int dim=-1) -> Tensor",
-        backward=lambda ctx, grad: (ctx.g.softmax_backward(grad, ctx.output, dim=ctx.attrs["dim"], log=log),),
+        f"{name}(Tensor x, *, int dim=-1) -> Tensor",
+        ForwardKernel(shape=lambda x, dim=-1: (axis(name, dim, len(x)), x)[1], forward=forward, kernels=(SOFTMAX,),
+                      backward=lambda ctx, grad: (ctx.g.ops.softmax_backward(grad, ctx.output, dim=ctx.attrs["dim"],
+                                                                             log=log),)),
         doc=f"{formula} along axis `dim` (default the last), PyTorch's torch.{name}: one kernel over each row, relative "
             f"to the row's max (a masked -inf element gives {'-inf' if log else '0'}; a row of only -inf, NaN). "
             f"d/dx = {gradient}, in one kernel too.",
@@ -49,7 +51,7 @@ def _backward_shape(grad, y, dim=-1, log=False):
 
 
 register_op(
-    "softmax_backward", forward=_backward_forward, shape=_backward_shape, kernels=(SOFTMAX,),
-    schema="softmax_backward(Tensor grad, Tensor y, *, int dim=-1, bool log=False) -> Tensor",
-    doc="The gradient of softmax (log: log_softmax) from its output y and the upstream gradient. Not differentiable.",
+    "softmax_backward(Tensor grad, Tensor y, *, int dim=-1, bool log=False) -> Tensor",
+    ForwardKernel(shape=_backward_shape, forward=_backward_forward, kernels=(SOFTMAX,)), internal=True,
+    doc="The gradient of softmax (log: log_softmax) from its output y and the upstream gradient.",
 )
