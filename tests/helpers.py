@@ -3,6 +3,8 @@ import re
 
 import numpy as np
 
+from vkloss import reference
+
 
 def f32(x):
     """The float32 values the device sees, as float64 for the reference."""
@@ -39,22 +41,5 @@ IGNORE = -100  # PyTorch's default ignore_index
 
 
 def liger_reference(x, labels, scale=0.0, softcap=None, smoothing=0.0, reduction="mean"):
-    """(loss, z_loss, d loss / d x) in float64: the z-loss included in the loss, as Liger adds it."""
-    x = x.astype(np.float64)
-    y = softcap * np.tanh(x / softcap) if softcap else x
-    m = y.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(y - m).sum(axis=1))
-    softmax = np.exp(y - lse[:, None])
-    rows, classes = x.shape
-    counted = labels != IGNORE
-    a = np.full(x.shape, smoothing / classes)
-    a[np.arange(rows), np.where(counted, labels, 0)] += 1 - smoothing
-    a[~counted] = 0.0
-    row_loss = -(a * (y - lse[:, None])).sum(axis=1)
-    row_z = np.where(counted, scale * lse ** 2, 0.0)
-    d_y = (softmax * a.sum(axis=1, keepdims=True) - a + 2 * scale * lse[:, None] * softmax) * counted[:, None]
-    divisor = counted.sum() if reduction == "mean" else 1.0
-    d_x = d_y * (1 - (y / softcap) ** 2 if softcap else 1.0) / divisor
-    if reduction == "none":
-        return row_loss + row_z, row_z, d_x
-    return (row_loss + row_z).sum() / divisor, row_z.sum() / divisor, d_x
+    """(loss, z_loss, d loss / d x) in float64 numpy: vkloss.reference.liger_cross_entropy."""
+    return reference.liger_cross_entropy(x, labels, scale, softcap, smoothing, reduction, IGNORE)

@@ -43,7 +43,7 @@ step compile 120 "$PY" -m vkloss.tools compile
 gpu_tests=(tests/test_row_once.py tests/test_matmul_tiles.py tests/test_sixteen_bit.py tests/test_linear_cross_entropy.py
            tests/test_fused_losses.py tests/test_sizes.py)
 step gpu_tests 120 "$PY" -m pytest -q -rf --tb=short -p no:cacheprovider "${gpu_tests[@]}"
-for section in losses target_forms linear sixteen_bit engine host memory; do
+for section in losses target_forms linear sixteen_bit liger_options engine host memory; do
   step "bench_$section" 150 "$PY" -m vkloss.tools bench --sections "$section" --json "$out/bench_$section.json"
 done
 rest=()

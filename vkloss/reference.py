@@ -51,6 +51,30 @@ def cross_entropy(logits, target, reduction="mean", weight=None, ignore_index=-1
         return row_loss.sum() / divisor, np.where(counted[:, None], grad / divisor, 0.0)
 
 
+def liger_cross_entropy(x, labels, scale=0.0, softcap=None, smoothing=0.0, reduction="mean", ignore_index=-100):
+    """Liger-Kernel's cross-entropy with its options, (loss, z_loss, d loss / d x): written from Liger's reference
+    formulas, CrossEntropyWithZLoss (z = scale lse^2 on the rows that count, reduced as the loss is, and included in
+    it) and its softcap (cross-entropy of softcap tanh(x / softcap)). Class indices `labels`."""
+    x = x.astype(np.float64)
+    y = softcap * np.tanh(x / softcap) if softcap else x
+    m = y.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(y - m).sum(axis=1))
+    softmax = np.exp(y - lse[:, None])
+    rows, classes = x.shape
+    counted = labels != ignore_index
+    a = np.full(x.shape, smoothing / classes)
+    a[np.arange(rows), np.where(counted, labels, 0)] += 1 - smoothing
+    a[~counted] = 0.0
+    row_loss = -(a * (y - lse[:, None])).sum(axis=1)
+    row_z = np.where(counted, scale * lse ** 2, 0.0)
+    d_y = (softmax * a.sum(axis=1, keepdims=True) - a + 2 * scale * lse[:, None] * softmax) * counted[:, None]
+    divisor = counted.sum() if reduction == "mean" else 1.0
+    d_x = d_y * (1 - (y / softcap) ** 2 if softcap else 1.0) / divisor
+    if reduction == "none":
+        return row_loss + row_z, row_z, d_x
+    return (row_loss + row_z).sum() / divisor, row_z.sum() / divisor, d_x
+
+
 def binary_cross_entropy(p, y, reduction="mean", weight=None):
     """PyTorch's F.binary_cross_entropy of probabilities p, logs clamped at -100, and its gradient with respect to
     p (of the sum of the output, for reduction="none")."""

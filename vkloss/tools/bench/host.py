@@ -1,4 +1,4 @@
-"""The bench's host section: what Python costs around the kernels, against PyTorch CPU eager on the same work.
+"""The host section: what Python costs around the kernels, against PyTorch CPU eager on the same work.
 
 - eager ops: µs of host time to record one `add` on 16 floats, 200 chained, before the flush (the device idle);
 - a training step of an MLP 64-64-10 (two linear layers, cross-entropy on one-hot targets as the main job's digits
@@ -18,8 +18,10 @@ import time
 
 import numpy as np
 
-from .. import optim
-from ..graph import Graph
+from ... import optim
+from ...graph import Graph
+
+NAME, KEY = "host", "host"
 
 CHAIN = 200  # adds in one timed chain
 STEPS, QUICK_STEPS = 200, 20  # training steps timed per mode
@@ -156,7 +158,7 @@ def torch_step_seconds(steps: int, seed: int) -> float | None:
     return (time.perf_counter() - start) / steps
 
 
-def bench_host(device, quick: bool = False, repeats: int = 5, seed: int = 7) -> dict:
+def run(device, quick: bool = False, repeats: int = 5, seed: int = 7) -> dict:
     steps = QUICK_STEPS if quick else STEPS
     with Graph(device) as g:
         add = eager_add_seconds(g, repeats)
@@ -165,7 +167,7 @@ def bench_host(device, quick: bool = False, repeats: int = 5, seed: int = 7) -> 
             "torch_step_s": torch_step_seconds(steps, seed), "mlp": SIZES, "batch": BATCH}
 
 
-def format_host(r: dict) -> str:
+def format(r: dict) -> str:
     torch_add = f"{r['torch_add_s'] * 1e6:.1f}" if r["torch_add_s"] is not None else "-"
     torch_step = f"{r['torch_step_s'] * 1e3:.3f}" if r["torch_step_s"] is not None else "-"
     sizes = "-".join(map(str, r["mlp"]))
