@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from helpers import f32, sigmoid64
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-# 20 examples per property in CI; VKLOSS_HYPOTHESIS_EXAMPLES=200 for a longer search
+# 20 examples per property, the same ones every run (a CI run must not fail by the draw); VKLOSS_HYPOTHESIS_EXAMPLES=200
+# for a longer, random search
 SETTINGS = settings(max_examples=int(os.environ.get("VKLOSS_HYPOTHESIS_EXAMPLES", "20")), deadline=None,
+                    derandomize="VKLOSS_HYPOTHESIS_EXAMPLES" not in os.environ,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 EDGES = [1, 2, 3, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 4095, 4096, 4097, 65535, 65536, 65537]
@@ -103,7 +105,11 @@ def test_cross_entropy(g, rows, cols, scale, pattern, soft, seed):
     ref_grad = (np.exp(log_softmax) * t.sum(axis=1, keepdims=True) - t) / rows
     # the loss is a difference of terms as large as the logits: its error scales with them
     assert abs(loss.item() - ref_loss) <= 1e-5 * abs(ref_loss) + 2e-6 * np.abs(p).max() * t.sum(axis=1).mean() + 1e-6
-    np.testing.assert_allclose(tp.grad.numpy(), ref_grad, rtol=1e-4, atol=1e-5 * np.abs(ref_grad).max() + 1e-12)
+    # each gradient element is softmax A - a, a difference of terms up to A / rows: float32 rounds it to a few ulp of
+    # those, 3.5e-8 where the result was 8.7e-5 (1 row, 2 classes, logits 10 apart)
+    terms = t.sum(axis=1).max() / rows
+    np.testing.assert_allclose(tp.grad.numpy(), ref_grad, rtol=1e-4,
+                               atol=1e-5 * np.abs(ref_grad).max() + 1e-6 * terms + 1e-12)
 
 
 @SETTINGS
