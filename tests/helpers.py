@@ -26,7 +26,8 @@ def dispatched_widths(g, family):
     the names conftest.py's `forced` Graph records in g.names."""
     found = []
     for name in g.names:
-        if name.startswith(family + "["):
+        source = name.split("[")[0]  # a family may span files: cross_entropy_row, cross_entropy_chunked
+        if source == family or source.startswith(family + "_"):
             switches = dict(re.findall(r"(\w+)=(\d+)", name))
             found.append(8 if switches.get("WIDE") == "1" else 4 if switches.get("VEC4") == "1" else 1)
     return found

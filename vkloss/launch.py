@@ -98,7 +98,7 @@ class LaunchPolicy:
         return workgroup
 
     def row_once(self, vectors: int):
-        """For a row kernel that holds its row in registers and so reads it once (cross_entropy.comp MODE_ROW_ONCE):
+        """For a row kernel that holds its row in registers and so reads it once (cross_entropy_row.comp MODE_ROW_ONCE):
         (workgroup size, four-float vectors per invocation) for a row of `vectors` vec4s, or None where the kernel
         that reads the row twice serves better: a row longer than one workgroup holds (ROW_ONCE_VALUES[-1] vectors
         per invocation, at most 1,024 invocations or the device's limit); CPU implementations, where lavapipe runs a

@@ -1,5 +1,6 @@
-// Liger-Kernel's cross-entropy options, shared by cross_entropy.comp and linear_cross_entropy.comp. Include after
-// the push block, which declares `float softcap` and `float z_scale` (0 when off), and after losses.glsl.
+// Liger-Kernel's cross-entropy options, shared by the cross-entropy kernels (include/cross_entropy.glsl) and
+// linear_cross_entropy.comp. Include after the push block, which declares `float softcap` and `float z_scale` (0 when
+// off), and after losses.glsl.
 //   softcap: each logit is read as softcap tanh(logit / softcap), and its gradient times 1 - (capped / softcap)^2.
 //     Whether it is on is the specialization constant SOFTCAP, so a kernel without it has no trace of it (a branch
 //     on the push constant alone costs CPU devices the tanh on every logit, both sides of the select computed).

@@ -1,5 +1,6 @@
-"""Cross-entropy: a fused kernel family (shaders/cross_entropy.comp) that computes the loss and its gradient in one
-pass, PyTorch's F.cross_entropy with every option."""
+"""Cross-entropy: a fused kernel family (shaders/cross_entropy_row.comp and cross_entropy_chunked.comp, over
+shaders/include/cross_entropy.glsl) that computes the loss and its gradient in one pass, PyTorch's F.cross_entropy
+with every option."""
 from __future__ import annotations
 
 import math
@@ -53,14 +54,27 @@ def _bindings(mode, target_index, weighted, norm_buffer, write_grad, inplace, ve
     return reads, writes + flags + ([("pred" if inplace else "grad")] if write_grad else [])
 
 
-CROSS_ENTROPY = Kernel(
-    "cross_entropy.comp", allowed=_allowed, bindings=_bindings,
-    switches={"mode": MODES, **{flag: (False, True) for flag in ("target_index", "weighted", "norm_buffer",
-                                                                 "write_grad", "inplace", "vec4", "wide")},
-              "storage": ("F32", "F16", "BF16")},
-    push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, float smoothing = 0.0, "
-         "int ignore_index = 0, uint ignore = 0, float softcap = 0.0, float z_scale = 0.0",
-)
+def _kernel(source: str, modes: tuple) -> Kernel:
+    return Kernel(source, allowed=_allowed, bindings=_bindings,
+                  switches={"mode": modes, **{flag: (False, True) for flag in (
+                      "target_index", "weighted", "norm_buffer", "write_grad", "inplace", "vec4", "wide")},
+                            "storage": ("F32", "F16", "BF16")},
+                  push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, "
+                       "float smoothing = 0.0, int ignore_index = 0, uint ignore = 0, float softcap = 0.0, "
+                       "float z_scale = 0.0")
+
+
+# two files over one header (shaders/include/cross_entropy.glsl): a row at a time, and a row in chunks
+ROW_KERNELS = _kernel("cross_entropy_row.comp", ("SMALL", "ROW", "ROW_ONCE", "ROW_WEIGHT", "ROW_Z"))
+CHUNKED_KERNELS = _kernel("cross_entropy_chunked.comp", ("STATS", "COMBINE", "GRAD"))
+KERNELS = (ROW_KERNELS, CHUNKED_KERNELS)
+_KERNEL_OF_MODE = {mode: kernel for kernel in KERNELS for mode in kernel.switches["mode"]}
+assert set(_KERNEL_OF_MODE) == set(MODES)
+
+
+def variant(mode: str, **switches):
+    """The cross-entropy kernel variant of this mode, from the file that holds the mode."""
+    return _KERNEL_OF_MODE[mode].variant(mode=mode, **switches)
 
 
 def _shape(pred, target, weight=None, reduction="mean", ignore_index=-100, label_smoothing=0.0, inplace_grad=False,
@@ -124,7 +138,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
     cap = spec_constants(softcap)  # every kernel below that reads the logits
     if return_z_loss:  # the z-loss alone, before a gradient written in place overwrites the logits
         z_out = ctx.outs[1] if reduction == "none" else ctx.alloc(rows)
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_Z", target_index=index, storage=storage), ctx.grid(rows),
+        ctx.dispatch(variant("ROW_Z", target_index=index, storage=storage), ctx.grid(rows),
                      workgroup=ctx.row_workgroup(classes), constants=cap, push=push, pred=pred, target=target,
                      row_z=z_out)
         if reduction != "none":
@@ -135,7 +149,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
     switches = dict(target_index=index, weighted=weight is not None, norm_buffer=norm is not None)
     buffers = dict(pred=pred, target=target, weight=weight, norm=norm, grad=grad)
     if classes <= SMALL_ROW and storage == "F32":
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="SMALL", write_grad=want_grad, inplace=inplace, **switches),
+        ctx.dispatch(variant("SMALL", write_grad=want_grad, inplace=inplace, **switches),
                      ctx.groups_for(rows), constants=cap, push=push, row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
@@ -145,7 +159,7 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
             workgroup, constants = once[0], spec_constants(softcap, once[1])
         else:
             workgroup, constants = ctx.row_workgroup(classes // (8 if wide else 4 if vec4 else 1)), cap
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_ONCE" if once else "ROW", write_grad=want_grad, inplace=inplace,
+        ctx.dispatch(variant("ROW_ONCE" if once else "ROW", write_grad=want_grad, inplace=inplace,
                                            vec4=vec4, storage=storage, wide=wide and not once, **switches),
                      ctx.grid(rows), workgroup=workgroup, constants=constants, push=push, row_loss=row_loss, bad=bad,
                      **buffers)
@@ -153,15 +167,15 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
         chunks = ceil_div(classes, CHUNK)
         push.update(chunks=chunks, chunk=ceil_div(classes, chunks * WORKGROUP) * WORKGROUP)  # even, whole workgroups
         partials, row_stats = ctx.alloc(rows * chunks * 4), ctx.alloc(rows * 4)
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="STATS", target_index=index, weighted=weight is not None,
+        ctx.dispatch(variant("STATS", target_index=index, weighted=weight is not None,
                                            storage=storage),
                      ctx.grid(rows * chunks), constants=cap, push=push, pred=pred, target=target, weight=weight,
                      partials=partials)
-        ctx.dispatch(CROSS_ENTROPY.variant(mode="COMBINE", target_index=index, norm_buffer=norm is not None),
+        ctx.dispatch(variant("COMBINE", target_index=index, norm_buffer=norm is not None),
                      ctx.groups_for(rows), push=push, partials=partials, target=target if index else None, norm=norm,
                      row_loss=row_loss, row_stats=row_stats, bad=bad)
         if want_grad:
-            ctx.dispatch(CROSS_ENTROPY.variant(mode="GRAD", write_grad=True, inplace=inplace, storage=storage,
+            ctx.dispatch(variant("GRAD", write_grad=True, inplace=inplace, storage=storage,
                                                **switches),
                          ctx.groups_for(rows * classes if storage == "F32" else packed_words(rows * classes)),
                          constants=cap, push=push, row_stats=row_stats, **buffers)
@@ -201,7 +215,7 @@ def row_weight_sum(ctx, target, weight, rows: int, classes: int, ignore_index, b
 
 
 def _row_weights(ctx, target, weight, rows, classes, ignore_index, row_weight, bad) -> None:
-    ctx.dispatch(CROSS_ENTROPY.variant(mode="ROW_WEIGHT", target_index=True, weighted=weight is not None),
+    ctx.dispatch(variant("ROW_WEIGHT", target_index=True, weighted=weight is not None),
                  ctx.groups_for(rows), push=dict(rows=rows, classes=classes, ignore_index=ignore_index or 0,
                                                  ignore=ignore_index is not None),
                  target=target, weight=weight, row_weight=row_weight, bad=bad)
@@ -234,7 +248,7 @@ register_op(
     "str{mean|sum|none} reduction='mean', int? ignore_index=-100, float label_smoothing=0.0, "
     "bool inplace_grad=False, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) "
     "-> (Tensor, Tensor)",
-    FusedKernel(shape=_shape, forward=_forward, kernels=(CROSS_ENTROPY,), inplace_option="inplace_grad",
+    FusedKernel(shape=_shape, forward=_forward, kernels=KERNELS, inplace_option="inplace_grad",
                 outputs_option="return_z_loss"),
     doc="(1,), or [batch] for reduction='none'. PyTorch's F.cross_entropy. pred are logits [batch, classes]; target "
         "is a distribution of the same shape (one-hot or soft; rows need not sum to 1) or class indices [batch] (an "
