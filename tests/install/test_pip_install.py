@@ -95,3 +95,13 @@ def test_a_sdist_that_is_not_the_pinned_one_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("VKLOSS_KP_SDIST", str(fake))
     with pytest.raises(SystemExit, match="is not the pinned kp 0.9.0 sdist"):
         kp_build.find_sdist(tmp_path, tmp_path / "work")
+
+
+def test_every_python_package_of_the_tree_is_in_the_wheels_list():
+    """pyproject.toml lists the packages explicitly: one left out installs as an ImportError (vkloss.tools.bench
+    was, for a commit)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "vkloss").rglob("__init__.py")}
+    assert found - listed == set()
