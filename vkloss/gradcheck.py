@@ -57,15 +57,7 @@ def gradcheck(fn, inputs, *, eps: float = 1e-2, rtol: float = 2e-3, atol: float 
         for i, point in enumerate(points):
             if not checked[i]:
                 continue
-            numeric = np.zeros(point.shape)
-            for idx in np.ndindex(point.shape):
-                step = eps * max(1.0, abs(point[idx]))
-                values = []
-                for sign in (1, -1):
-                    moved = [p.copy() if c else p for p, c in zip(points, checked)]
-                    moved[i][idx] += sign * step
-                    values.append(float(scalar(*[g.tensor(m) if c else m for m, c in zip(moved, checked)]).item()))
-                numeric[idx] = (values[0] - values[1]) / (2 * step)
+            numeric = _finite_differences(g, scalar, points, checked, i, eps)
             scale = max(np.abs(numeric).max(), np.abs(analytic[i]).max(), 1e-30)
             bad = np.abs(analytic[i] - numeric) > atol * scale + rtol * np.abs(numeric)
             if bad.any():
@@ -74,3 +66,18 @@ def gradcheck(fn, inputs, *, eps: float = 1e-2, rtol: float = 2e-3, atol: float 
                                      f"{analytic[i][idx]:.6g}, finite differences {numeric[idx]:.6g} "
                                      f"({int(bad.sum())} of {bad.size} elements off)")
     return True
+
+
+def _finite_differences(g, scalar, points, checked, i, eps):
+    """d scalar / d points[i] by central differences, each step eps relative to the element (at least eps)."""
+    point = points[i]
+    numeric = np.zeros(point.shape)
+    for idx in np.ndindex(point.shape):
+        step = eps * max(1.0, abs(point[idx]))
+        values = []
+        for sign in (1, -1):
+            moved = [p.copy() if c else p for p, c in zip(points, checked)]
+            moved[i][idx] += sign * step
+            values.append(float(scalar(*[g.tensor(m) if c else m for m, c in zip(moved, checked)]).item()))
+        numeric[idx] = (values[0] - values[1]) / (2 * step)
+    return numeric

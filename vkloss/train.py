@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import language_model, optim, reference
+from .training_report import describe_language_model, plot, progress_bar, summary
 from . import checkpoint as checkpoints
 from .device import choose_device
 from .errors import NoVulkanDeviceError
@@ -184,12 +185,8 @@ def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager:
     run = Run()
     identity = {"task": task.name, "seed": seed, "batch_size": task.batch_size, "lr": task.lr,
                 "optimizer": task.optimizer, "epochs": len(plan)}
-    if resume and checkpoint and os.path.exists(checkpoint):
-        # before the step is captured: it keeps what it recorded
-        saved = checkpoints.load(checkpoint, named, optimizer=opt)
-        if {k: saved.get(k) for k in identity if k != "epochs"} != {k: v for k, v in identity.items() if k != "epochs"}:
-            raise ValueError(f"{checkpoint} is from another run ({saved}); this one is {identity}")
-        run.losses = list(saved["losses"])
+    if resume and checkpoint and os.path.exists(checkpoint):  # before the step is captured: it keeps what it recorded
+        run.losses = _resumed_losses(checkpoint, named, opt, identity)
     start, submissions = time.perf_counter(), g.stats["submissions"]
     # refilled every step: the same buffers, the same compiled kernels (class indices as int32)
     x, y = (g.tensor(a[plan[0][0]], dtype=np.int32 if a.dtype.kind in "iu" else None)
@@ -213,17 +210,7 @@ def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager:
 
     previous = None  # the last epoch's loss copies, summed once the next epoch has run: no wait between epochs
     for epoch_batches in plan[len(run.losses):]:
-        losses = []
-        for idx in epoch_batches:
-            x.copy_(data.x_train[idx])
-            y.copy_(data.y_train[idx])
-            # Every step's loss reaches the host, without a wait: the copy runs with the step, and the value is
-            # there by the time the step after next is submitted.
-            losses.append((train_step().item_async(), len(idx)))
-            run.steps += 1
-            if run.steps == WARMUP_STEPS:
-                run.algorithms_after_warmup = g.stats["algorithms_created"]
-                run.buffers_after_warmup = g.stats["buffers_created"]
+        losses = _epoch(g, run, data, epoch_batches, x, y, train_step)
         if previous is not None:
             finish_epoch(previous)
         previous = losses
@@ -234,12 +221,35 @@ def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager:
         finish_epoch(previous)
     run.seconds = time.perf_counter() - start
     run.submissions = g.stats["submissions"] - submissions
-    run.algorithms_at_end = g.stats["algorithms_created"]
-    run.buffers_at_end = g.stats["buffers_created"]
+    run.algorithms_at_end, run.buffers_at_end = g.stats["algorithms_created"], g.stats["buffers_created"]
     run.metric = model.evaluate(data)
     if not eager:
         train_step.release()
     return run
+
+
+def _epoch(g: Graph, run: Run, data: Data, batches, x, y, train_step) -> list:
+    """One epoch's steps: (each step's loss copy, its batch size). Every step's loss reaches the host without a
+    wait: the copy runs with the step, and the value is there by the time the step after next is submitted."""
+    losses = []
+    for idx in batches:
+        x.copy_(data.x_train[idx])
+        y.copy_(data.y_train[idx])
+        losses.append((train_step().item_async(), len(idx)))
+        run.steps += 1
+        if run.steps == WARMUP_STEPS:
+            run.algorithms_after_warmup, run.buffers_after_warmup = (g.stats["algorithms_created"],
+                                                                     g.stats["buffers_created"])
+    return losses
+
+
+def _resumed_losses(checkpoint: str, named: dict, opt, identity: dict) -> list:
+    """The per-epoch losses of the run saved in `checkpoint`, its parameters and optimizer state loaded; another
+    run's file (task, seed, batch size, learning rate or optimizer not this run's) raises ValueError."""
+    saved = checkpoints.load(checkpoint, named, optimizer=opt)
+    if {k: saved.get(k) for k in identity if k != "epochs"} != {k: v for k, v in identity.items() if k != "epochs"}:
+        raise ValueError(f"{checkpoint} is from another run ({saved}); this one is {identity}")
+    return list(saved["losses"])
 
 
 def train_reference(task: Task, data: Data, weights, plan) -> Run:
@@ -263,64 +273,6 @@ def train_reference(task: Task, data: Data, weights, plan) -> Run:
         run.losses.append(total / sum(len(idx) for idx in epoch_batches))
     run.metric = metric(task, reference.forward(layers(), data.x_test)[1], data)
     return run
-
-
-def progress_bar(name: str, quiet: bool, epochs: int):
-    """A tqdm bar over the epochs (rate, ETA; silent when stderr is not a terminal, or with --quiet)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=epochs, desc=f"{name:14s}", unit="epoch", disable=True if quiet else None, leave=True)
-
-    def show(done, total, loss):
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        bar.update(done - bar.n)
-        if done == total:
-            bar.close()
-
-    return show
-
-
-def summary(results) -> str:
-    head = (f"{'task':14s} {'loss':19s} {'final loss':>11s} {'float64':>11s} {'rel diff':>9s} {'metric':>10s} "
-            f"{'vkloss':>8s} {'float64':>8s} {'time s':>7s} {'steps/s':>8s} {'subm/step':>9s}")
-    lines = [head, "-" * len(head)]
-    for task, vk, ref in results:
-        rel = abs(vk.losses[-1] - ref.losses[-1]) / abs(ref.losses[-1])
-        lines.append(f"{task.name:14s} {task.loss:19s} {vk.losses[-1]:11.6f} {ref.losses[-1]:11.6f} {rel:9.1e} "
-                     f"{task.metric:>10s} {vk.metric:8.4f} {ref.metric:8.4f} {vk.seconds:7.2f} "
-                     f"{vk.steps / vk.seconds:8.1f} {vk.submissions / vk.steps:9.2f}")
-    return "\n".join(lines)
-
-
-def describe_language_model(vk: Run, ref: Run, data: Data, bfloat16: bool) -> None:
-    """The language model's loss curve and held-out perplexity, beside PyTorch float64's."""
-    print(f"lm: {data.classes} characters, {len(data.x_train):,} training and {len(data.x_test):,} held-out "
-          f"positions" + ("; output layer in bfloat16" if bfloat16 else ""))
-    print("lm training loss by epoch, vkloss | PyTorch float64: "
-          + ", ".join(f"{a:.4f} | {b:.4f}" for a, b in zip(vk.losses, ref.losses)))
-    print(f"lm held-out perplexity: vkloss {vk.metric:.4f}, PyTorch float64 {ref.metric:.4f} (a uniform guess: "
-          f"{data.classes})" + ("; PyTorch is not installed (pip install vkloss[torch]): no float64 run"
-                                if ref.metric != ref.metric else ""))
-
-
-def plot(results, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2), squeeze=False)
-    for ax, (task, vk, ref) in zip(axes[0], results):
-        epochs = range(1, len(vk.losses) + 1)
-        ax.plot(epochs, vk.losses, label="vkloss (float32, device)")
-        ax.plot(epochs, ref.losses, "--", label="numpy (float64)")
-        ax.set_title(f"{task.name}: {task.loss}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _bounded(kind, low, inclusive: bool, what: str):

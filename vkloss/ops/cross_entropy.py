@@ -152,33 +152,11 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
         ctx.dispatch(variant("SMALL", write_grad=want_grad, inplace=inplace, **switches),
                      ctx.groups_for(rows), constants=cap, push=push, row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
-        vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
-        wide = ctx.wide_loads(classes)  # or eight (float32: 32 bytes, 16-bit: 16), on CPU devices
-        once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
-        if once:
-            workgroup, constants = once[0], spec_constants(softcap, once[1])
-        else:
-            workgroup, constants = ctx.row_workgroup(classes // (8 if wide else 4 if vec4 else 1)), cap
-        ctx.dispatch(variant("ROW_ONCE" if once else "ROW", write_grad=want_grad, inplace=inplace,
-                                           vec4=vec4, storage=storage, wide=wide and not once, **switches),
-                     ctx.grid(rows), workgroup=workgroup, constants=constants, push=push, row_loss=row_loss, bad=bad,
-                     **buffers)
+        _one_row_a_workgroup(ctx, rows, classes, storage, softcap, dict(write_grad=want_grad, inplace=inplace,
+                                                                        **switches),
+                             dict(push=push, row_loss=row_loss, bad=bad, **buffers))
     else:
-        chunks = ceil_div(classes, CHUNK)
-        push.update(chunks=chunks, chunk=ceil_div(classes, chunks * WORKGROUP) * WORKGROUP)  # even, whole workgroups
-        partials, row_stats = ctx.alloc(rows * chunks * 4), ctx.alloc(rows * 4)
-        ctx.dispatch(variant("STATS", target_index=index, weighted=weight is not None,
-                                           storage=storage),
-                     ctx.grid(rows * chunks), constants=cap, push=push, pred=pred, target=target, weight=weight,
-                     partials=partials)
-        ctx.dispatch(variant("COMBINE", target_index=index, norm_buffer=norm is not None),
-                     ctx.groups_for(rows), push=push, partials=partials, target=target if index else None, norm=norm,
-                     row_loss=row_loss, row_stats=row_stats, bad=bad)
-        if want_grad:
-            ctx.dispatch(variant("GRAD", write_grad=True, inplace=inplace, storage=storage,
-                                               **switches),
-                         ctx.groups_for(rows * classes if storage == "F32" else packed_words(rows * classes)),
-                         constants=cap, push=push, row_stats=row_stats, **buffers)
+        _rows_in_chunks(ctx, rows, classes, storage, cap, switches, inplace, push, buffers, row_loss, bad)
     if index:
         count_bad(ctx, bad, rows, classes, ignore_index, f"cross_entropy_loss: {{count}} class indices of target "
                   f"(shape {target_shape}) are outside {{allowed}}, beside pred {ctx.shapes[0]}")
@@ -186,6 +164,39 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
         tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale, divide=norm)
     if want_grad:
         ctx.save_for_backward(pred if inplace else grad)
+
+
+def _one_row_a_workgroup(ctx, rows: int, classes: int, storage: str, softcap, switches: dict, bound: dict) -> None:
+    """MODE_ROW, or on GPUs MODE_ROW_ONCE (the row held in registers), four or eight classes an access where the
+    row's length allows."""
+    vec4 = classes % 4 == 0  # rows start on 16-byte (16-bit: 8-byte) boundaries: load four classes at a time
+    wide = ctx.wide_loads(classes)  # or eight (float32: 32 bytes, 16-bit: 16), on CPU devices
+    once = ctx.row_once(classes // 4) if vec4 else None  # the row held in registers: read once
+    if once:
+        workgroup, constants = once[0], spec_constants(softcap, once[1])
+    else:
+        workgroup, constants = ctx.row_workgroup(classes // (8 if wide else 4 if vec4 else 1)), spec_constants(softcap)
+    ctx.dispatch(variant("ROW_ONCE" if once else "ROW", vec4=vec4, storage=storage, wide=wide and not once, **switches),
+                 ctx.grid(rows), workgroup=workgroup, constants=constants, **bound)
+
+
+def _rows_in_chunks(ctx, rows, classes, storage, cap, switches, inplace, push, buffers, row_loss, bad) -> None:
+    """The chunked kernels: each row's chunks' statistics, merged per row into its loss, then the gradient."""
+    chunks = ceil_div(classes, CHUNK)
+    push = dict(push, chunks=chunks, chunk=ceil_div(classes, chunks * WORKGROUP) * WORKGROUP)  # whole workgroups
+    partials, row_stats = ctx.alloc(rows * chunks * 4), ctx.alloc(rows * 4)
+    index, pred, target, weight, norm = (switches["target_index"], buffers["pred"], buffers["target"],
+                                         buffers["weight"], buffers["norm"])
+    ctx.dispatch(variant("STATS", target_index=index, weighted=weight is not None, storage=storage),
+                 ctx.grid(rows * chunks), constants=cap, push=push, pred=pred, target=target, weight=weight,
+                 partials=partials)
+    ctx.dispatch(variant("COMBINE", target_index=index, norm_buffer=norm is not None),
+                 ctx.groups_for(rows), push=push, partials=partials, target=target if index else None, norm=norm,
+                 row_loss=row_loss, row_stats=row_stats, bad=bad)
+    if ctx.want_grad:
+        ctx.dispatch(variant("GRAD", write_grad=True, inplace=inplace, storage=storage, **switches),
+                     ctx.groups_for(rows * classes if storage == "F32" else packed_words(rows * classes)),
+                     constants=cap, push=push, row_stats=row_stats, **buffers)
 
 
 def spec_constants(softcap, values: int = 0) -> tuple:
@@ -258,11 +269,12 @@ register_op(
         "padding label; None: none) count for nothing. 'mean' divides by batch for probability targets and by the "
         "summed weight[target] of the counted rows for index targets, as PyTorch does: where that sum is 0 (every "
         "row ignored, zero weights, weights that cancel) the loss is NaN or +-inf and the counted rows' gradient "
-        "NaN or +-inf, as PyTorch's (which of NaN and inf an element of that gradient gets may differ). One fused kernel family computes the loss and d/dpred = "
+        "NaN or +-inf, as PyTorch's (which of NaN and inf an element of that gradient gets may differ). One fused "
+        "kernel family computes the loss and d/dpred = "
         "(softmax(pred) sum_c a_c - a) / that divisor in the same pass (log-sum-exp relative to the row maximum); "
         "backward scales that. inplace_grad=True writes the gradient over pred's buffer (pred must be an op's "
         "output and cannot be read afterwards), so the loss adds no buffer of pred's size. Class indices outside "
-        "[0, classes) raise ValueError at the next host read. No gradient with respect to target or weight. pred may be "
-        "a 16-bit tensor (float16, bfloat16): the kernels read it two values to a 32-bit word, compute in float32, "
+        "[0, classes) raise ValueError at the next host read. No gradient with respect to target or weight. pred "
+        "may be a 16-bit tensor (float16, bfloat16): the kernels read it two values to a 32-bit word, compute in float32, "
         "and write the gradient in pred's dtype. " + LIGER_OPTIONS,
 )
