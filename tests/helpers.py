@@ -2,6 +2,7 @@
 import re
 
 import numpy as np
+import pytest
 
 from vkloss import reference
 
@@ -44,3 +45,65 @@ IGNORE = -100  # PyTorch's default ignore_index
 def liger_reference(x, labels, scale=0.0, softcap=None, smoothing=0.0, reduction="mean"):
     """(loss, z_loss, d loss / d x) in float64 numpy: vkloss.reference.liger_cross_entropy."""
     return reference.liger_cross_entropy(x, labels, scale, softcap, smoothing, reduction, IGNORE)
+
+
+def ulp(values, dtype):
+    """One 16-bit rounding at each value's magnitude."""
+    magnitude = np.abs(values)
+    if dtype is np.float16:
+        return np.spacing(magnitude.astype(np.float16)).astype(np.float64)
+    return np.spacing(magnitude.astype(np.float32)).astype(np.float64) * 65536
+
+
+def assert_within_one_rounding(got, exact, dtype):
+    got = np.asarray(got, np.float64)
+    bad = np.abs(got - exact) > ulp(exact, dtype) + 1e-12
+    assert not bad.any(), (got[bad][:5], exact[bad][:5])
+
+
+def adam64(params, grads_per_step, lr=0.1, betas=(0.9, 0.999), eps=1e-8):
+    """torch.optim.Adam in float64 numpy: each parameter with a gradient counts its own step."""
+    params = [p.astype(np.float64) for p in params]
+    m, v, t = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params], [0] * len(params)
+    for grads in grads_per_step:
+        for i, grad in enumerate(grads):
+            if grad is None:
+                continue
+            t[i] += 1
+            m[i] = betas[0] * m[i] + (1 - betas[0]) * grad
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * grad ** 2
+            params[i] -= lr / (1 - betas[0] ** t[i]) * m[i] / (np.sqrt(v[i] / (1 - betas[1] ** t[i])) + eps)
+    return params
+
+
+def check_every_index_option(g, rng, classes, dtype):
+    """Three rows of class indices (one ignored) with class weights and label smoothing, against float64: the loss
+    within 1e-5 (16-bit 1e-4), the gradient within the dtype's rounding. Returns the float32 logits it used."""
+    x = (rng.standard_normal((3, classes)) * 3).astype(np.float32)
+    target = rng.integers(0, classes, 3)
+    target[1] = 5  # ignored
+    weight = rng.uniform(0.5, 2.0, classes)
+    p = g.tensor(x, dtype=dtype, requires_grad=True)
+    loss = g.cross_entropy_loss(p, target, weight=weight, label_smoothing=0.1, ignore_index=5)
+    g.backward(loss)
+    exact = p.numpy().astype(np.float64)
+    ref_loss, ref_grad = reference.cross_entropy(exact, target, weight=weight, ignore_index=5, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5 if dtype is np.float32 else 1e-4)
+    tolerance = 1e-5 if dtype is np.float32 else 4e-3 if dtype is np.float16 else 2e-2
+    np.testing.assert_allclose(p.grad.numpy().astype(np.float64), ref_grad, rtol=tolerance,
+                               atol=tolerance * np.abs(ref_grad).max())
+    return x
+
+
+def gpu_row_once(vectors):
+    """launch.row_once as a GPU with 1,024 invocations a workgroup answers it (lavapipe declines: its large
+    workgroups run as coroutines): tests force it to reach the kernel that holds a row in registers."""
+    from vkloss import launch
+
+    for values in launch.ROW_ONCE_VALUES:
+        workgroup = 32
+        while workgroup * values < vectors:
+            workgroup *= 2
+        if workgroup <= 1024:
+            return workgroup, values
+    return None

@@ -40,13 +40,14 @@ echo "== setup: $(($(date +%s) - t0)) s" | tee "$out/summary.txt"
 step devices 60 "$PY" -m vkloss.tools devices
 cat "$out/devices.txt"
 step compile 120 "$PY" -m vkloss.tools compile
-gpu_tests=(tests/test_row_once.py tests/test_matmul_tiles.py tests/test_sixteen_bit.py tests/test_linear_cross_entropy.py
-           tests/test_fused_losses.py tests/test_sizes.py)
+gpu_tests=(tests/kernels/test_variants.py tests/ops/test_cross_entropy_gpu_rows.py tests/kernels/test_matmul_tiles.py
+           tests/ops/test_sixteen_bit.py tests/ops/test_linear_cross_entropy.py tests/ops/test_fused_losses.py
+           tests/ops/test_sizes.py)
 step gpu_tests 120 "$PY" -m pytest -q -rf --tb=short -p no:cacheprovider "${gpu_tests[@]}"
 for section in losses target_forms linear sixteen_bit liger_options engine host memory; do
   step "bench_$section" 150 "$PY" -m vkloss.tools bench --sections "$section" --json "$out/bench_$section.json"
 done
 rest=()
-for f in tests/test_*.py; do [[ " ${gpu_tests[*]} " == *" $f "* ]] || rest+=("$f"); done
+for f in tests/*/test_*.py; do [[ " ${gpu_tests[*]} " == *" $f "* || $f == tests/install/* ]] || rest+=("$f"); done
 step rest_of_suite 600 "$PY" -m pytest -q -rf --tb=short -p no:cacheprovider "${rest[@]}"
 cat "$out/summary.txt"

@@ -119,3 +119,8 @@ def test_gradcheck_passes_class_indices_through_as_torch_does(g):
 def test_gradcheck_without_a_float_input_says_so(g):
     with pytest.raises(ValueError, match="no input is floating point"):
         vkloss.gradcheck(lambda t: g.tensor([1.0]), [g.tensor(np.array([1]), dtype=np.int32)])
+
+
+def test_a_composed_ops_bad_option_names_the_op_not_a_private_function(g):
+    with pytest.raises(TypeError, match=r"Graph\.mse_loss\(\) got an unexpected keyword argument 'foo'"):
+        g.mse_loss(g.tensor([1.0]), g.tensor([2.0]), foo=1)

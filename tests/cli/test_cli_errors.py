@@ -28,3 +28,24 @@ def test_train_says_a_plot_path_that_is_a_directory_is_one(tmp_path):
     done = run("vkloss.train", "--plot", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"cannot write {tmp_path}: it is a directory" in done.stderr
+
+
+# ---- python -m vkloss.tools's errors -----------------------------------------------------------------------
+def tools(*args, env=None, timeout=HANG_GUARD):
+    return subprocess.run([sys.executable, "-m", "vkloss.tools", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args, says", [(["--repeats", "0"], "--repeats: must be at least 1"),
+                                        (["--json", "/nonexistent/x.json"], "/nonexistent does not exist")])
+def test_bench_refuses_bad_arguments_before_measuring(args, says):
+    done = tools("bench", *args, timeout=HANG_GUARD)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_tools_list_into_a_closed_pipe_is_quiet():
+    listing = subprocess.Popen([sys.executable, "-m", "vkloss.tools", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    listing.stdout.close()  # `| head -0`: the reader is gone before the table is written
+    assert listing.wait(timeout=HANG_GUARD) == 0
+    assert "BrokenPipe" not in listing.stderr.read().decode()

@@ -79,7 +79,7 @@ def test_expand_repeats_and_its_gradient_sums(g, rng):
     assert t.grad.item() == pytest.approx(2.0 * w.sum(), rel=1e-6)
 
 
-# Finite-difference checks of every differentiable op: tests/test_custom_ops.py, through vkloss.gradcheck.
+# Finite-difference checks of every differentiable op: tests/api/test_custom_ops.py, through vkloss.gradcheck.
 
 
 @pytest.mark.parametrize("name", ["add", "mul"])

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+import vkloss
+
 from helpers import device_gradients, f32
 
 
@@ -143,3 +145,63 @@ def test_backward_through_an_op_without_a_gradient_raises_naming_it(g, rng):
     with g.no_grad():  # what a step computes for itself needs no gradient
         assert g.mean_all(g.ops.relu_backward(g.tensor(np.ones((4, 3))), x)).item() >= 0
     assert g.add(g.tensor([1.0]), g.tensor([2.0])).item() == 3.0
+
+
+# ---- a second backward through a freed graph --------------------------------------------------------------------
+def two_heads(g, rng):
+    w = g.parameter(rng.standard_normal((4, 3)))
+    x = g.tensor(rng.standard_normal((5, 4)))
+    h = g.matmul(x, w)
+    return w, x, h, g.mean_all(g.mul(h, h)), g.sum_all(h)
+
+
+def test_a_second_backward_through_a_freed_trunk_raises_and_names_the_fixes(g, rng):
+    w, x, h, l1, l2 = two_heads(g, rng)
+    l1.backward()
+    with pytest.raises(RuntimeError, match=r"second time.*g\.add\(loss1, loss2\).*retain_graph=True"):
+        l2.backward()
+    with pytest.raises(RuntimeError, match="second time"):  # a new loss from the freed trunk too
+        g.backward(g.sum_all(g.mul(h, h)))
+    assert g.add(g.tensor([1.0]), g.tensor([2.0])).item() == 3.0
+
+
+def test_retain_graph_gives_both_heads_their_share(g, rng):
+    w, x, h, l1, l2 = two_heads(g, rng)
+    g.backward(l1, retain_graph=True)
+    l2.backward()
+    x64, w64 = f32(x.numpy()), f32(w.numpy())
+    h64 = x64 @ w64
+    want = x64.T @ (2 * h64 / h64.size) + x64.T @ np.ones_like(h64)
+    np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+# ---- in-place changes of what backward needs ----------------------------------------------------------------
+def test_copy_into_an_input_backward_still_needs_raises(g, rng):
+    w = g.parameter(rng.standard_normal((4, 3)))
+    x = g.tensor(rng.standard_normal((5, 4)))
+    loss = g.mse_loss(g.matmul(x, w), g.tensor(np.zeros((5, 3))))
+    x.copy_(rng.standard_normal((5, 4)))  # prefetching the next batch before backward
+    with pytest.raises(RuntimeError, match=r"modified in place.*version 1, expected 0"):
+        g.backward(loss)
+    assert g.add(g.tensor([1.0]), g.tensor([2.0])).item() == 3.0
+
+
+def test_an_optimizer_step_before_a_pending_backward_raises(g, rng):
+    w = g.parameter(rng.standard_normal((4, 3)))
+    x = g.parameter(rng.standard_normal((5, 4)))  # its gradient, x.grad = grad @ w.T, needs w
+    opt = vkloss.optim.SGD([w], lr=0.1)
+    first = g.mse_loss(g.matmul(x, w), g.tensor(np.zeros((5, 3))))
+    second = g.mse_loss(g.matmul(x, w), g.tensor(np.ones((5, 3))))
+    g.backward(first)
+    opt.step()  # w changes in place; second's backward needs the old w
+    with pytest.raises(RuntimeError, match="modified in place"):
+        g.backward(second)
+
+
+def test_copy_into_an_input_whose_op_does_not_need_it_is_fine(g):
+    x = g.tensor([1.0, 2.0])
+    w = g.parameter([3.0, 4.0])
+    loss = g.sum_all(g.add(w, x))  # add's gradient does not read x
+    x.copy_([5.0, 6.0])
+    g.backward(loss)
+    np.testing.assert_array_equal(w.grad.numpy(), [1.0, 1.0])

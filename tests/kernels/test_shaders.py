@@ -1,11 +1,14 @@
 """GLSL -> SPIR-V: errors name file and line, the cache key covers everything the binary is built from, a
 corrupted entry is rebuilt, and `python -m vkloss.tools` compiles, checks and lists."""
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
+from helpers import HANG_GUARD
 from vkloss import shaders
 from vkloss.errors import ShaderCheckError, ShaderCompileError
 from vkloss.ops.bce import BCE
@@ -77,7 +80,8 @@ def test_spirv_val_rejects_an_invalid_module():
 
 
 def run_tools(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "vkloss.tools", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "vkloss.tools", *args], capture_output=True, text=True, env=env,
+                          timeout=HANG_GUARD)
 
 
 @pytest.mark.slow  # every variant compiled into an empty cache: a minute and a half on 2 cores
@@ -190,3 +194,64 @@ def test_threads_compiling_one_variant_into_an_empty_cache(shader_tree, monkeypa
         t.join()
     assert not errors, errors
     shaders.check(v)
+
+
+def compile_into(cache, *ops):
+    """The elementwise variants of `ops`, compiled into the cache folder `cache`: only what a test reads, so no test
+    waits for all the variants to compile (minutes on a busy machine)."""
+    script = ("from vkloss.ops.elementwise import ELEMENTWISE; from vkloss import shaders\n"
+              f"for op in {list(ops)!r}: shaders.load(ELEMENTWISE.variant(op=op).shader)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ, VKLOSS_CACHE_DIR=str(cache)))
+    assert done.returncode == 0, done.stderr
+
+
+def test_garbage_in_the_cache_index_is_rebuilt_not_a_traceback(tmp_path):
+    env = dict(os.environ, VKLOSS_CACHE_DIR=str(tmp_path))
+    compile_into(tmp_path, "add")
+    for index in (tmp_path / "latest").iterdir():
+        index.write_bytes(os.urandom(40))
+    checked = run_tools("check", env=env)
+    assert "Traceback" not in checked.stderr, checked.stderr
+    script = "import vkloss; g = vkloss.Graph(); print(g.add(g.tensor([2.0, 3.0]), g.tensor([4.0, 5.0])).numpy())"
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=HANG_GUARD)
+    assert ran.returncode == 0 and ran.stdout.strip() == "[6. 8.]", ran.stderr
+
+
+# ---- cache entries bound to their keys ---------------------------------------------------------------------
+def test_swapped_cache_entries_are_refused_and_rebuilt(tmp_path):
+    env = dict(os.environ, VKLOSS_CACHE_DIR=str(tmp_path))
+    add = ELEMENTWISE.variant(op="add").shader
+    mul = ELEMENTWISE.variant(op="mul").shader
+    compile_into(tmp_path, "add", "mul")
+    a, m = tmp_path / f"{add.key()}.spv", tmp_path / f"{mul.key()}.spv"
+    a_bytes, m_bytes = a.read_bytes(), m.read_bytes()
+    a.write_bytes(m_bytes)
+    m.write_bytes(a_bytes)
+    checked = run_tools("check", env=env)
+    assert checked.returncode == 1 and "not its own" in checked.stderr
+    script = "import vkloss; g = vkloss.Graph(); print(g.add(g.tensor([2.0, 3.0]), g.tensor([4.0, 5.0])).numpy())"
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=HANG_GUARD)
+    assert ran.returncode == 0 and ran.stdout.strip() == "[6. 8.]", ran.stderr
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_one_with_one_warning(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o500)
+    if os.access(cache, os.W_OK):  # root writes anywhere: make it a file instead
+        cache.chmod(0o700)
+        shutil.rmtree(cache)
+        cache.write_text("not a folder")
+    script = textwrap.dedent("""
+        import warnings, vkloss
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            g = vkloss.Graph()
+            print(g.add(g.tensor([2.0]), g.tensor([3.0])).item(), g.mul(g.tensor([2.0]), g.tensor([3.0])).item())
+        print(sum("cannot be written" in str(w.message) for w in caught))
+    """)
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD,
+                         env=dict(os.environ, VKLOSS_CACHE_DIR=str(cache)))
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["5.0", "6.0", "1"]

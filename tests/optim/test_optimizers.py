@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import vkloss
-from helpers import device_gradients, f32
+from helpers import adam64, device_gradients, f32
 
 try:
     import torch
@@ -53,21 +53,6 @@ def test_add_refuses_other_broadcasts(g, a, b):
 def make_problem(rng):
     return (rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32),
             rng.standard_normal((8, 3)).astype(np.float32))
-
-
-def adam64(params, grads_per_step, lr=0.1, betas=(0.9, 0.999), eps=1e-8):
-    """torch.optim.Adam in float64 numpy: each parameter with a gradient counts its own step."""
-    params = [p.astype(np.float64) for p in params]
-    m, v, t = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params], [0] * len(params)
-    for grads in grads_per_step:
-        for i, grad in enumerate(grads):
-            if grad is None:
-                continue
-            t[i] += 1
-            m[i] = betas[0] * m[i] + (1 - betas[0]) * grad
-            v[i] = betas[1] * v[i] + (1 - betas[1]) * grad ** 2
-            params[i] -= lr / (1 - betas[0] ** t[i]) * m[i] / (np.sqrt(v[i] / (1 - betas[1] ** t[i])) + eps)
-    return params
 
 
 def test_adam_counts_steps_per_parameter_as_pytorch_does(g, rng):
@@ -150,3 +135,13 @@ def test_copy_refills_a_tensor_in_place(g):
     assert t.buffer is buffer
     with pytest.raises(ValueError, match=r"copy_: data of shape \(3,\) into a tensor of shape \(2, 2\)"):
         t.copy_(np.ones(3))
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: vkloss.optim.Adam(p, eps=-1), "eps"), (lambda p: vkloss.optim.Adam(p, eps=float("nan")), "eps"),
+    (lambda p: vkloss.optim.Adam(p, lr=float("nan")), "lr"), (lambda p: vkloss.optim.Adam(p, lr=float("inf")), "lr"),
+    (lambda p: vkloss.optim.Adam(p, betas=(1.0, 0.9)), "betas"), (lambda p: vkloss.optim.SGD(p, momentum=-0.1), "momentum"),
+])
+def test_nonsense_hyperparameters_are_refused(g, make, says):
+    with pytest.raises(ValueError, match=says):
+        make([g.parameter([1.0])])

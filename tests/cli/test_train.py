@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import HANG_GUARD
 from vkloss import train
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_task(g, name, epochs, seed=0, bfloat16=False):
@@ -124,3 +125,24 @@ def test_readme_training_loop_runs_and_learns(tmp_path):
     assert done.returncode == 0, done.stderr
     losses = [float(line.split()[1]) for line in done.stdout.splitlines()]
     assert losses[-1] < 0.1 * losses[0]
+
+
+# ---- python -m vkloss.train's arguments ---------------------------------------------------------------------
+@pytest.mark.parametrize("args, says", [
+    (["--epochs", "0"], "--epochs: must be at least 1"), (["--epochs", "-1"], "--epochs: must be at least 1"),
+    (["--lr", "0"], "--lr: must be a positive number"), (["--lr", "-1"], "--lr: must be a positive number"),
+    (["--batch-size", "0"], "--batch-size: must be at least 1"), (["--batch-size", "-5"], "at least 1"),
+    (["--seed", "-1"], "--seed: must be 0 or more"), (["--device", "7"], "device=7: no such device"),
+    (["--plot", "/nonexistent/x.png"], "cannot write /nonexistent/x.png"),
+])
+def test_train_refuses_bad_arguments_with_one_line_before_training(args, says):
+    done = subprocess.run([sys.executable, "-m", "vkloss.train", "--quiet", *args], capture_output=True, text=True,
+                          timeout=HANG_GUARD)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "device:" not in done.stdout  # nothing was trained
+
+
+def test_train_shows_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vkloss.train", "--task", "breast_cancer", "--epochs", "2",
+                           "--plot", ""], capture_output=True, text=True, cwd=tmp_path, timeout=HANG_GUARD)
+    assert done.returncode == 0 and "epoch" not in done.stderr, done.stderr

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vkloss import reference
+from helpers import assert_within_one_rounding, ulp
 
 try:
     import torch
@@ -25,20 +26,6 @@ def to_bfloat16(x):
 def as_16(x, dtype):
     """The 16-bit values a tensor of `dtype` holds for `x`, as float64."""
     return (x.astype(np.float16) if dtype is np.float16 else to_bfloat16(x)).astype(np.float64)
-
-
-def ulp(values, dtype):
-    """One 16-bit rounding at each value's magnitude."""
-    magnitude = np.abs(values)
-    if dtype is np.float16:
-        return np.spacing(magnitude.astype(np.float16)).astype(np.float64)
-    return np.spacing(magnitude.astype(np.float32)).astype(np.float64) * 65536
-
-
-def assert_within_one_rounding(got, exact, dtype):
-    got = np.asarray(got, np.float64)
-    bad = np.abs(got - exact) > ulp(exact, dtype) + 1e-12
-    assert not bad.any(), (got[bad][:5], exact[bad][:5])
 
 
 # ---- storage ----------------------------------------------------------------------------------------------------

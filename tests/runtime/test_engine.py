@@ -1,5 +1,6 @@
 """The engine: algorithm and buffer reuse, few submissions, size limits, lazy execution."""
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -105,3 +106,52 @@ def test_a_full_pool_evicts_old_leftovers_not_the_buffer_each_step_reuses(rng):
                 created = g.stats["buffers_created"]
         assert g.stats["buffers_created"] == created
         assert g.engine.live_counts()["pooled_bytes"] <= 1 << 20
+
+
+# ---- an interrupt around a submission ----------------------------------------------------------------------
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_interrupt_around_a_submission_loses_no_work(when):
+    from vkloss.runtime.kompute import kp
+
+    original = kp.Sequence.eval_async
+    interrupted = []
+
+    def eval_async(sequence, *args):
+        if not interrupted:
+            interrupted.append(when)
+            if when == "before":
+                raise KeyboardInterrupt
+            original(sequence, *args)
+            raise KeyboardInterrupt
+        return original(sequence, *args)
+
+    with vkloss.Graph() as g:
+        w = g.parameter(np.array([1.0, 2.0]))
+        opt = vkloss.optim.SGD([w], lr=0.5)
+        g.backward(g.sum_all(w))
+        opt.step()
+        kp.Sequence.eval_async = eval_async
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                g.flush()
+        finally:
+            kp.Sequence.eval_async = original
+        np.testing.assert_array_equal(w.numpy(), [0.5, 1.5])  # the optimizer step ran
+
+
+def test_closing_from_another_thread_is_refused_like_every_other_use():
+    g = vkloss.Graph()
+    errors = []
+
+    def close():
+        try:
+            g.close()
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    thread = threading.Thread(target=close)
+    thread.start()
+    thread.join()
+    assert errors and "thread" in errors[0]
+    assert g.neg(g.tensor([1.0])).item() == -1.0
+    g.close()

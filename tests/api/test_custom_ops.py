@@ -13,7 +13,7 @@ import vkloss
 from helpers import f32
 from vkloss.errors import ShaderCompileError
 
-CUSTOM = pathlib.Path(__file__).resolve().parent.parent / "examples" / "custom_op"
+CUSTOM = pathlib.Path(__file__).resolve().parents[2] / "examples" / "custom_op"
 sys.path.insert(0, str(CUSTOM))
 import huber  # noqa: E402,F401  (registers g.huber, g.huber_backward, g.huber_loss)
 
@@ -82,7 +82,7 @@ def test_tools_compile_check_and_list_a_users_ops():
 BUILTIN_CASES = {
     "neg": (lambda g, x: g.neg(x), [(2, 3)]),
     "abs": (lambda g, x: g.abs(x), [(2, 3)]),
-    "astype": (lambda g, x: g.astype(x, dtype="float32"), [(2, 3)]),  # 16-bit casts: tests/test_sixteen_bit.py
+    "astype": (lambda g, x: g.astype(x, dtype="float32"), [(2, 3)]),  # 16-bit casts: tests/ops/test_sixteen_bit.py
     "sigmoid": (lambda g, x: g.sigmoid(x), [(2, 3)]),
     "relu": (lambda g, x: g.relu(x), [(2, 3)]),
     "add": (lambda g, a, b: g.add(a, b), [(2, 3), (2, 3)]),
@@ -254,3 +254,10 @@ def test_a_backward_rule_with_wrong_gradients(g, rule, message):
     x = g.tensor(np.ones(3), requires_grad=True)
     with pytest.raises(RuntimeError, match=rf"backward of {name} {message}"):
         g.backward(g.sum_all(getattr(g, name)(x)))
+
+
+@pytest.mark.parametrize("name", ["close", "tensor", "backward", "stats"])
+def test_register_op_refuses_names_graph_already_uses(name):
+    with pytest.raises(ValueError, match=f"{name!r} is already a Graph attribute"):
+        vkloss.register_op(f"{name}(Tensor x) -> Tensor", vkloss.UserShader("void main() {}", shape=lambda s: s,
+                                                                            validate=False))

@@ -8,23 +8,13 @@ import pytest
 
 import vkloss
 from vkloss import launch, reference
+from helpers import check_every_index_option, gpu_row_once as gpu_rule
 
 try:
     import torch
     import torch.nn.functional as F
 except ImportError:
     torch = None
-
-
-def gpu_rule(vectors):
-    """engine.row_once as a GPU with 1,024 invocations a workgroup answers it."""
-    for values in launch.ROW_ONCE_VALUES:
-        workgroup = 32
-        while workgroup * values < vectors:
-            workgroup *= 2
-        if workgroup <= 1024:
-            return workgroup, values
-    return None
 
 
 @pytest.fixture
@@ -52,25 +42,6 @@ def test_cpu_devices_keep_the_two_pass_kernel(g):
 def test_index_targets_with_every_option(gpu_like, rng, classes, dtype):
     check_every_index_option(gpu_like, rng, classes, dtype)
     assert gpu_like.chosen[-1] == gpu_rule(classes // 4)
-
-
-def check_every_index_option(g, rng, classes, dtype):
-    """Three rows of class indices (one ignored) with class weights and label smoothing, against float64: the loss
-    within 1e-5 (16-bit 1e-4), the gradient within the dtype's rounding. Returns the float32 logits it used."""
-    x = (rng.standard_normal((3, classes)) * 3).astype(np.float32)
-    target = rng.integers(0, classes, 3)
-    target[1] = 5  # ignored
-    weight = rng.uniform(0.5, 2.0, classes)
-    p = g.tensor(x, dtype=dtype, requires_grad=True)
-    loss = g.cross_entropy_loss(p, target, weight=weight, label_smoothing=0.1, ignore_index=5)
-    g.backward(loss)
-    exact = p.numpy().astype(np.float64)
-    ref_loss, ref_grad = reference.cross_entropy(exact, target, weight=weight, ignore_index=5, label_smoothing=0.1)
-    assert loss.item() == pytest.approx(ref_loss, rel=1e-5 if dtype is np.float32 else 1e-4)
-    tolerance = 1e-5 if dtype is np.float32 else 4e-3 if dtype is np.float16 else 2e-2
-    np.testing.assert_allclose(p.grad.numpy().astype(np.float64), ref_grad, rtol=tolerance,
-                               atol=tolerance * np.abs(ref_grad).max())
-    return x
 
 
 @pytest.mark.parametrize("classes", [260, 8196])
