@@ -49,3 +49,21 @@ def test_tools_list_into_a_closed_pipe_is_quiet():
     listing.stdout.close()  # `| head -0`: the reader is gone before the table is written
     assert listing.wait(timeout=HANG_GUARD) == 0
     assert "BrokenPipe" not in listing.stderr.read().decode()
+
+
+WITHOUT_KP = "import sys; sys.modules['vkloss._kp'] = None  # as if the extension were not built\n"
+
+
+@pytest.mark.parametrize("command", ["generate --check", "list"])
+def test_the_schema_tools_run_without_a_kompute_build(command):
+    script = WITHOUT_KP + (f"import runpy; sys.argv = ['tools', *{command.split()!r}]\n"
+                           "runpy.run_module('vkloss.tools', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_graph_without_a_kompute_build_says_how_to_build_it():
+    script = WITHOUT_KP + ("import vkloss\ntry:\n    vkloss.Graph()\n"
+                           "except ImportError as e:\n    print(e)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD)
+    assert done.returncode == 0 and "vkloss._kp) is not built" in done.stdout and "pip install" in done.stdout

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from .kompute import kp
+from .kompute import kp, require
 
 from ..device import DeviceInfo
 from ..errors import DeviceMemoryError
@@ -29,14 +29,13 @@ _AMOUNT = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z
 
 
 def _check_kp() -> None:
+    """vkloss._kp is there, and built with the patch level this vkloss needs."""
+    require()
     level = getattr(kp, "vkloss_patch", None)
     if level != KP_PATCH_LEVEL:
         raise ImportError(f"vkloss needs its Kompute extension built with tools/kp_patch.py level {KP_PATCH_LEVEL}; "
                           f"vkloss._kp has {'no patch' if level is None else f'level {level}'}: build vkloss again "
                           "(pip install -e . in a checkout)")
-
-
-_check_kp()
 
 
 def parse_bytes(text: str, name: str = BUDGET_VARIABLE) -> int:
@@ -62,6 +61,7 @@ class DeviceContext:
         # before the manager: a bad setting fails without touching the device
         self.budget = parse_bytes(override) if override else int(device.device_memory * MEMORY_SHARE)
         self.device = device
+        _check_kp()  # the first device context is the first thing that needs vkloss._kp
         self.manager = kp.Manager(device.index)
         self.lock = threading.Lock()
         self.used = 0  # bytes of device buffers that vkloss holds on this device, in use and pooled, all Graphs
