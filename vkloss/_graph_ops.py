@@ -547,7 +547,7 @@ class Graph:
 
 
 class Ops:
-    """The internal ops (kernels that backward rules call) as methods of vkloss.graph.Ops, g.ops."""
+    """The internal ops (kernels that backward rules call) as methods of vkloss.op_methods.Ops, g.ops."""
 
     def count_nonfinite(self, x: Tensor) -> Tensor:
         """

@@ -9,6 +9,7 @@ import sys
 
 from .. import kernels, registry, shaders
 from . import bench, generate
+from .generate import markdown_op_table, shader_cell
 from ..device import choose_device, devices
 from ..errors import NoVulkanDeviceError, ShaderCheckError, ShaderCompileError
 
@@ -74,26 +75,8 @@ def cmd_check(args) -> int:
 
 
 def op_table() -> list[tuple[str, str, str, str]]:
-    return [(op.name, _shader_cell(op), str(op.backward_kind), ", ".join(op.options) or "-")
+    return [(op.name, shader_cell(op), str(op.backward_kind), ", ".join(op.options) or "-")
             for op in registry.all_ops()]
-
-
-def _shader_cell(op) -> str:
-    return op.shader or ("(view)" if op.view else "(composed)")
-
-
-def markdown_op_table() -> str:
-    """The README's ops table: each public op of vkloss itself (a Graph method) with its signature and how it
-    differentiates, then the internal ones (g.ops: the kernels of backward rules and checks) on one line."""
-    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.")]
-    lines = ["| signature | shader | backward |", "|---|---|---|"]
-    for op in ops:
-        if not op.internal:
-            signature = op.schema.text().replace("|", "\\|")  # a set's bars would end the table's cell
-            lines.append(f"| `{signature}` | {_shader_cell(op)} | {op.backward_kind} |")
-    internal = ", ".join(f"`{op.name}`" for op in ops if op.internal)
-    return "\n".join(lines) + f"\n\nInternal (`g.ops.<name>`, not differentiable): the kernels of backward rules and " \
-                              f"checks, {internal}."
 
 
 def cmd_list(args) -> int:

@@ -1,6 +1,7 @@
-"""`python -m vkloss.tools generate`: write vkloss/_graph_ops.py, the built-in ops as real methods of Graph, from
-their schemas and docstrings (and vkloss/_vk_structs.py from vulkan_core.h: see vk_structs.py). `--check` only says
-whether the files are current (a test runs it)."""
+"""`python -m vkloss.tools generate`: write vkloss/_graph_ops.py, the built-in ops as real methods of Graph (and of
+g.ops, the internal ones), from their schemas and docstrings; the README's ops table, in a checkout; and
+vkloss/_vk_structs.py from vulkan_core.h (see vk_structs.py). `--check` only says whether they are current (a test
+runs it)."""
 from __future__ import annotations
 
 import inspect
@@ -62,17 +63,50 @@ def source() -> str:
         f"SCHEMAS = {{\n{schemas_text}}}\n\n\n"
         'class Graph:\n    """The op methods of vkloss.graph.Graph, which derives from this class."""\n\n'
         "    SCHEMAS = SCHEMAS\n\n" + "\n".join(_method(op) for op in public) + "\n\n"
-        'class Ops:\n    """The internal ops (kernels that backward rules call) as methods of vkloss.graph.Ops, g.ops."""\n\n'
-        + "\n".join(_method(op) for op in internal)
+        'class Ops:\n    """The internal ops (kernels that backward rules call) as methods of vkloss.op_methods.Ops, '
+        'g.ops."""\n\n' + "\n".join(_method(op) for op in internal)
     )
 
 
+def shader_cell(op) -> str:
+    return op.shader or ("(view)" if op.view else "(composed)")
+
+
+def markdown_op_table() -> str:
+    """The README's ops table: each public op of vkloss itself (a Graph method) with its signature and how it
+    differentiates, then the internal ones (g.ops: the kernels of backward rules and checks) on one line."""
+    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.")]
+    lines = ["| signature | shader | backward |", "|---|---|---|"]
+    for op in ops:
+        if not op.internal:
+            signature = op.schema.text().replace("|", "\\|")  # a set's bars would end the table's cell
+            lines.append(f"| `{signature}` | {shader_cell(op)} | {op.backward_kind} |")
+    internal = ", ".join(f"`{op.name}`" for op in ops if op.internal)
+    return "\n".join(lines) + f"\n\nInternal (`g.ops.<name>`, not differentiable): the kernels of backward rules and " \
+                              f"checks, {internal}."
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+TABLE_START, TABLE_END = "<!-- ops table: python -m vkloss.tools list --markdown -->\n", "<!-- end of the ops table -->"
+
+
+def readme_text() -> str | None:
+    """README.md with its ops table as the registry gives it; None outside a checkout (an installed vkloss)."""
+    if not README.exists():
+        return None
+    text = README.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    return text[:start] + markdown_op_table() + "\n" + text[end:]
+
+
 def main(args) -> int:
-    """Write (or with --check, compare) _graph_ops.py, and _vk_structs.py where vulkan_core.h is installed."""
-    text = source()
+    """Write (or with --check, compare) _graph_ops.py, the README's ops table in a checkout, and _vk_structs.py where
+    vulkan_core.h is installed."""
+    text, readme = source(), readme_text()
     current = TARGET.read_text() if TARGET.exists() else ""
     if args.check:
         stale = [str(TARGET)] if current != text else []
+        stale += [str(README)] if readme is not None and readme != README.read_text() else []
         stale += [str(vk_structs.TARGET)] if vk_structs.current() is False else []
         for path in stale:
             print(f"{path} is stale: run python -m vkloss.tools generate")
@@ -82,6 +116,9 @@ def main(args) -> int:
     if current != text:
         TARGET.write_text(text)
     print(f"wrote {TARGET}")
+    if readme is not None and readme != README.read_text():
+        README.write_text(readme)
+        print(f"wrote {README}'s ops table")
     print(f"wrote {vk_structs.TARGET}" if vk_structs.write() else f"{vk_structs.HEADER} not installed: "
           f"{vk_structs.TARGET} left as it is")
     return 0
