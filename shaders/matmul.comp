@@ -134,9 +134,7 @@ void main() {
 // multiples of that): STEPS steps of k per iteration. An operand stored with k contiguous gives one access (STEPS
 // values of k) per row or column of the block; one stored along the block gives BLOCK / STEPS accesses (its rows or
 // columns) per step of k. Either way BLOCK accesses per operand per STEPS steps of k, where the scalar kernel makes
-// STEPS BLOCK: on lavapipe, whose cost is per access, that is what matters. Measured there (2-core AMD EPYC), the
-// three products of a linear cross-entropy block (262 rows, 64 features, 32,000 classes): 900 ms scalar, 383 with
-// vec4s, 282 with eight floats an access.
+// STEPS BLOCK: on lavapipe, whose cost is per access, that is what matters (docs/performance.md, "Kernel choices").
 #define STEPS ACCESS_WIDTH
 #if BLOCK % 8 != 0
 #error "matmul.comp: the VEC4 kernel reads a block's rows or columns as whole accesses of 4 or 8"
@@ -243,9 +241,9 @@ void main() {
 #ifndef BLOCK
 #error "matmul.comp: define BLOCK, the side of the block of out one invocation computes"
 #endif
-// BLOCK^2 products for 2 BLOCK loads each step of k (one element per invocation did one for two). On lavapipe at
-// 4096 x 2332 x 32: 1,093 ms one element each, 253 ms in 4 x 4 blocks, 144 in 8 x 8, 113 in 16 x 16. The block's
-// rows and columns are clamped at the edges, and only the real ones written.
+// BLOCK^2 products for 2 BLOCK loads each step of k (one element per invocation did one for two): on lavapipe
+// larger blocks ran several times faster (docs/performance.md, "Kernel choices"). The block's rows and columns are
+// clamped at the edges, and only the real ones written.
 void main() {
     uint blocks_n = (p.n + BLOCK - 1) / BLOCK;
     uint i = global_index();

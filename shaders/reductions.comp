@@ -44,8 +44,8 @@ ELEMENT access_sum(uint i) {
 }
 
 // The pairwise tree of an invocation's ITEMS accesses (i, i + WG, ..., i + 15 WG), written out: no array and no
-// loop. lavapipe (Mesa 22) kept an array summed by a halving loop (stride >>= 1) in per-lane scratch memory, which
-// made a sum of 2^24 floats 35 ms, against 9 ms for this (2-core AMD EPYC, eight floats an access).
+// loop. lavapipe (Mesa 22) kept an array summed by a halving loop (stride >>= 1) in per-lane scratch memory, several
+// times slower than this (docs/performance.md, "Kernel choices").
 #define SUM2(i) (access_sum(i) + access_sum((i) + WG))
 #define SUM4(i) (SUM2(i) + SUM2((i) + 2u * WG))
 #define SUM8(i) (SUM4(i) + SUM4((i) + 4u * WG))

@@ -7,8 +7,8 @@
 //   log u = e ln 2 + 2 atanh(s) = e ln 2 + 2 (s + s^3/3 + s^5/5 + ...),  s = (m - 1) / (m + 1),  |s| <= 0.172:
 // six terms leave less than float32's rounding, and ln 2 in two parts (the first exact times any e) keeps e ln 2
 // exact. Where e = 0, m - 1 is u - 1, which the caller knows exactly (x - 1 for log x, x itself for log(1 + x),
-// where 1 + x rounds), so one division serves both and neither calls GLSL's log. On lavapipe (2-core AMD EPYC), BCE
-// of 2^24 probabilities took 47 ms with log(x) and a series both computed for every value, 25 ms with plain log.
+// where 1 + x rounds), so one division serves both and neither calls GLSL's log (computing both for every value
+// nearly doubled BCE's time on lavapipe).
 // Zero gives -inf, negative numbers and NaN give NaN, +inf +inf, as log does. Denormals are as the device's frexp
 // reads them. LOG_ACCURATE(T, IT) defines them for a float type T and the int type IT of its exponent.
 bool is_less(float a, float b) { return a < b; }

@@ -1,9 +1,9 @@
 // WIDE: eight float32 values moved by one 32-byte access (a u64vec4, shaderInt64), as two vec4s.
 // For CPU implementations: lavapipe (Mesa 22) turns every storage-buffer access into a loop over the SIMD lanes with
 // a branch per lane and per component, whatever the width of a component, so a u64vec4 moves twice the bytes of a
-// vec4 per lane iteration. Measured on lavapipe (2-core AMD EPYC, 8-wide): a copy of 98 MB in 10 ms, against 16 ms
-// with vec4 and 8.6 ms for the device's own buffer copy. GPUs gain nothing over a vec4 (16 bytes is already the
-// widest access a lane makes), so vkloss picks WIDE only on CPU devices (vkloss/engine.py wide_loads).
+// vec4 per lane iteration, and comes near the device's own buffer copy (docs/performance.md, "Kernel choices"). GPUs
+// gain nothing over a vec4 (16 bytes is already the widest access a lane makes), so vkloss picks WIDE only on CPU
+// devices (vkloss/launch.py wide_loads).
 #ifndef WIDE_GLSL
 #define WIDE_GLSL
 #extension GL_ARB_gpu_shader_int64 : require
