@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import language_model, optim, reference
+from . import distributed, language_model, optim, reference
 from .training_report import describe_language_model, plot, progress_bar, summary
 from . import checkpoint as checkpoints
 from .device import choose_device
@@ -179,7 +179,10 @@ class Run:
 
 
 def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager: bool = False,
-                 checkpoint: str | None = None, resume: bool = False, seed: int = 0) -> Run:
+                 checkpoint: str | None = None, resume: bool = False, seed: int = 0, share: float | None = None) -> Run:
+    """Train `model` over `plan` (batches of sample indices per epoch). share: under torchrun, this rank's part of
+    each batch (plan holds that part), its gradients summed with the other ranks' by DataParallel, weighted by it:
+    every rank then steps with the gradient of the whole batch. Checkpoints are written by rank 0."""
     params, named = model.params, model.named
     opt = optim.Adam(params, lr=task.lr) if task.optimizer == "adam" else optim.SGD(params, lr=task.lr, momentum=0.9)
     run = Run()
@@ -187,6 +190,7 @@ def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager:
                 "optimizer": task.optimizer, "epochs": len(plan)}
     if resume and checkpoint and os.path.exists(checkpoint):  # before the step is captured: it keeps what it recorded
         run.losses = _resumed_losses(checkpoint, named, opt, identity)
+    dp = distributed.DataParallel(params) if share is not None else None  # rank 0's values on every rank
     start, submissions = time.perf_counter(), g.stats["submissions"]
     # refilled every step: the same buffers, the same compiled kernels (class indices as int32)
     x, y = (g.tensor(a[plan[0][0]], dtype=np.int32 if a.dtype.kind in "iu" else None)
@@ -196,16 +200,18 @@ def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager:
         opt.zero_grad()  # first, as in PyTorch: last step's gradients are not held through this forward
         loss = model.loss(x, y)
         g.backward(loss)
+        if dp is not None:  # the host reads the gradients mid-step: such a step runs eagerly
+            dp.all_reduce_gradients(share)
         opt.step()
         return loss
 
     # Captured, a step is recorded once and then replayed: no Python per op (vkloss/capture.py)
-    train_step = step if eager else g.capture(step)
+    train_step = step if eager or dp is not None else g.capture(step)
 
     def finish_epoch(copies):
-        run.losses.append(sum(copy.result() * n for copy, n in copies) / sum(n for _, n in copies))
+        run.losses.append(_epoch_loss(copies, dp))
         progress(len(run.losses), len(plan), run.losses[-1])
-        if checkpoint:  # every epoch, atomically: a run stopped at any point resumes from the last whole epoch
+        if checkpoint and (dp is None or dp.rank == 0):  # every epoch, atomically: a run stopped at any point
             checkpoints.save(checkpoint, named, optimizer=opt, metadata={**identity, "losses": run.losses})
 
     previous = None  # the last epoch's loss copies, summed once the next epoch has run: no wait between epochs
@@ -213,19 +219,24 @@ def train_vkloss(g: Graph, task: Task, data: Data, model, plan, progress, eager:
         losses = _epoch(g, run, data, epoch_batches, x, y, train_step)
         if previous is not None:
             finish_epoch(previous)
-        previous = losses
-        if checkpoint:  # the parameters are read for the file now: the epoch's losses are there too
-            finish_epoch(previous)
-            previous = None
+        previous = losses if not checkpoint else finish_epoch(losses)  # a checkpoint reads the epoch's losses now
     if previous is not None:
         finish_epoch(previous)
-    run.seconds = time.perf_counter() - start
-    run.submissions = g.stats["submissions"] - submissions
+    run.seconds, run.submissions = time.perf_counter() - start, g.stats["submissions"] - submissions
     run.algorithms_at_end, run.buffers_at_end = g.stats["algorithms_created"], g.stats["buffers_created"]
     run.metric = model.evaluate(data)
-    if not eager:
+    if train_step is not step:
         train_step.release()
     return run
+
+
+def _epoch_loss(copies, dp) -> float:
+    """The epoch's mean training loss from each step's (loss copy, batch part size); under torchrun, over every
+    rank's parts."""
+    total = np.array([sum(copy.result() * n for copy, n in copies), sum(n for _, n in copies)], np.float64)
+    if dp is not None:
+        total = distributed.all_reduce_sum(total)
+    return float(total[0] / total[1])
 
 
 def _epoch(g: Graph, run: Run, data: Data, batches, x, y, train_step) -> list:
@@ -355,37 +366,72 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     names = GROUPS.get(args.task, [args.task])
+    try:
+        process = _join(args, names)
+    except (ImportError, ValueError, RuntimeError) as e:
+        print(f"python -m vkloss.train: error: {e}", file=sys.stderr)
+        return 2
+    first = process is None or process.rank == 0  # the one process that prints, plots and checkpoints
     results = []
-    given = lambda value, default: default if value is None else value  # noqa: E731  (0 is a value, not "unset")
-    with Graph(args.device_info.index) as g:
-        print(f"device: {g.device}")
+    with Graph(args.device_info.index if process is None else process.device) as g:
+        if first:
+            print(f"device: {g.device}" + (f" (rank 0 of {process.world_size})" if process else ""))
         for name in names:
-            defaults = TASKS[name]
-            task = dataclasses.replace(defaults, epochs=given(args.epochs, defaults.epochs),
-                                       batch_size=given(args.batch_size, defaults.batch_size),
-                                       lr=given(args.lr, defaults.lr),
-                                       optimizer=given(args.optimizer, defaults.optimizer))
-            data = load(task, args.seed)
-            rng = np.random.default_rng(args.seed)
-            weights, model = make_model(g, task, data, rng, args.lm_bfloat16)
             try:
-                plan = batches(len(data.x_train), task.batch_size, task.epochs, rng, task.steps_per_epoch)
-            except ValueError as e:
+                results.append(_train_task(g, args, name, names, process))
+            except ValueError as e:  # a batch size the data cannot fill, another run's checkpoint, a bad file
                 print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
                 return 2
-            try:
-                vk = train_vkloss(g, task, data, model, plan, progress_bar(name, args.quiet, task.epochs),
-                                  args.eager, checkpoint_for(args.checkpoint, name, names), args.resume, args.seed)
-            except ValueError as e:  # a checkpoint of another run, or a bad file: one line
-                print(f"python -m vkloss.train: error: {name}: {e}", file=sys.stderr)
-                return 2
-            ref = train_reference(task, data, weights, plan)
-            results.append((task, vk, ref))
-            if name == "lm":
-                describe_language_model(vk, ref, data, args.lm_bfloat16)
+    if first:
+        _report(args, results)
+    if process is not None:
+        distributed.shutdown()
+    return 0
+
+
+def _join(args, names):
+    """Under torchrun: the process group joined and this rank's device (its --device or VKLOSS_DEVICE, else
+    LOCAL_RANK among the devices). None for one process."""
+    if not distributed.launched():
+        return None
+    if "lm" in names:
+        raise ValueError("the lm task runs on one process; under torchrun, give --task with an MLP task")
+    process = distributed.init()
+    if args.device is not None:
+        process = dataclasses.replace(process, device=args.device)
+    return process
+
+
+def _train_task(g: Graph, args, name: str, names: list, process):
+    given = lambda value, default: default if value is None else value  # noqa: E731  (0 is a value, not "unset")
+    defaults = TASKS[name]
+    task = dataclasses.replace(defaults, epochs=given(args.epochs, defaults.epochs),
+                               batch_size=given(args.batch_size, defaults.batch_size), lr=given(args.lr, defaults.lr),
+                               optimizer=given(args.optimizer, defaults.optimizer))
+    data = load(task, args.seed)
+    rng = np.random.default_rng(args.seed)
+    weights, model = make_model(g, task, data, rng, args.lm_bfloat16)
+    plan = batches(len(data.x_train), task.batch_size, task.epochs, rng, task.steps_per_epoch)
+    first = process is None or process.rank == 0
+    share, local = None, plan
+    if process is not None:  # --batch-size stays the global batch: each rank takes its contiguous part of it
+        local = [[np.array_split(idx, process.world_size)[process.rank] for idx in epoch] for epoch in plan]
+        share = len(local[0][0]) / task.batch_size
+        if not len(local[0][0]):
+            raise ValueError(f"batch size {task.batch_size} leaves rank {process.rank} of {process.world_size} "
+                             "no samples: give a batch of at least one sample per rank")
+    vk = train_vkloss(g, task, data, model, local, progress_bar(name, args.quiet or not first, task.epochs),
+                      args.eager, checkpoint_for(args.checkpoint, name, names), args.resume, args.seed, share)
+    ref = train_reference(task, data, weights, plan) if first else None
+    if name == "lm" and first:
+        describe_language_model(vk, ref, data, args.lm_bfloat16)
+    return task, vk, ref
+
+
+def _report(args, results) -> None:
     print(summary(results))
-    print("steps run op by op (--eager)" if args.eager else "steps recorded once and replayed (g.capture; --eager "
-          "runs them op by op)")
+    print("steps run op by op (--eager, or under torchrun)" if args.eager or distributed.launched() else
+          "steps recorded once and replayed (g.capture; --eager runs them op by op)")
     for task, vk, _ in results:
         print(f"{task.name}: {vk.steps} steps; after the first {WARMUP_STEPS} steps, "
               f"{vk.algorithms_at_end - vk.algorithms_after_warmup}"
@@ -393,7 +439,6 @@ def main(argv=None) -> int:
     if args.plot:
         plot(results, args.plot)
         print(f"loss curves: {os.path.abspath(args.plot)}")
-    return 0
 
 
 if __name__ == "__main__":
