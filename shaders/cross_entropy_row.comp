@@ -21,9 +21,9 @@ void main() {
     RowTarget r = row_target(row);
     float w = 1.0;
 #if WEIGHTED
-    if (r.counted) w = weight[r.index];
+    if (r.here) w = weight[r.index];
 #endif
-    row_weight[row] = r.counted ? w : 0.0;
+    row_weight[row] = r.here ? w : 0.0;  // a shard's row whose class is elsewhere: another rank counts it
     flag_bad(row, r);
 }
 

@@ -168,6 +168,122 @@ class DataParallel:
             offset += size
 
 
+def vocab_parallel_cross_entropy(hidden, weight, target, bias=None, *, reduction: str = "mean",
+                                 ignore_index: int | None = -100, label_smoothing: float = 0.0, weight_classes=None,
+                                 lse_square_scale: float = 0.0, softcap: float | None = None):
+    """linear_cross_entropy with the vocabulary sharded over the ranks, as Megatron-LM's vocab_parallel_cross_entropy:
+    this rank holds a contiguous shard of the classes, in rank order (weight's rows [classes_here, features], bias
+    and weight_classes of as many), and hidden [rows, features] and `target` (global class indices [rows]) are the
+    same on every rank. Each rank's logits give a row's (max, sum of exp, sum a (logit - max), sum a) over its shard;
+    those four floats a row are gathered from every rank and merged (the chunked cross-entropy kernels' COMBINE),
+    so the loss, the same on every rank, and every gradient equal the single-device op's. Backward: d hidden summed
+    over the ranks, d weight and d bias of this shard alone. reduction 'mean' or 'sum'; ignore_index, label smoothing,
+    class weights, softcap and the z-loss as linear_cross_entropy takes them; 16-bit hidden and weight are widened to
+    float32 (their gradients come back in their dtype). The host takes part (two collectives a call): call it in an
+    eager step, not in g.capture."""
+    from .ops import cross_entropy as ce
+    from .registry import KernelContext
+    from .tensor import Tensor
+
+    torch, dist = _dist()
+    g, rows = hidden.graph, hidden.shape[0]
+    labels = _global_labels(target, rows)
+    shard = _shard(weight, bias, weight_classes, hidden, reduction, label_smoothing, lse_square_scale, softcap)
+    h32, w32 = (t if t.dtype == np.float32 else g.astype(t, dtype="float32") for t in (hidden, weight))
+    b32 = g.tensor(np.zeros(weight.shape[0], np.float32)) if bias is None else (
+        bias if bias.dtype == np.float32 else g.astype(bias, dtype="float32"))
+    counts = all_reduce_sum(np.eye(dist.get_world_size())[dist.get_rank()] * weight.shape[0])
+    offset, total = int(counts[:dist.get_rank()].sum()), int(counts.sum())
+    _check_labels(labels, total, ignore_index, weight.shape[0])
+    divisor = _divisor(labels, reduction, ignore_index, shard, offset, weight.shape[0])
+    scale = (1.0 / divisor if divisor else float("inf")) if reduction == "mean" else 1.0
+    ctx = KernelContext(g.engine)
+    with g.no_grad():
+        logits = g.linear(h32, w32, b32)  # this shard's [rows, classes_here]
+        index = g.tensor(labels, dtype=np.int32)
+        push = dict(rows=rows, classes=weight.shape[0], chunk=weight.shape[0], scale=scale, smoothing=label_smoothing,
+                    ignore_index=ignore_index or 0, ignore=ignore_index is not None, softcap=softcap or 0.0,
+                    z_scale=lse_square_scale, class_offset=offset, total_classes=total)
+        cap, classes_weight = ce.spec_constants(softcap), shard
+        partials = ctx.alloc(rows * 4)
+        ctx.dispatch(ce.variant("STATS", target_index=True, weighted=classes_weight is not None), ctx.grid(rows),
+                     constants=cap, push=push, pred=logits.buffer, target=index.buffer,
+                     weight=None if classes_weight is None else classes_weight.buffer, partials=partials)
+        gathered = [torch.zeros(rows * 4, dtype=torch.float32) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, torch.from_numpy(Tensor(g, (rows * 4,), partials).numpy()))
+        merged = ctx.upload(np.stack([t.numpy().reshape(rows, 4) for t in gathered], axis=1).reshape(-1))
+        row_loss, row_stats = ctx.alloc(rows), ctx.alloc(rows * 4)
+        ctx.dispatch(ce.variant("COMBINE", target_index=True), ctx.groups_for(rows),
+                     push=dict(push, chunks=dist.get_world_size()), partials=merged, target=index.buffer,
+                     row_loss=row_loss, row_stats=row_stats, bad=ctx.alloc(rows))
+        grad = ctx.alloc(rows * weight.shape[0])
+        ctx.dispatch(ce.variant("GRAD", write_grad=True, target_index=True, weighted=classes_weight is not None),
+                     ctx.groups_for(rows * weight.shape[0]), constants=cap, push=push, pred=logits.buffer,
+                     target=index.buffer, weight=None if classes_weight is None else classes_weight.buffer,
+                     row_stats=row_stats, grad=grad)
+        d_logits = Tensor(g, logits.shape, grad)
+        d_hidden = g.matmul(d_logits, w32)
+        d_hidden_all = torch.from_numpy(d_hidden.numpy().copy())
+        dist.all_reduce(d_hidden_all)
+        loss = g.sum_all(Tensor(g, (rows,), row_loss), scale=scale)
+        d_weight, d_bias = g.matmul_transposed(d_logits, h32, trans_a=True), g.sum_rows(d_logits)
+    return g.ops.vocab_parallel_loss(h32, w32, b32, value=loss, d_hidden=g.tensor(d_hidden_all.numpy()),
+                                     d_weight=d_weight, d_bias=d_bias)  # on the tape: backward hands them over
+
+
+def _global_labels(target, rows: int) -> np.ndarray:
+    labels = np.asarray(target.numpy() if hasattr(target, "numpy") and not isinstance(target, np.ndarray) else target)
+    if labels.shape != (rows,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"vocab_parallel_cross_entropy: target must be integer class indices [{rows}], one per row of "
+                         f"hidden; got {labels.dtype} of shape {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def _shard(weight, bias, weight_classes, hidden, reduction, label_smoothing, lse_square_scale, softcap):
+    """The checks of the shard's shapes and the options; returns weight_classes as a float32 tensor (or None)."""
+    from .ops.cross_entropy import check_index_options, check_liger_options
+
+    classes, features = weight.shape
+    if len(hidden.shape) != 2 or hidden.shape[1] != features:
+        raise ValueError(f"vocab_parallel_cross_entropy: hidden {hidden.shape} and this rank's weight {weight.shape} "
+                         "must be [rows, features] and [classes here, features]")
+    if bias is not None and bias.shape != (classes,):
+        raise ValueError(f"vocab_parallel_cross_entropy: bias {bias.shape} must be ({classes},), this shard's classes")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"vocab_parallel_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
+    check_index_options("vocab_parallel_cross_entropy", None, label_smoothing)
+    check_liger_options("vocab_parallel_cross_entropy", lse_square_scale, softcap, weight_classes is not None)
+    if weight_classes is None:
+        return None
+    values = np.asarray(weight_classes.numpy() if hasattr(weight_classes, "graph") else weight_classes, np.float32)
+    if values.shape != (classes,):
+        raise ValueError(f"vocab_parallel_cross_entropy: weight_classes {values.shape} must be ({classes},), this "
+                         "shard's classes")
+    return hidden.graph.tensor(values)
+
+
+def _check_labels(labels, total: int, ignore_index, here: int) -> None:
+    bad = (labels < 0) | (labels >= total)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bad.any():
+        raise ValueError(f"vocab_parallel_cross_entropy: {int(bad.sum())} class indices of target (shape "
+                         f"{labels.shape}) are outside [0, {total}) (every rank's classes; {here} here)"
+                         + (f" or ignore_index {ignore_index}" if ignore_index is not None else ""))
+
+
+def _divisor(labels, reduction, ignore_index, weight_classes, offset: int, here: int) -> float:
+    """A mean's divisor, PyTorch's: the counted rows' summed class weight (each row's on the rank that holds it)."""
+    if reduction != "mean":
+        return 1.0
+    counted = labels != ignore_index if ignore_index is not None else np.ones(len(labels), bool)
+    if weight_classes is None:
+        return float(counted.sum())
+    local = labels - offset
+    mine = counted & (local >= 0) & (local < here)
+    return float(all_reduce_sum([weight_classes.numpy()[local[mine]].astype(np.float64).sum()])[0])
+
+
 def _buckets(sizes: list, bucket_bytes: int) -> list:
     """Parameter indices in order, grouped into buckets of at most bucket_bytes (a larger parameter alone)."""
     buckets, current, held = [], [], 0
@@ -180,4 +296,4 @@ def _buckets(sizes: list, bucket_bytes: int) -> list:
     return buckets + [current]
 
 
-__all__ = ["init", "shutdown", "launched", "DataParallel", "Process", "all_reduce_sum"]
+__all__ = ["init", "shutdown", "launched", "DataParallel", "Process", "all_reduce_sum", "vocab_parallel_cross_entropy"]

@@ -16,7 +16,10 @@
 // share or chunk is masked (shift_from), so a masked row stays finite as in PyTorch; a row of nothing but -inf gives
 // NaN, as PyTorch's does. A normalizer (NORM_BUFFER) may be negative (negative class weights), as in PyTorch.
 // INPLACE: the gradient is written over the logits (binding `pred` moves to the outputs, read then written by the
-// same invocation), so the loss needs no buffer of the logits' size. Liger-Kernel's options, softcap and the z-loss,
+// same invocation), so the loss needs no buffer of the logits' size. A shard of the vocabulary (vocabulary-parallel
+// cross-entropy, vkloss/distributed.py): the logits are classes [class_offset, class_offset + classes) of
+// total_classes (0: classes), the class indices global; a row counts by its global index, and its one-hot and its
+// weight are read where the index falls in the shard (`here`). Liger-Kernel's options, softcap and the z-loss,
 // are in liger_options.glsl.
 //
 // The switches (TARGET_INDEX, WEIGHTED, NORM_BUFFER, WRITE_GRAD, INPLACE, VEC4, WIDE, STORAGE_*, one MODE_*), the
@@ -139,27 +142,32 @@ float grad_scale() {
 #endif
 }
 
-// Per-row view of the target: the one-hot class, whether the row counts, and how a target value becomes a coefficient.
-struct RowTarget { int index; bool counted; float keep; float spread; };
+// Per-row view of the target: its class (global, and within these logits), whether the row counts and its class is
+// here, and how a target value becomes a coefficient.
+struct RowTarget { int global; int index; bool counted; bool here; float keep; float spread; };
+
+uint total_classes() { return p.total_classes != 0u ? p.total_classes : p.classes; }
 
 RowTarget row_target(uint row) {
     RowTarget r;
-    r.index = 0;
+    r.global = 0;
     r.counted = true;
 #if TARGET_INDEX
-    r.index = target_index[row];
-    bool ignored = p.ignore != 0u && r.index == p.ignore_index;
-    r.counted = !ignored && r.index >= 0 && uint(r.index) < p.classes;
+    r.global = target_index[row];
+    bool ignored = p.ignore != 0u && r.global == p.ignore_index;
+    r.counted = !ignored && r.global >= 0 && uint(r.global) < total_classes();
 #endif
+    r.index = r.global - int(p.class_offset);
+    r.here = r.counted && r.index >= 0 && uint(r.index) < p.classes;
     r.keep = r.counted ? 1.0 - p.smoothing : 0.0;
-    r.spread = r.counted ? p.smoothing / float(p.classes) : 0.0;
+    r.spread = r.counted ? p.smoothing / float(total_classes()) : 0.0;
     return r;
 }
 
-// A class index outside [0, classes) that is not ignore_index. The kernels that bind `bad` flag each of their rows
-// there; the engine counts the flags and raises at the next host read.
+// A class index outside [0, total classes) that is not ignore_index. The kernels that bind `bad` flag each of their
+// rows there; the engine counts the flags and raises at the next host read.
 bool row_is_bad(RowTarget r) {
-    return !r.counted && !(p.ignore != 0u && r.index == p.ignore_index);
+    return !r.counted && !(p.ignore != 0u && r.global == p.ignore_index);
 }
 
 void flag_bad(uint row, RowTarget r) {

@@ -61,7 +61,7 @@ def _kernel(source: str, modes: tuple) -> Kernel:
                             "storage": ("F32", "F16", "BF16")},
                   push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, "
                        "float smoothing = 0.0, int ignore_index = 0, uint ignore = 0, float softcap = 0.0, "
-                       "float z_scale = 0.0")
+                       "float z_scale = 0.0, uint class_offset = 0, uint total_classes = 0")
 
 
 # two files over one header (shaders/include/cross_entropy.glsl): a row at a time, and a row in chunks
