@@ -179,12 +179,8 @@ def vocab_parallel_cross_entropy(hidden, weight, target, bias=None, *, reduction
     so the loss, the same on every rank, and every gradient equal the single-device op's. Backward: d hidden summed
     over the ranks, d weight and d bias of this shard alone. reduction 'mean' or 'sum'; ignore_index, label smoothing,
     class weights, softcap and the z-loss as linear_cross_entropy takes them; 16-bit hidden and weight are widened to
-    float32 (their gradients come back in their dtype). The host takes part (two collectives a call): call it in an
-    eager step, not in g.capture."""
-    from .ops import cross_entropy as ce
-    from .registry import KernelContext
-    from .tensor import Tensor
-
+    float32 (their gradients come back in their dtype). The host takes part (three or four collectives of a few floats
+    a row each call): call it in an eager step, not in g.capture."""
     torch, dist = _dist()
     g, rows = hidden.graph, hidden.shape[0]
     labels = _global_labels(target, rows)
@@ -197,38 +193,45 @@ def vocab_parallel_cross_entropy(hidden, weight, target, bias=None, *, reduction
     _check_labels(labels, total, ignore_index, weight.shape[0])
     divisor = _divisor(labels, reduction, ignore_index, shard, offset, weight.shape[0])
     scale = (1.0 / divisor if divisor else float("inf")) if reduction == "mean" else 1.0
-    ctx = KernelContext(g.engine)
     with g.no_grad():
         logits = g.linear(h32, w32, b32)  # this shard's [rows, classes_here]
-        index = g.tensor(labels, dtype=np.int32)
         push = dict(rows=rows, classes=weight.shape[0], chunk=weight.shape[0], scale=scale, smoothing=label_smoothing,
                     ignore_index=ignore_index or 0, ignore=ignore_index is not None, softcap=softcap or 0.0,
                     z_scale=lse_square_scale, class_offset=offset, total_classes=total)
-        cap, classes_weight = ce.spec_constants(softcap), shard
-        partials = ctx.alloc(rows * 4)
-        ctx.dispatch(ce.variant("STATS", target_index=True, weighted=classes_weight is not None), ctx.grid(rows),
-                     constants=cap, push=push, pred=logits.buffer, target=index.buffer,
-                     weight=None if classes_weight is None else classes_weight.buffer, partials=partials)
-        gathered = [torch.zeros(rows * 4, dtype=torch.float32) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, torch.from_numpy(Tensor(g, (rows * 4,), partials).numpy()))
-        merged = ctx.upload(np.stack([t.numpy().reshape(rows, 4) for t in gathered], axis=1).reshape(-1))
-        row_loss, row_stats = ctx.alloc(rows), ctx.alloc(rows * 4)
-        ctx.dispatch(ce.variant("COMBINE", target_index=True), ctx.groups_for(rows),
-                     push=dict(push, chunks=dist.get_world_size()), partials=merged, target=index.buffer,
-                     row_loss=row_loss, row_stats=row_stats, bad=ctx.alloc(rows))
-        grad = ctx.alloc(rows * weight.shape[0])
-        ctx.dispatch(ce.variant("GRAD", write_grad=True, target_index=True, weighted=classes_weight is not None),
-                     ctx.groups_for(rows * weight.shape[0]), constants=cap, push=push, pred=logits.buffer,
-                     target=index.buffer, weight=None if classes_weight is None else classes_weight.buffer,
-                     row_stats=row_stats, grad=grad)
-        d_logits = Tensor(g, logits.shape, grad)
+        row_loss, d_logits = _rows_over_ranks(g, logits, g.tensor(labels, dtype=np.int32), shard, push, softcap)
         d_hidden = g.matmul(d_logits, w32)
         d_hidden_all = torch.from_numpy(d_hidden.numpy().copy())
         dist.all_reduce(d_hidden_all)
-        loss = g.sum_all(Tensor(g, (rows,), row_loss), scale=scale)
+        loss = g.sum_all(row_loss, scale=scale)
         d_weight, d_bias = g.matmul_transposed(d_logits, h32, trans_a=True), g.sum_rows(d_logits)
     return g.ops.vocab_parallel_loss(h32, w32, b32, value=loss, d_hidden=g.tensor(d_hidden_all.numpy()),
                                      d_weight=d_weight, d_bias=d_bias)  # on the tape: backward hands them over
+
+
+def _rows_over_ranks(g, logits, index, class_weights, push: dict, softcap):
+    """Each row's loss and this shard's logits' gradient, from every rank's shard statistics: STATS over the shard
+    (one chunk), all_gather, COMBINE of the ranks' chunks, GRAD. Returns (row losses, d logits) as Tensors."""
+    from .ops import cross_entropy as ce
+    from .registry import KernelContext
+    from .tensor import Tensor
+
+    torch, dist = _dist()
+    ctx, rows, world = KernelContext(g.engine), logits.shape[0], dist.get_world_size()
+    cap, weights = ce.spec_constants(softcap), None if class_weights is None else class_weights.buffer
+    partials = ctx.alloc(rows * 4)
+    ctx.dispatch(ce.variant("STATS", target_index=True, weighted=weights is not None), ctx.grid(rows), constants=cap,
+                 push=push, pred=logits.buffer, target=index.buffer, weight=weights, partials=partials)
+    gathered = [torch.zeros(rows * 4, dtype=torch.float32) for _ in range(world)]
+    dist.all_gather(gathered, torch.from_numpy(Tensor(g, (rows * 4,), partials).numpy()))
+    merged = ctx.upload(np.stack([t.numpy().reshape(rows, 4) for t in gathered], axis=1).reshape(-1))
+    row_loss, row_stats = ctx.alloc(rows), ctx.alloc(rows * 4)
+    ctx.dispatch(ce.variant("COMBINE", target_index=True), ctx.groups_for(rows), push=dict(push, chunks=world),
+                 partials=merged, target=index.buffer, row_loss=row_loss, row_stats=row_stats, bad=ctx.alloc(rows))
+    grad = ctx.alloc(logits.size)
+    ctx.dispatch(ce.variant("GRAD", write_grad=True, target_index=True, weighted=weights is not None),
+                 ctx.groups_for(logits.size), constants=cap, push=push, pred=logits.buffer, target=index.buffer,
+                 weight=weights, row_stats=row_stats, grad=grad)
+    return Tensor(g, (rows,), row_loss), Tensor(g, logits.shape, grad)
 
 
 def _global_labels(target, rows: int) -> np.ndarray:

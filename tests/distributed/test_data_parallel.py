@@ -55,8 +55,8 @@ KILLED = """
     try:
         dp.all_reduce_gradients()
     except Exception as e:
-        print("stopped:", type(e).__name__, str(e)[:200])
-        sys.exit(1)
+        print("stopped:", type(e).__name__, str(e)[:200], flush=True)
+        os._exit(1)  # now: the process group's teardown would wait on the hung peer
     print("reduced alone?")
 """
 
