@@ -44,7 +44,7 @@ gpu_tests=(tests/kernels/test_variants.py tests/ops/test_cross_entropy_gpu_rows.
            tests/ops/test_sixteen_bit.py tests/ops/test_linear_cross_entropy.py tests/ops/test_fused_losses.py
            tests/ops/test_sizes.py)
 step gpu_tests 120 "$PY" -m pytest -q -rf --tb=short -p no:cacheprovider "${gpu_tests[@]}"
-for section in losses target_forms linear sixteen_bit liger_options engine host memory; do
+for section in losses target_forms linear sixteen_bit liger_options distributed engine host memory; do
   step "bench_$section" 150 "$PY" -m vkloss.tools bench --sections "$section" --json "$out/bench_$section.json"
 done
 rest=()

@@ -156,7 +156,10 @@ class Graph(_graph_ops.Graph):
         schema walk, shape rule or launch policy."""
         op = registry.get(name)
         key = plan_key(self, op, arguments, self._grad_enabled) if op.plannable else None
-        plan = self._plans.get(key)
+        try:
+            plan = self._plans.get(key)
+        except TypeError:  # an option that cannot be a key (an array): no plan
+            plan = key = None
         if plan is not None and not self._modified and not self._engine.closed \
                 and threading.get_ident() == self._thread:
             return self._run_plan(op, plan, arguments)

@@ -24,7 +24,7 @@ UNPLANNED = "unplanned"  # what the plan table holds for a call shape whose forw
 def plan_key(graph, op, arguments: dict, grad_enabled: bool) -> tuple | None:
     """What makes a call of `op` the same as an earlier one: the operands' shapes, dtypes and gradient needs, the
     options (each with its type: 0 is not False), and whether gradients are on. None where an operand is not a
-    Tensor of this graph, or an option cannot be a key (an array)."""
+    Tensor of this graph."""
     key = [op, grad_enabled]
     operands = op.operand_names
     for name, value in arguments.items():
@@ -36,12 +36,7 @@ def plan_key(graph, op, arguments: dict, grad_enabled: bool) -> tuple | None:
             return None
         else:
             key += (value, type(value))
-    key = tuple(key)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    return tuple(key)
 
 
 class PlanTable:
@@ -54,7 +49,8 @@ class PlanTable:
         self._plans: dict = {}  # key -> its Plan, or UNPLANNED
 
     def get(self, key) -> Plan | None:
-        """The plan for a call of this key, or None (no key, none yet, or the forward cannot be planned)."""
+        """The plan for a call of this key, or None (no key, none yet, or the forward cannot be planned). A key
+        that cannot be one (an option that is an array) raises TypeError."""
         plan = self._plans.get(key) if key is not None else None
         return None if plan is UNPLANNED else plan
 

@@ -103,3 +103,18 @@ def test_torchrun_main_job_matches_one_process(tmp_path):
     single, parallel = final_line(one.stdout, "digits"), final_line(two.stdout, "digits")
     assert float(parallel[2]) == pytest.approx(float(single[2]), rel=1e-5)  # final loss
     assert float(parallel[6]) == pytest.approx(float(single[6]), abs=1e-9)  # accuracy
+
+
+@pytest.mark.slow  # three short trainings under torchrun: about 30 s
+def test_torchrun_resumes_from_the_last_checkpoint(tmp_path):
+    """What torchrun --max-restarts does after a failure: the same command again, with --resume."""
+    def torchrun(epochs, *extra):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "vkloss.train", "--task", "breast_cancer", "--epochs", str(epochs), "--quiet",
+                               "--plot", "", *extra], capture_output=True, text=True, cwd=tmp_path, timeout=HANG_GUARD)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return float(final_line(done.stdout, "breast_cancer")[2])
+
+    whole = torchrun(3)
+    torchrun(2, "--checkpoint", "ck.safetensors")  # stopped after its second epoch
+    assert torchrun(3, "--checkpoint", "ck.safetensors", "--resume") == pytest.approx(whole, rel=1e-6)

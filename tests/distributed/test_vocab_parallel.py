@@ -13,7 +13,8 @@ if not (torch.distributed.is_available() and torch.distributed.is_gloo_available
 AGAINST_ONE_DEVICE = """
     rng = np.random.default_rng(0)
     rows, features, classes = 6, 5, 1001
-    h, w, b = rng.standard_normal((rows, features)), rng.standard_normal((classes, features)) * 0.5, rng.standard_normal(classes)
+    h, w = rng.standard_normal((rows, features)), rng.standard_normal((classes, features)) * 0.5
+    b = rng.standard_normal(classes)
     labels = rng.integers(0, classes, rows)
     labels[2] = -100  # ignored
     labels[3] = classes - 1  # the last shard's last class

@@ -9,7 +9,8 @@ this package with NAME, KEY, `run(device, quick, repeats)` and `format(result)`)
 - engine: Graph cycles, loss reads with item() against item_async(), buffer churn;
 - host: what Python costs around the kernels, against PyTorch CPU eager;
 - linear: linear_cross_entropy at a language model's last layer;
-- liger_options: cross-entropy with softcap and the z-loss, against the plain loss.
+- liger_options: cross-entropy with softcap and the z-loss, against the plain loss;
+- distributed: data parallel over two local processes: bytes and time of the gradients' all-reduce.
 
 Each section is printed when it ends; with `--json` the file is written again after each, so a run cut short keeps
 what it measured. Every timing comes after its result checked out against float64: a kernel cut short looks fast.
@@ -20,10 +21,11 @@ from __future__ import annotations
 import json
 
 from ...graph import Graph
-from . import engine, host, liger_options, linear, losses, memory, primitives, sixteen_bit, target_forms
+from . import (distributed, engine, host, liger_options, linear, losses, memory, primitives, sixteen_bit,
+               target_forms)
 from .timing import kernel_seconds, median_seconds
 
-MODULES = (losses, primitives, target_forms, sixteen_bit, memory, engine, host, linear, liger_options)
+MODULES = (losses, primitives, target_forms, sixteen_bit, memory, engine, host, linear, liger_options, distributed)
 SECTIONS = tuple(module.NAME for module in MODULES)
 
 

@@ -113,7 +113,8 @@ def torch_seconds(function: str, pred, target, repeats):
 def copy_seconds(e, bytes_moved: int, repeats: int) -> dict:
     """The device's streaming bandwidth as times for reading and writing, together, `bytes_moved`: its own buffer
     copy, a scalar and a vec4 copy shader, and where the kernels read eight floats an access
-    (LaunchPolicy.wide_loads), an eight-float one. By timestamps where the device has them, else wall-clock. The roofline uses the fastest."""
+    (LaunchPolicy.wide_loads), an eight-float one. By timestamps where the device has them, else wall-clock. The
+    roofline uses the fastest."""
     floats = ceil_div(bytes_moved, 64) * 8  # read this many floats, write as many (8 | n)
     data = np.arange(floats, dtype=np.float32)
     src, dst = e.upload(data), e.alloc(floats)
