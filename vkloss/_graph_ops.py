@@ -61,7 +61,6 @@ SCHEMAS = {
     'softmax': 'softmax(Tensor x, *, int dim=-1) -> Tensor',
     'log_softmax': 'log_softmax(Tensor x, *, int dim=-1) -> Tensor',
     'softmax_backward': 'softmax_backward(Tensor grad, Tensor y, *, int dim=-1, bool log=False) -> Tensor',
-    'vocab_parallel_loss': 'vocab_parallel_loss(Tensor hidden, Tensor weight, Tensor bias, *, Tensor? value=None, Tensor? d_hidden=None, Tensor? d_weight=None, Tensor? d_bias=None) -> Tensor',
 }
 
 
@@ -660,23 +659,3 @@ class Ops:
         The gradient of softmax (log: log_softmax) from its output y and the upstream gradient.
         """
         return self._call_bound('softmax_backward', {'grad': grad, 'y': y, 'dim': dim, 'log': log})
-
-    def vocab_parallel_loss(
-        self,
-        hidden: Tensor,
-        weight: Tensor,
-        bias: Tensor,
-        *,
-        value: Tensor | np.ndarray | None = None,
-        d_hidden: Tensor | np.ndarray | None = None,
-        d_weight: Tensor | np.ndarray | None = None,
-        d_bias: Tensor | np.ndarray | None = None,
-    ) -> Tensor:
-        """
-        vocab_parallel_loss(Tensor hidden, Tensor weight, Tensor bias, *, Tensor? value=None, Tensor?
-        d_hidden=None, Tensor? d_weight=None, Tensor? d_bias=None) -> Tensor
-
-        (1,): `value`, with the gradients computed beside it across ranks
-        (vkloss.distributed.vocab_parallel_cross_entropy) saved for backward, as a fused kernel saves its own.
-        """
-        return self._call_bound('vocab_parallel_loss', {'hidden': hidden, 'weight': weight, 'bias': bias, 'value': value, 'd_hidden': d_hidden, 'd_weight': d_weight, 'd_bias': d_bias})

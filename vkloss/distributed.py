@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .device import devices
+from .implementations import ForwardKernel
+from .registry import register_op
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT_VARIABLE, DEFAULT_TIMEOUT = "VKLOSS_DIST_TIMEOUT", 120.0
@@ -40,8 +42,9 @@ def _dist():
         raise ImportError(f"vkloss.distributed runs on torch.distributed, and PyTorch cannot be imported ({e}): "
                           "pip install vkloss[distributed]") from None
     if not dist.is_available() or not dist.is_gloo_available():
+        lacking = "no torch.distributed" if not dist.is_available() else "no gloo"
         raise ImportError(f"vkloss.distributed needs torch.distributed with the gloo backend; PyTorch "
-                          f"{torch.__version__} here has {'no torch.distributed' if not dist.is_available() else 'no gloo'}")
+                          f"{torch.__version__} here has {lacking}")
     return torch, dist
 
 
@@ -177,11 +180,12 @@ def vocab_parallel_cross_entropy(hidden, weight, target, bias=None, *, reduction
     same on every rank. Each rank's logits give a row's (max, sum of exp, sum a (logit - max), sum a) over its shard;
     those four floats a row are gathered from every rank and merged (the chunked cross-entropy kernels' COMBINE),
     so the loss, the same on every rank, and every gradient equal the single-device op's. Backward: d hidden summed
-    over the ranks, d weight and d bias of this shard alone. reduction 'mean' or 'sum'; ignore_index, label smoothing,
+    over the ranks (every rank must run it), d weight and d bias of this shard alone. reduction 'mean', 'sum' or
+    'none' (each row's loss); ignore_index, label smoothing,
     class weights, softcap and the z-loss as linear_cross_entropy takes them; 16-bit hidden and weight are widened to
     float32 (their gradients come back in their dtype). The host takes part (three or four collectives of a few floats
     a row each call): call it in an eager step, not in g.capture."""
-    torch, dist = _dist()
+    _, dist = _dist()
     g, rows = hidden.graph, hidden.shape[0]
     labels = _global_labels(target, rows)
     shard = _shard(weight, bias, weight_classes, hidden, reduction, label_smoothing, lse_square_scale, softcap)
@@ -199,13 +203,8 @@ def vocab_parallel_cross_entropy(hidden, weight, target, bias=None, *, reduction
                     ignore_index=ignore_index or 0, ignore=ignore_index is not None, softcap=softcap or 0.0,
                     z_scale=lse_square_scale, class_offset=offset, total_classes=total)
         row_loss, d_logits = _rows_over_ranks(g, logits, g.tensor(labels, dtype=np.int32), shard, push, softcap)
-        d_hidden = g.matmul(d_logits, w32)
-        d_hidden_all = torch.from_numpy(d_hidden.numpy().copy())
-        dist.all_reduce(d_hidden_all)
-        loss = g.sum_all(row_loss, scale=scale)
-        d_weight, d_bias = g.matmul_transposed(d_logits, h32, trans_a=True), g.sum_rows(d_logits)
-    return g.ops.vocab_parallel_loss(h32, w32, b32, value=loss, d_hidden=g.tensor(d_hidden_all.numpy()),
-                                     d_weight=d_weight, d_bias=d_bias)  # on the tape: backward hands them over
+        value = row_loss if reduction == "none" else g.sum_all(row_loss, scale=scale)
+    return g.ops.vocab_parallel_loss(h32, w32, b32, value=value, d_logits=d_logits)  # on the tape
 
 
 def _rows_over_ranks(g, logits, index, class_weights, push: dict, softcap):
@@ -234,6 +233,40 @@ def _rows_over_ranks(g, logits, index, class_weights, push: dict, softcap):
     return Tensor(g, (rows,), row_loss), Tensor(g, logits.shape, grad)
 
 
+def _loss_shape(hidden, weight, bias, value=None, d_logits=None):
+    if value not in ((1,), hidden[:1]) or d_logits != (hidden[0], weight[0]) or bias != weight[:1]:
+        raise ValueError(f"vocab_parallel_loss: value {value} must be (1,) or ({hidden[0]},), and d_logits {d_logits} "
+                         f"[rows, classes here] beside hidden {hidden}, weight {weight} and bias {bias}")
+    return value
+
+
+def _loss_backward(ctx, grad):
+    """d logits (for an upstream gradient of 1 a row) times the upstream one, then through the shard's product: d
+    hidden summed over the ranks, d weight and d bias this shard's."""
+    g, d_logits = ctx.g, ctx.attrs["d_logits"]
+    hidden, weight, _ = ctx.inputs
+    if not ctx.upstream_is_one:
+        d_logits = g.mul_scalar(d_logits, grad) if grad.shape == (1,) else g.ops.mul_rows(d_logits, grad)
+    d_hidden = None
+    if ctx.needs[0]:
+        torch, dist = _dist()
+        summed = torch.from_numpy(g.matmul(d_logits, weight).numpy().copy())
+        dist.all_reduce(summed)
+        d_hidden = g.tensor(summed.numpy())
+    return (d_hidden, g.matmul_transposed(d_logits, hidden, trans_a=True) if ctx.needs[1] else None,
+            g.sum_rows(d_logits) if ctx.needs[2] else None)
+
+
+register_op(
+    "vocab_parallel_loss(Tensor hidden, Tensor weight, Tensor bias, *, Tensor? value=None, Tensor? d_logits=None) "
+    "-> Tensor",
+    ForwardKernel(shape=_loss_shape, forward=lambda ctx, hidden, weight, bias, value=None, d_logits=None:
+                  ctx.copy(value, ctx.out), backward=_loss_backward), internal=True,
+    doc="(1,) or [rows]: `value`, the loss vocab_parallel_cross_entropy computed across ranks, on the tape with the "
+        "d logits of its shard computed beside it; backward makes the products (d hidden summed over the ranks).",
+)
+
+
 def _global_labels(target, rows: int) -> np.ndarray:
     labels = np.asarray(target.numpy() if hasattr(target, "numpy") and not isinstance(target, np.ndarray) else target)
     if labels.shape != (rows,) or labels.dtype.kind not in "iu":
@@ -252,8 +285,8 @@ def _shard(weight, bias, weight_classes, hidden, reduction, label_smoothing, lse
                          "must be [rows, features] and [classes here, features]")
     if bias is not None and bias.shape != (classes,):
         raise ValueError(f"vocab_parallel_cross_entropy: bias {bias.shape} must be ({classes},), this shard's classes")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"vocab_parallel_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"vocab_parallel_cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     check_index_options("vocab_parallel_cross_entropy", None, label_smoothing)
     check_liger_options("vocab_parallel_cross_entropy", lse_square_scale, softcap, weight_classes is not None)
     if weight_classes is None:

@@ -367,7 +367,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     names = GROUPS.get(args.task, [args.task])
     try:
-        process = _join(args, names)
+        process = _join(args)
     except (ImportError, ValueError, RuntimeError) as e:
         print(f"python -m vkloss.train: error: {e}", file=sys.stderr)
         return 2
@@ -389,13 +389,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _join(args, names):
+def _join(args):
     """Under torchrun: the process group joined and this rank's device (its --device or VKLOSS_DEVICE, else
     LOCAL_RANK among the devices). None for one process."""
     if not distributed.launched():
         return None
-    if "lm" in names:
-        raise ValueError("the lm task runs on one process; under torchrun, give --task with an MLP task")
     process = distributed.init()
     if args.device is not None:
         process = dataclasses.replace(process, device=args.device)

@@ -1,6 +1,6 @@
 """Vocabulary-parallel linear cross-entropy (vkloss.distributed.vocab_parallel_cross_entropy) against the
 single-device op, linear_cross_entropy over the whole vocabulary: 3 ranks over 1,001 classes (shards of 334, 334
-and 333), every option, both reductions, 16-bit inputs. Each rank checks its loss, the hidden gradient (summed over
+and 333), every option, every reduction (none with a different upstream gradient a row), 16-bit inputs. Each rank checks its loss, the hidden gradient (summed over
 the ranks) and its own shard's weight and bias gradients."""
 import pytest
 
@@ -22,7 +22,8 @@ AGAINST_ONE_DEVICE = """
     mine = np.array_split(np.arange(classes), world)[rank]
     CASES = [dict(), dict(label_smoothing=0.1), dict(weight_classes=True, reduction="sum"),
              dict(weight_classes=True, label_smoothing=0.2), dict(softcap=3.0, lse_square_scale=1e-3),
-             dict(dtype="bfloat16")]
+             dict(dtype="bfloat16"), dict(reduction="none", label_smoothing=0.1)]
+    upstream = rng.uniform(0.5, 2.0, rows)  # reduction='none': each row its own upstream gradient
     g = vkloss.Graph(process.device)
     for case in CASES:
         options = dict(case)
@@ -32,18 +33,19 @@ AGAINST_ONE_DEVICE = """
         tw, tb = g.tensor(w[mine], dtype=dtype, requires_grad=True), g.tensor(b[mine], requires_grad=True)
         loss = distributed.vocab_parallel_cross_entropy(th, tw, labels, tb, **options,
                                                         **({"weight_classes": class_weights[mine]} if weighted else {}))
-        g.backward(loss)
+        g.backward(loss if loss.shape == (1,) else g.sum(g.mul(loss, g.tensor(upstream))))
         one = vkloss.Graph(process.device)
         h1, w1 = one.tensor(h, dtype=dtype, requires_grad=True), one.tensor(w, dtype=dtype, requires_grad=True)
         b1 = one.tensor(b, requires_grad=True)
         want = one.linear_cross_entropy(h1, w1, labels, b1, **options,
                                         **({"weight_classes": class_weights} if weighted else {}))
-        one.backward(want)
+        one.backward(want if want.shape == (1,) else one.sum(one.mul(want, one.tensor(upstream))))
         tolerance = 1e-5 if dtype is np.float32 else 1e-2  # bfloat16 gradients: one rounding of 2^-8
         def close(got, expected):
             got, expected = got.astype(np.float64), expected.astype(np.float64)
             assert np.abs(got - expected).max() <= tolerance * np.abs(expected).max(), (case, got, expected)
-        assert abs(loss.item() - want.item()) <= 1e-6 * abs(want.item()), (case, loss.item(), want.item())
+        got_loss, want_loss = loss.numpy(), want.numpy()
+        assert np.abs(got_loss - want_loss).max() <= 1e-6 * np.abs(want_loss).max(), (case, got_loss, want_loss)
         close(th.grad.numpy(), h1.grad.numpy())
         close(tw.grad.numpy(), w1.grad.numpy()[mine])
         close(tb.grad.numpy(), b1.grad.numpy()[mine])
@@ -67,8 +69,8 @@ BAD_CALLS = """
             (lambda: distributed.vocab_parallel_cross_entropy(h, w, np.array([0, 1])), "target must be integer"),
             (lambda: distributed.vocab_parallel_cross_entropy(h, g.tensor(np.ones((5, 3))), np.array([0, 1, 2])),
              "must be [rows, features]"),
-            (lambda: distributed.vocab_parallel_cross_entropy(h, w, np.array([0, 1, 2]), reduction="none"),
-             "'mean' or 'sum'")]:
+            (lambda: distributed.vocab_parallel_cross_entropy(h, w, np.array([0, 1, 2]), reduction="max"),
+             "'mean', 'sum' or 'none'")]:
         try:
             call()
         except ValueError as e:

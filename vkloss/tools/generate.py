@@ -50,7 +50,7 @@ def _method(op: registry.Op) -> str:
 def source() -> str:
     """The module's text: every op registered by vkloss itself (not a user's or a plugin's), the public ones as
     methods of Graph, the internal ones of Ops (g.ops)."""
-    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.")]
+    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.ops.")]
     public, internal = [op for op in ops if not op.internal], [op for op in ops if op.internal]
     schemas_text = "".join(f"    {op.name!r}: {op.schema.text()!r},\n" for op in ops)
     return (
@@ -75,7 +75,7 @@ def shader_cell(op) -> str:
 def markdown_op_table() -> str:
     """The README's ops table: each public op of vkloss itself (a Graph method) with its signature and how it
     differentiates, then the internal ones (g.ops: the kernels of backward rules and checks) on one line."""
-    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.")]
+    ops = [op for op in registry.all_ops() if op.module.startswith("vkloss.ops.")]
     lines = ["| signature | shader | backward |", "|---|---|---|"]
     for op in ops:
         if not op.internal:
