@@ -10,8 +10,9 @@ from .implementations import Backward, Composed, ForwardKernel, FusedKernel, Use
 from .registry import ForwardContext, register_op, unregister_op
 from .tensor import Tensor
 from . import ops  # noqa: E402,F401  (registers the built-in ops, after Graph exists to take their methods)
+from . import distributed  # noqa: E402  (vkloss.distributed: imports PyTorch only when used)
 
-__all__ = ["Graph", "Tensor", "devices", "optim", "register_op", "unregister_op", "Backward", "ForwardContext",
+__all__ = ["Graph", "Tensor", "devices", "optim", "distributed", "register_op", "unregister_op", "Backward", "ForwardContext",
            "FusedKernel", "ForwardKernel", "Composed", "View", "UserShader",
            "gradcheck", "GradcheckError", "DeviceInfo", "VkLossError", "NoVulkanDeviceError", "ShaderCompileError",
            "ShaderCheckError", "DeviceMemoryError", "CaptureError", "save", "load"]
