@@ -140,8 +140,9 @@ class DataParallel:
         self._broadcast()
 
     def _broadcast(self) -> None:
+        copies = [p.numpy_async() for p in self.params]  # one submission reads every parameter
         for bucket in self.buckets:
-            flat = self._flat([self.params[i].numpy() for i in bucket])
+            flat = self._flat([copies[i].result() for i in bucket])
             self.dist.broadcast(flat, src=0)
             self._scatter(flat, bucket, lambda i, values: self.params[i].copy_(values))
 

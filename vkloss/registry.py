@@ -181,11 +181,11 @@ def register_op(schema: str, impl, *, doc: str = "", internal: bool = False) -> 
     doc: what it computes and its gradient, for the method's docstring and the README's table.
     internal: a kernel that backward rules call, not differentiable itself: not a Graph method.
     """
-    signature = schemas.parse(schema) if isinstance(schema, str) else None
-    name = signature.name if signature else schema
-    if signature is None:
+    if not isinstance(schema, str):
         raise ValueError(f"register_op: the first argument is the op's schema, a string such as "
                          f"'huber(Tensor pred, Tensor target, *, float delta=1.0) -> Tensor'; got {schema!r}")
+    signature = schemas.parse(schema)
+    name = signature.name
     if not isinstance(impl, KINDS):
         raise ValueError(f"register_op {name}: the implementation must be one of "
                          f"{', '.join(k.__name__ for k in KINDS)} (vkloss.implementations); got {impl!r}")
