@@ -43,7 +43,7 @@ def run(device, quick: bool = False, repeats: int = 5) -> dict:
 
 
 def _worker(quick: bool, repeats: int, device) -> dict:
-    """One rank: each case's step timed with and without the gradients' all-reduce (median of repeats)."""
+    """One rank: each case's backward, and then its gradients' all-reduce, timed apart (medians of repeats)."""
     import vkloss
     from vkloss import distributed
 
@@ -54,35 +54,32 @@ def _worker(quick: bool, repeats: int, device) -> dict:
             rng = np.random.default_rng(process.rank)
             params = [g.parameter(rng.standard_normal(shape) * 0.1) for shape in shapes]
             dp = distributed.DataParallel(params)
-            loss_of = lambda: g.sum_all(g.mul(params[0], params[0]))  # noqa: E731
-            for p in params[1:]:
-                loss_of = (lambda previous, p: lambda: g.add(previous(), g.sum_all(g.mul(p, p))))(loss_of, p)
 
-            def step(reduce: bool):
+            def loss_of():  # the sum of every parameter's squares: a gradient for each
+                total = g.sum_all(g.mul(params[0], params[0]))
+                for p in params[1:]:
+                    total = g.add(total, g.sum_all(g.mul(p, p)))
+                return total
+
+            def step():
+                """(seconds of the backward, run to its end; seconds of the gradients' all-reduce after it)"""
                 for p in params:
                     p.grad = None
-                g.backward(loss_of())
                 start = time.perf_counter()
-                if reduce:
-                    dp.all_reduce_gradients()
+                g.backward(loss_of())
                 g.flush()
-                return time.perf_counter() - start
+                computed = time.perf_counter()
+                dp.all_reduce_gradients()  # read, all-reduce, write back
+                g.flush()
+                return computed - start, time.perf_counter() - computed
 
-            for reduce in (False, True):  # warm
-                step(reduce)
-            reduce_s = statistics.median(step(True) for _ in range(repeats)) - \
-                statistics.median(step(False) for _ in range(repeats))
-            step_s = statistics.median(_timed(lambda: step(False)) for _ in range(repeats))
+            step()  # warm
+            times = [step() for _ in range(repeats)]
             report["cases"].append({"name": name, "bytes": dp.bytes_per_step, "buckets": len(dp.buckets),
-                                    "all_reduce_s": max(reduce_s, 0.0), "step_s": step_s})
+                                    "all_reduce_s": statistics.median(t[1] for t in times),
+                                    "step_s": statistics.median(t[0] for t in times)})
     distributed.shutdown()
     return report
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def format(r: dict) -> str:
@@ -94,8 +91,8 @@ def format(r: dict) -> str:
         share = c["all_reduce_s"] / (c["all_reduce_s"] + c["step_s"])
         out.append(f"{c['name']:<14}{c['bytes'] / 1e6:10.3f}{c['buckets']:8d}{c['all_reduce_s'] * 1e3:14.2f}"
                    f"{c['step_s'] * 1e3:9.2f}{share:7.2f}")
-    out.append("all-reduce: DataParallel.all_reduce_gradients (read, gloo all-reduce, write back), median; step: "
-               "backward and flush without it; share: all-reduce / (all-reduce + step)")
+    out.append("all-reduce: DataParallel.all_reduce_gradients after the backward ran (read, gloo all-reduce, write "
+               "back), median; step: the backward, recorded and run; share: all-reduce / (all-reduce + step)")
     return "\n".join(out)
 
 
