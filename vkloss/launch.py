@@ -72,6 +72,14 @@ class LaunchPolicy:
         (docs/performance.md has the lavapipe sweep behind it)."""
         return WORKGROUP if self.device.type != "cpu" else self.simd_batch()
 
+    def block_workgroup(self) -> int:
+        """Workgroup size for a kernel whose invocations each compute a block of the output on their own (no shared
+        memory, no barriers: matmul.comp's register blocks): 256 on GPUs. A CPU implementation (lavapipe) takes
+        one SIMD batch: it runs every batch of a workgroup through the kernel, the batches past the end of the work
+        too, and a 256-wide workgroup of a small product cost it ten times the product itself (docs/performance.md,
+        "Kernel choices"); one-batch workgroups also spread a small grid over its threads."""
+        return WORKGROUP if self.device.type != "cpu" else self.simd_batch()
+
     def simd_batch(self) -> int:
         """How many invocations a CPU implementation runs as one SIMD batch: its subgroup size where that is a power
         of two from 4 to WORKGROUP, else 32."""

@@ -113,6 +113,9 @@ class KernelContext:
     def row_workgroup(self, items: int = 0) -> int:
         return self.launch.row_workgroup(items)
 
+    def block_workgroup(self) -> int:
+        return self.launch.block_workgroup()
+
     def reduction_workgroup(self) -> int:
         return self.launch.reduction_workgroup()
 

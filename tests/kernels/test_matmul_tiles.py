@@ -1,10 +1,13 @@
 """The shared-memory tiled matmul (64 x 64 tiles of the output per workgroup of 256, 16-deep slices of k) that GPUs
 use. lavapipe keeps register blocks (its 256-wide workgroups run as coroutines), so these tests force the tiles and
 check every operand layout, offset and k slice against float64, on both sides of each tile boundary."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 import vkloss
+from vkloss import launch
 from vkloss.ops import linear_cross_entropy as linear, matmul
 from helpers import f32
 
@@ -17,6 +20,24 @@ def tiles(request, monkeypatch):
 
 def test_gpus_take_tiles_and_cpus_register_blocks(g):
     assert matmul.use_tiles(g.device) == (g.device.type != "cpu")
+
+
+def test_register_blocks_run_in_workgroups_of_one_simd_batch_on_cpus(g, rng):
+    """lavapipe runs every SIMD batch of a workgroup through the kernel, the ones past the work too: a small product
+    in a workgroup of 256 cost it ten times the product (docs/performance.md). GPUs keep 256."""
+    gpu = launch.LaunchPolicy(dataclasses.replace(g.device, type="discrete", subgroup_size=32))
+    assert gpu.block_workgroup() == launch.WORKGROUP
+    cpu = launch.LaunchPolicy(dataclasses.replace(g.device, type="cpu", subgroup_size=8))
+    assert cpu.block_workgroup() == 8
+    if g.device.type != "cpu":
+        pytest.skip("the register-block kernel runs on CPU implementations")
+    workgroups = []
+    launch_of = g.engine.algorithms.launch
+    g.engine.algorithms.launch = lambda variant, grid, workgroup, *rest: (
+        workgroups.append((variant.path.stem, workgroup)) or launch_of(variant, grid, workgroup, *rest))
+    a, b = rng.standard_normal((37, 19)), rng.standard_normal((19, 45))  # 5 x 6 blocks of 8 x 8 over 4 workgroups
+    np.testing.assert_allclose(g.matmul(g.tensor(a), g.tensor(b)).numpy(), f32(a) @ f32(b), rtol=1e-5, atol=1e-5)
+    assert [w for name, w in workgroups if name == "matmul"] == [g.engine.launch.simd_batch()]
 
 
 @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 5, 7), (64, 16, 64), (65, 17, 63), (130, 33, 129)])

@@ -55,19 +55,21 @@ def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=F
     switches = dict(tiled=tiled, **access_switches(width), mask=mask is not None)
     plain = MATMUL.variant(**switches, bias_sum=bias_grad is not None)
     last = MATMUL.variant(**switches, bias_sum=bias_grad is not None, bias=bias is not None, relu=relu)
-    if tiled:
+    if tiled:  # workgroups of 256 (the shader's tiles are laid out for it)
+        workgroup = 256
         grid = ctx.grid(ceil_div(m, TILE) * ceil_div(n, TILE) + (ceil_div(m, 256) if bias_grad is not None else 0))
     else:  # bias sums: one row an invocation where a is stored with k contiguous, else `width` rows
+        workgroup = ctx.block_workgroup()
         sums = (m if not trans_a else m // width) if bias_grad is not None else 0
-        grid = ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK) + sums)
+        grid = ctx.groups_for(ceil_div(m, BLOCK) * ceil_div(n, BLOCK) + sums, workgroup)
     for k_begin in range(0, k, K_SLICE):
         k_end = min(k, k_begin + K_SLICE)
         push = dict(m=m, n=n, k=k, k_begin=k_begin, k_end=k_end, trans_a=trans_a, trans_b=trans_b,
                     accumulate=accumulate or k_begin > 0, a_offset=offsets[0], b_offset=offsets[1],
                     out_offset=offsets[2])
         # out is read too when accumulating: the binding table lists it as written, so the engine orders the slices
-        ctx.dispatch(last if k_end == k else plain, grid, push=push, a=a, b=b, out=out, mask=mask,
-                     bias=bias if k_end == k else None, bias_grad=bias_grad)
+        ctx.dispatch(last if k_end == k else plain, grid, workgroup=workgroup, push=push, a=a, b=b, out=out,
+                     mask=mask, bias=bias if k_end == k else None, bias_grad=bias_grad)
 
 
 def _matmul_shape(a, b):
