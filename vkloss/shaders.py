@@ -57,9 +57,13 @@ def _tool(name: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def compiler_version() -> str:
-    out = subprocess.run([_tool("glslangValidator"), "--version"], capture_output=True, text=True)
-    return out.stdout.strip()
+def compiler_identity() -> str:
+    """The compiler as the cache keys name it: glslangValidator's path, size and modification time. A stat, not
+    `glslangValidator --version`, a process that took 70 ms at every start (a short training run paid it before its
+    first step); another or a reinstalled compiler is another file, so the variants are built again with it."""
+    tool = Path(_tool("glslangValidator")).resolve()
+    stat = tool.stat()
+    return f"{tool}\0{stat.st_size}\0{stat.st_mtime_ns}"
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class Variant:
         return [self.path.parent, self.path.parent / "include", shader_dir() / "include"]
 
     def key(self) -> str:
-        h = hashlib.sha256(compiler_version().encode())
+        h = hashlib.sha256(compiler_identity().encode())
         for name, text in self.sources():
             h.update(b"\0file\0" + name.encode() + b"\0" + text)
         for k, v in self.defines:
