@@ -30,12 +30,19 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
     waiting (vkGetFenceStatus). kp's `is_running()` only says whether `eval_await()` was called since, so a
     deferred host copy could not tell that its values had arrived: a `while not copy.done()` loop never ended.
 
+14. Algorithms of the same SPIR-V, specialization constants, push-constant size and binding count on one device
+    share one VkPipeline (each still has its own descriptor set, bound through its own, identically defined, layouts:
+    compatible, so the shared pipeline takes them). kp binds buffers when it makes an Algorithm, so every new set of
+    buffers made a new pipeline, and lavapipe compiles each one: 12 ms for vkloss's register-block matmul, paid
+    again for each product a model's forward, backward and evaluation bind to other buffers. The pipeline, with the
+    layouts it was made with, goes when its last Algorithm does. `kp.shared_pipelines()` counts them.
+
 12. The Python module is vkloss's own: `PYBIND11_MODULE(_kp)`, installed as vkloss._kp (tools/kp_build.py), so a
     stock kp elsewhere in the environment neither breaks vkloss nor is broken by it.
 13. fmt is linked header-only (fmt::fmt-header-only): the built module then needs no libfmt at run time, only the
     system's Vulkan loader, and a wheel installs where fmt is not.
 
-All but 7, 12 and 13 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices. (Level 6 left out
+All but 7, 12, 13 and 14 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices. (Level 6 left out
 the edit of kp's setup.py that let kp's own metadata take numpy 2: vkloss no longer builds kp through it.)
 """
 from __future__ import annotations
@@ -43,7 +50,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-PATCH_LEVEL = 6
+PATCH_LEVEL = 7
 
 EDITS = {
     "src/Sequence.cpp": [
@@ -90,6 +97,123 @@ EDITS = {
          "           this->mDevice->getFenceStatus(this->mFence) == vk::Result::eSuccess;\n"
          "}\n\n"
          "bool\nSequence::isRecording() const\n"),
+    ],
+    "src/Algorithm.cpp": [
+        # 14: the shared pipelines, by key; heap-held, so never destroyed after a late Algorithm at exit
+        ('#include "kompute/Algorithm.hpp"\n\nnamespace kp {\n',
+         '#include "kompute/Algorithm.hpp"\n\n#include <map>\n#include <mutex>\n#include <string>\n\n'
+         "namespace kp {\n\n"
+         "namespace {\n"
+         "struct SharedPipeline\n"
+         "{\n"
+         "    std::shared_ptr<vk::Device> device;\n"
+         "    std::string key;\n"
+         "    vk::Pipeline pipeline;\n"
+         "    vk::PipelineLayout layout; // the layouts it was made with\n"
+         "    vk::DescriptorSetLayout setLayout;\n"
+         "    ~SharedPipeline();\n"
+         "};\n\n"
+         "std::mutex& sharedPipelinesLock()\n"
+         "{\n"
+         "    static std::mutex* lock = new std::mutex();\n"
+         "    return *lock;\n"
+         "}\n\n"
+         "std::map<std::string, std::weak_ptr<SharedPipeline>>& sharedPipelines()\n"
+         "{\n"
+         "    static auto* pipelines = new std::map<std::string, std::weak_ptr<SharedPipeline>>();\n"
+         "    return *pipelines;\n"
+         "}\n\n"
+         "SharedPipeline::~SharedPipeline()\n"
+         "{\n"
+         "    {\n"
+         "        std::lock_guard<std::mutex> guard(sharedPipelinesLock());\n"
+         "        auto found = sharedPipelines().find(this->key);\n"
+         "        if (found != sharedPipelines().end() && found->second.expired()) {\n"
+         "            sharedPipelines().erase(found);\n"
+         "        }\n"
+         "    }\n"
+         "    this->device->destroy(this->pipeline, (vk::Optional<const vk::AllocationCallbacks>)nullptr);\n"
+         "    this->device->destroy(this->layout, (vk::Optional<const vk::AllocationCallbacks>)nullptr);\n"
+         "    this->device->destroy(this->setLayout, (vk::Optional<const vk::AllocationCallbacks>)nullptr);\n"
+         "}\n"
+         "}\n\n"
+         "size_t\n"
+         "sharedPipelineCount()\n"
+         "{\n"
+         "    std::lock_guard<std::mutex> guard(sharedPipelinesLock());\n"
+         "    return sharedPipelines().size();\n"
+         "}\n"),
+        # 14: an Algorithm lets go of its share when destroyed
+        ("        this->mDescriptorPool = nullptr;\n    }\n}\n",
+         "        this->mDescriptorPool = nullptr;\n    }\n\n"
+         "    this->mSharedPipeline = nullptr;\n"
+         "    this->mPipeline = nullptr;\n"
+         "    this->mPipelineLayout = nullptr;\n"
+         "    this->mDescriptorSetLayout = nullptr;\n"
+         "}\n"),
+        # 14: found by key, the pipeline is taken, not made ...
+        ("    vk::PipelineCacheCreateInfo pipelineCacheInfo =\n      vk::PipelineCacheCreateInfo();\n"
+         "    this->mPipelineCache = std::make_shared<vk::PipelineCache>();\n"
+         "    this->mDevice->createPipelineCache(\n      &pipelineCacheInfo, nullptr, this->mPipelineCache.get());\n"
+         "    this->mFreePipelineCache = true;\n",
+         "    vk::PipelineCacheCreateInfo pipelineCacheInfo =\n      vk::PipelineCacheCreateInfo();\n"
+         "    this->mPipelineCache = std::make_shared<vk::PipelineCache>();\n"
+         "    this->mDevice->createPipelineCache(\n      &pipelineCacheInfo, nullptr, this->mPipelineCache.get());\n"
+         "    this->mFreePipelineCache = true;\n\n"
+         "    VkDevice deviceHandle = static_cast<VkDevice>(*this->mDevice);\n"
+         "    uint32_t sizes[3] = {\n"
+         "        static_cast<uint32_t>(this->mTensors.size()),\n"
+         "        this->mPushConstantsDataTypeMemorySize * this->mPushConstantsSize,\n"
+         "        this->mSpecializationConstantsDataTypeMemorySize * this->mSpecializationConstantsSize\n"
+         "    };\n"
+         "    std::string key(reinterpret_cast<const char*>(&deviceHandle), sizeof(deviceHandle));\n"
+         "    key.append(reinterpret_cast<const char*>(sizes), sizeof(sizes));\n"
+         "    if (sizes[2]) {\n"
+         "        key.append(static_cast<const char*>(this->mSpecializationConstantsData), sizes[2]);\n"
+         "    }\n"
+         "    key.append(reinterpret_cast<const char*>(this->mSpirv.data()),\n"
+         "               this->mSpirv.size() * sizeof(uint32_t));\n"
+         "    {\n"
+         "        std::lock_guard<std::mutex> guard(sharedPipelinesLock());\n"
+         "        auto found = sharedPipelines().find(key);\n"
+         "        if (found != sharedPipelines().end()) {\n"
+         "            std::shared_ptr<SharedPipeline> shared = found->second.lock();\n"
+         "            if (shared) {\n"
+         "                this->mPipeline = std::make_shared<vk::Pipeline>(shared->pipeline);\n"
+         "                this->mFreePipeline = false;\n"
+         "                this->mSharedPipeline = shared;\n"
+         "                return;\n"
+         "            }\n"
+         "        }\n"
+         "    }\n"),
+        # 14: ... else made, and shared with the layouts it was made with
+        ("    // TODO: Update to consistent\n",
+         "    auto shared = std::make_shared<SharedPipeline>();\n"
+         "    shared->device = this->mDevice;\n"
+         "    shared->key = key;\n"
+         "    shared->pipeline = *this->mPipeline;\n"
+         "    shared->layout = *this->mPipelineLayout;\n"
+         "    shared->setLayout = *this->mDescriptorSetLayout;\n"
+         "    this->mFreePipeline = false;\n"
+         "    this->mFreePipelineLayout = false;\n"
+         "    this->mFreeDescriptorSetLayout = false;\n"
+         "    this->mSharedPipeline = shared;\n"
+         "    {\n"
+         "        std::lock_guard<std::mutex> guard(sharedPipelinesLock());\n"
+         "        sharedPipelines()[key] = shared;\n"
+         "    }\n\n"
+         "    // TODO: Update to consistent\n"),
+    ],
+    "src/include/kompute/Algorithm.hpp": [
+        # 14
+        ("namespace kp {\n\n/**\n    Abstraction for compute shaders",
+         "namespace kp {\n\n"
+         "/** vkloss patch 14: how many pipelines the live Algorithms share among them. */\n"
+         "size_t sharedPipelineCount();\n\n"
+         "/**\n    Abstraction for compute shaders"),
+        ("    std::shared_ptr<vk::Pipeline> mPipeline;\n    bool mFreePipeline = false;\n",
+         "    std::shared_ptr<vk::Pipeline> mPipeline;\n    bool mFreePipeline = false;\n"
+         "    std::shared_ptr<void> mSharedPipeline; // vkloss patch 14: held while this Algorithm uses it\n"),
     ],
     "src/Manager.cpp": [
         # 10
@@ -176,10 +300,11 @@ EDITS = {
          "      .def(\"is_complete\", &kp::Sequence::isComplete)\n"),
         # 12
         ("PYBIND11_MODULE(kp, m)", "PYBIND11_MODULE(_kp, m)"),
-        # 7
+        # 7, and 14's count
         ("    py::module_ np = py::module_::import(\"numpy\");\n",
          "    py::module_ np = py::module_::import(\"numpy\");\n"
-         f"    m.attr(\"vkloss_patch\") = {PATCH_LEVEL};\n"),
+         f"    m.attr(\"vkloss_patch\") = {PATCH_LEVEL};\n"
+         "    m.def(\"shared_pipelines\", &kp::sharedPipelineCount);\n"),
     ],
 }
 

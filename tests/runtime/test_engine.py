@@ -155,3 +155,42 @@ def test_closing_from_another_thread_is_refused_like_every_other_use():
     assert errors and "thread" in errors[0]
     assert g.neg(g.tensor([1.0])).item() == -1.0
     g.close()
+
+
+def test_kernels_on_other_buffers_share_a_pipeline_that_outlives_the_algorithm_that_made_it(g, rng):
+    """kp binds buffers when it makes an algorithm, so each new set of buffers made a new pipeline, which lavapipe
+    compiles (12 ms a matmul). Patch 14 shares one pipeline among algorithms of the same SPIR-V, constants and
+    bindings; it keeps the layouts it was made with until its last algorithm goes. The validation layer (conftest)
+    reports a pipeline bound with an incompatible layout, or used after what it was made with was destroyed."""
+    from vkloss import shaders
+    from vkloss.ops.elementwise import ELEMENTWISE
+    from vkloss.runtime.kompute import kp
+
+    manager = g.engine.context.manager
+    spirv = shaders.load(ELEMENTWISE.variant(op="add", vec4=False, wide=False).shader)
+
+    def made(n):
+        x, y = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        tensors = [manager.tensor(x), manager.tensor(y), manager.tensor(np.zeros(n, np.float32))]
+        # workgroups of 64: a pipeline of its own, which no other algorithm of this process shares
+        return x + y, tensors, manager.algorithm(tensors, spirv, [4, 1, 1], np.array([64], np.uint32),
+                                                 np.array([n, 0, 0], np.uint32))
+
+    def run(expected, tensors, algorithm):
+        (manager.sequence().record(kp.OpTensorSyncDevice(tensors[:2])).record(kp.OpAlgoDispatch(algorithm))
+         .record(kp.OpTensorSyncLocal(tensors[2:])).eval())
+        np.testing.assert_array_equal(tensors[2].data(), expected)
+
+    pipelines = g.stats["pipelines"]
+    first, second, third = made(100), made(37), made(256)
+    assert g.stats["pipelines"] == pipelines + 1
+    run(*first)
+    del first  # the algorithm that made the pipeline, and its layouts' owner, goes
+    run(*second)
+    run(*third)
+    fourth = made(5)  # made after its maker went: taken from the others
+    del second, third
+    run(*fourth)
+    assert g.stats["pipelines"] == pipelines + 1
+    del fourth
+    assert g.stats["pipelines"] == pipelines  # gone with its last algorithm

@@ -8,6 +8,11 @@ launch on one set of blocks. The pool hands a loop the same blocks every step, s
 dispatch finds its Algorithm here. A block that is destroyed takes its Algorithms with it. (Keying by launch alone,
 with buffers bound per dispatch as ggml does, would need kp to write a descriptor set per dispatch: a patch to
 kp's Algorithm and OpAlgoDispatch, and a recorded sequence could then no longer be replayed as it is.)
+
+What a new Algorithm costs is its descriptor set: the Algorithms of one SPIR-V, workgroup, specialization constants
+and push-constant size share one pipeline (tools/kp_patch.py, patch 14), so the same product on other buffers (a
+model's evaluation batch, a pool reuse) compiles nothing; lavapipe took 12 ms to compile each matmul pipeline.
+`pipelines()` counts the pipelines the live Algorithms share, in this process.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import shaders
+from .kompute import kp
 
 ALGORITHM_CACHE_SIZE = 1024
 
@@ -42,6 +48,10 @@ class Algorithms:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    @staticmethod
+    def pipelines() -> int:
+        return kp.shared_pipelines()
 
     def launch(self, variant: shaders.Variant, grid: tuple, workgroup: int, constants: tuple,
                push_words: int) -> Launch:

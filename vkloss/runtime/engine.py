@@ -82,7 +82,8 @@ class Engine:
     def stats(self) -> dict:
         return {"submissions": self.queue.submissions, "replays": self.queue.replays,
                 "dispatches": self.queue.dispatches, "barriers": self.recorder.barriers,
-                "algorithms_created": self.algorithms.created, **self.pool.stats}
+                "algorithms_created": self.algorithms.created, "pipelines": self.algorithms.pipelines(),
+                **self.pool.stats}
 
     def live_counts(self) -> dict:
         with self._lock:
