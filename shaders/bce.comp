@@ -11,7 +11,8 @@
 // One pass: workgroup w reads its range of `per_workgroup` elements once, writes their gradient (WRITE_GRAD), the sum
 // of their loss terms to loss_partials[w] (with PER_ELEMENT, each term to element_loss[i] instead: reduction
 // "none"), and how many of its x (probabilities only) or y lie outside [0, 1] (NaN counts as outside) to
-// bad_partials[w]. The engine then tree-sums them. VEC4 (n and the weights' sizes % 4 == 0): four elements at a time;
+// bad_partials[w]. The engine then tree-sums them; a single workgroup's sums are the results (loss_partials is then
+// the output, its sum times partial_scale, and no tree sum runs). VEC4 (n and the weights' sizes % 4 == 0): four elements at a time;
 // WIDE (% 8, CPU devices): eight, one access of each buffer (32 bytes of float32, 16 of 16-bit values).
 // Loops: per_workgroup / WG (/ 4, / 8) iterations per invocation, kept small by the caller.
 #extension GL_GOOGLE_include_directive : require
@@ -137,7 +138,7 @@ void main() {
     vec4 sums = workgroup_sum4(vec4(HSUM(loss), bad, 0.0, 0.0));
     if (gl_LocalInvocationID.x == 0) {
 #if !PER_ELEMENT
-        loss_partials[w] = sums.x;
+        loss_partials[w] = sums.x * p.partial_scale;
 #endif
         bad_partials[w] = sums.y;
     }

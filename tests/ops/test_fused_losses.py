@@ -219,6 +219,22 @@ def test_bce_range_check_adds_no_submission(g, rng):
     assert g.stats["submissions"] - before == 1
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_of_one_workgroup_is_one_dispatch_with_its_check(g, rng, reduction):
+    """A single workgroup's sums are the loss and the count of bad values: no tree sum runs after the kernel."""
+    p, y = rng.uniform(0.01, 0.99, 5).astype(np.float32), rng.random(5).astype(np.float32)
+    P, Y = g.tensor(p), g.tensor(y)
+    g.flush()
+    before = g.stats["dispatches"]
+    loss = g.bce_loss(P, Y, reduction=reduction).item()
+    assert g.stats["dispatches"] - before == 1
+    terms = -(f32(y) * np.log(f32(p)) + (1 - f32(y)) * np.log(1 - f32(p)))
+    assert loss == pytest.approx(terms.mean() if reduction == "mean" else terms.sum(), rel=1e-6)
+    y[3] = 3.0
+    with pytest.raises(ValueError, match="bce_loss: 1 values"):
+        g.bce_loss(P, g.tensor(y), reduction=reduction).item()
+
+
 def test_bce_shape_mismatch_names_both_shapes(g):
     with pytest.raises(ValueError, match=r"bce_loss.*\(2, 3\).*\(3, 2\)"):
         g.bce_loss(g.tensor(np.full((2, 3), 0.5)), g.tensor(np.ones((3, 2))))

@@ -22,7 +22,8 @@ def _allowed(logits, pos_weight, vec4, wide, storage, labels_packed, **_):
 
 
 BCE = Kernel(
-    "bce.comp", push="uint n, float scale, uint per_workgroup, uint weight_size = 1, uint pos_weight_size = 1",
+    "bce.comp", push="uint n, float scale, uint per_workgroup, uint weight_size = 1, uint pos_weight_size = 1, "
+                     "float partial_scale = 1.0",
     switches={**{flag: (False, True) for flag in ("logits", "weighted", "pos_weight", "per_element", "write_grad",
                                                    "vec4", "wide", "labels_packed")},
               "storage": ("F32", "F16", "BF16")},
@@ -71,7 +72,8 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
     per_workgroup = ITEMS * width * workgroup
     groups = ceil_div(n, per_workgroup)
     per_element = reduction == "none"
-    loss = ctx.out if per_element else ctx.alloc(groups)
+    # one workgroup: its sums are the results (the loss scaled in the kernel), and no tree sum runs after it
+    loss = ctx.out if per_element or groups == 1 else ctx.alloc(groups)
     bad_partials = ctx.alloc(groups)
     grad = casts.alloc(ctx, n, storage) if ctx.want_grad else None
     scale = 1.0 / n if reduction == "mean" else 1.0
@@ -80,14 +82,17 @@ def _forward(name, logits, ctx, pred, labels, weight=None, reduction="mean", pos
                           labels_packed=labels_packed)
     push = dict(n=n, scale=scale, per_workgroup=per_workgroup,
                 weight_size=(weight.size if weight is not None else 1) // width,
-                pos_weight_size=(pos_weight.size if pos_weight is not None else 1) // width)
+                pos_weight_size=(pos_weight.size if pos_weight is not None else 1) // width,
+                partial_scale=scale if groups == 1 else 1.0)
     ctx.dispatch(variant, ctx.grid(groups), workgroup=workgroup, push=push, pred=pred, labels=labels, weight=weight,
                  pos_weight=pos_weight, bad_partials=bad_partials, grad=grad,
                  **{"element_loss" if per_element else "loss_partials": loss})
-    if not per_element:
+    if not per_element and groups > 1:
         tree_sum(ctx, loss, groups, ctx.out, scale)
-    bad = ctx.alloc(1)
-    tree_sum(ctx, bad_partials, groups, bad, 1.0)
+    bad = bad_partials
+    if groups > 1:
+        bad = ctx.alloc(1)
+        tree_sum(ctx, bad_partials, groups, bad, 1.0)
     ctx.check(bad, f"{name}: {{count}} values of labels (shape {ctx.shapes[0]}) lie outside [0, 1] or are NaN" if logits
               else f"bce_loss: {{count}} values of pred or labels (shape {ctx.shapes[0]}) lie outside [0, 1] or are "
                    "NaN; pred must be probabilities (apply g.sigmoid to logits, or use g.bce_with_logits_loss) and "
