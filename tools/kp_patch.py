@@ -30,6 +30,10 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
     waiting (vkGetFenceStatus). kp's `is_running()` only says whether `eval_await()` was called since, so a
     deferred host copy could not tell that its values had arrived: a `while not copy.done()` loop never ended.
 
+12. The Python module is vkloss's own: `PYBIND11_MODULE(_kp)`, installed as vkloss._kp (tools/kp_build.py), so a
+    stock kp elsewhere in the environment neither breaks vkloss nor is broken by it.
+13. fmt is linked header-only (fmt::fmt-header-only): the built module then needs no libfmt at run time, only the
+    system's Vulkan loader, and a wheel installs where fmt is not.
 14. Algorithms of the same SPIR-V, specialization constants, push-constant size and binding count on one device
     share one VkPipeline (each still has its own descriptor set, bound through its own, identically defined, layouts:
     compatible, so the shared pipeline takes them). kp binds buffers when it makes an Algorithm, so every new set of
@@ -37,13 +41,8 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
     again for each product a model's forward, backward and evaluation bind to other buffers. The pipeline, with the
     layouts it was made with, goes when its last Algorithm does. `kp.shared_pipelines()` counts them.
 
-12. The Python module is vkloss's own: `PYBIND11_MODULE(_kp)`, installed as vkloss._kp (tools/kp_build.py), so a
-    stock kp elsewhere in the environment neither breaks vkloss nor is broken by it.
-13. fmt is linked header-only (fmt::fmt-header-only): the built module then needs no libfmt at run time, only the
-    system's Vulkan loader, and a wheel installs where fmt is not.
-
-All but 7, 12, 13 and 14 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices. (Level 6 left out
-the edit of kp's setup.py that let kp's own metadata take numpy 2: vkloss no longer builds kp through it.)
+All but 7, 12, 13 and 14 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices. (Level 6 left
+out the edit of kp's setup.py that let kp's own metadata take numpy 2: vkloss no longer builds kp through it.)
 """
 from __future__ import annotations
 
