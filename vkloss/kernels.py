@@ -89,13 +89,15 @@ class Kernel:
         """source: a `.comp` file in shaders/ (or a path). push: the push-constant block. bindings(**switches) ->
         (reads, writes), buffer names in binding order; a buffer both read and written is listed under writes.
         switches: define -> the values it may take (the first is the default). allowed(**switches): whether a
-        combination exists (default: all). defines: fixed defines every variant gets (a block size)."""
+        combination exists (default: all). defines: fixed defines every variant gets (a block size), or
+        defines(**switches) -> a variant's own (the function an op's variant applies)."""
         self.source = source
         self.push = parse_push(push)
         self._push_names = {f.name for f in self.push}
         self._push_format = "=" + "".join({"uint": "I", "int": "i", "float": "f"}[f.type] for f in self.push)
         self.switches = {name: tuple(values) for name, values in (switches or {}).items()}
-        self._bindings, self._allowed, self._defines = bindings, allowed or (lambda **_: True), dict(defines or {})
+        self._bindings, self._allowed = bindings, allowed or (lambda **_: True)
+        self._defines = defines if callable(defines) else (lambda fixed=dict(defines or {}), **_: fixed)
         self._variants: dict[tuple, KernelVariant] = {}
         _CATALOG.append(self)
 
@@ -126,7 +128,7 @@ class Kernel:
         names = reads + writes
         if len(set(names)) != len(names):
             raise ValueError(f"{self.source}: binding table {names} names a buffer twice")
-        defines = dict(self._defines)
+        defines = dict(self._defines(**full))
         for name, value in full.items():
             if isinstance(value, str):
                 defines[f"{name.upper()}_{value.upper()}"] = 1

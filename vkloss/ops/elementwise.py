@@ -9,10 +9,13 @@ UNARY = ("neg", "abs", "sigmoid", "relu", "exp", "log", "tanh", "scale", "shift"
 BINARY = ("add", "add_row", "sub", "mul", "div", "mul_scalar", "mul_rows", "abs_backward", "relu_backward",
           "sigmoid_backward", "tanh_backward")
 
+BROADCAST = {"add_row": "add", "mul_scalar": "mul", "mul_rows": "mul"}  # the same maths over a broadcast b
 ELEMENTWISE = Kernel(
     "elementwise.comp", push="uint n, uint cols = 0, float s = 0.0",
     switches={"op": UNARY + BINARY, **ACCESS_SWITCHES}, allowed=lambda op, vec4, wide: access_allowed(vec4, wide),
     bindings=lambda op, **_: ((["x"] if op in UNARY else ["a", "b"]), ["y"]),
+    # the op's maths: op_<name> of shaders/include/elementwise_ops.glsl, which fused compositions call too
+    defines=lambda op, **_: {"APPLY": f"op_{BROADCAST.get(op, op)}"},
 )
 
 
