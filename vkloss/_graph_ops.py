@@ -205,8 +205,8 @@ class Graph:
         mse_loss(Tensor pred, Tensor target, *, str{mean|sum|none} reduction='mean') -> Tensor
 
         (1,), or pred's shape for reduction='none': (pred - target)^2, averaged (mean) or summed (sum); any
-        shape, both the same. Composed as mean_all (or sum_all) of mul(d, d) with d = add(pred, neg(target));
-        the tape differentiates it: 2 d (/ n for a mean).
+        shape, both the same. Composed as mean_all (or sum_all) of mul(d, d) with d = add(pred, neg(target)),
+        differentiated by those ops' rules: 2 d (/ n for a mean). Fused: one generated kernel and a tree sum.
         """
         return self._call_bound('mse_loss', {'pred': pred, 'target': target, 'reduction': reduction})
 
@@ -217,7 +217,7 @@ class Graph:
         (1,), or pred's shape for reduction='none': |pred - target|, averaged (mean) or summed (sum); any shape,
         both the same. Composed as mean_all (or sum_all) of abs(d) with d = add(pred, neg(target)); gradient
         sign(d) (/ n for a mean), which is 0 where pred == target (PyTorch's convention for the undefined
-        derivative of |x| at 0).
+        derivative of |x| at 0). Fused: one generated kernel and a tree sum.
         """
         return self._call_bound('l1_loss', {'pred': pred, 'target': target, 'reduction': reduction})
 

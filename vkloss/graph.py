@@ -30,11 +30,16 @@ class Graph(_graph_ops.Graph):
     `Graph(device=None)`: `device` is an index into `vkloss.devices()`; None reads `VKLOSS_DEVICE`, else prefers
     a discrete GPU, then an integrated one, then a CPU implementation such as lavapipe. `g.device` says which.
     NaN and infinity flow through ops as in PyTorch; `check_finite=True` counts them on the device after every op
-    and raises FloatingPointError, naming the first op that produced one, at the next host read.
+    and raises FloatingPointError, naming the first op that produced one, at the next host read. `fuse=False` runs
+    composed ops that would fuse (mse_loss, l1_loss: vkloss/fusion.py) op by op instead, as the tape records them.
     """
 
-    def __init__(self, device: int | str | None = None, check_finite: bool = False):
+    check_finite: bool = False  # settings of each Graph (below): declared here, so no op takes their names
+    fuse: bool = True
+
+    def __init__(self, device: int | str | None = None, check_finite: bool = False, fuse: bool = True):
         self.device: DeviceInfo = choose_device(device)
+        self.fuse = bool(fuse)
         self._engine = Engine(self.device)
         self._grad_enabled = True
         self._checks = DeviceChecks()  # device-side checks, read back with the next host copy
@@ -187,6 +192,11 @@ class Graph(_graph_ops.Graph):
             if bound.get(p.name) is not None:
                 bound[p.name] = arguments.constant_tensor(self, op, p.name, bound[p.name])
         if op.compose is not None:
+            if op.fused is not None and self.fuse:
+                from .fusion import fuses  # vkloss.fusion imports the ops, which import the graph's modules
+
+                if fuses(op, operands, bound):
+                    return self._apply(op.fused, operands, bound)  # one generated kernel
             return op.compose(self, *operands, **bound)
         return self._apply(op, operands, bound, key)
 

@@ -21,7 +21,6 @@ kind shares.
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,10 +83,14 @@ class ForwardKernel:
 
 @dataclass(frozen=True)
 class Composed:
-    """compose(g, *operands, **options) -> Tensor (or a tuple, with outputs_option set), written with other ops."""
+    """compose(g, *operands, **options) -> Tensor (or a tuple, with outputs_option set), written with other ops.
+    fuse: where the composition is elementwise ops of its float32 operands (and perhaps a final mean_all or
+    sum_all), run it as one generated kernel that computes the value and the gradient the ops' rules give
+    (vkloss/fusion.py); elsewhere, and on a Graph(fuse=False), op by op."""
 
     compose: Callable
     outputs_option: str | None = None
+    fuse: bool = False
 
     def op_fields(self, name: str, signature) -> dict:
         return dict(backward_kind=Backward.COMPOSED, compose=self.compose, outputs_option=self.outputs_option)
@@ -149,12 +152,7 @@ def _shader_path(name: str, shader) -> Path:
     """A `.comp` path, or GLSL source text written once into the cache, named by its hash."""
     text = str(shader)
     if "\n" in text or "void main" in text:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        path = shaders.cache_dir() / "sources" / f"{name}-{digest}.comp"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        return path
+        return shaders.written_source(name, text)
     if not Path(text).is_file():
         raise ValueError(f"register_op {name}: shader file {text} not found (give a .comp path or GLSL source)")
     return Path(text).resolve()

@@ -52,6 +52,20 @@ class Op:
         return _output_count(self.schema.outputs, self.outputs_option, options)
 
     @functools.cached_property
+    def fused(self) -> "Op | None":
+        """A Composed op's one-kernel form (vkloss/fusion.py), where it was declared with fuse=True: an internal
+        fused-kernel op of the same schema, which Graph runs where the composition fuses."""
+        if not getattr(self.impl, "fuse", False):
+            return None
+        from . import fusion  # it imports the ops, which import this module
+
+        impl = fusion.fused_kernel(self.schema)
+        fields = impl.op_fields(self.name, self.schema)
+        fields["shape"] = _explained(self.name, fields["shape"], self.schema.outputs, None)
+        return Op(name=self.name, schema=self.schema, impl=impl, doc=self.doc, internal=True, module=self.module,
+                  **fields)
+
+    @functools.cached_property
     def operand_names(self) -> tuple:
         return tuple(p.name for p in self.schema.operands)
 

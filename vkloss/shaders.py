@@ -110,6 +110,23 @@ class Variant:
         return h.hexdigest()[:32]
 
 
+def written_source(name: str, text: str) -> Path:
+    """GLSL source text (a user's shader, a generated kernel) as a `.comp` file in the cache, named by its hash and
+    written once, so that it compiles and caches as the built-in shaders do."""
+    file = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.comp"
+
+    def write():
+        path = cache_dir() / "sources" / file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # atomic: another process writing the same file writes the same text
+
+    _writable(write)
+    return cache_dir() / "sources" / file
+
+
 def variant(path: str | Path, **defines) -> Variant:
     path = Path(path)
     if not path.is_absolute():

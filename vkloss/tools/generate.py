@@ -69,7 +69,7 @@ def source() -> str:
 
 
 def shader_cell(op) -> str:
-    return op.shader or ("(view)" if op.view else "(composed)")
+    return op.shader or ("(view)" if op.view else "(composed, fused)" if op.fused is not None else "(composed)")
 
 
 def markdown_op_table() -> str:
