@@ -18,7 +18,7 @@ RACE = textwrap.dedent("""
     from vkloss import shaders
     code = shaders.load(ELEMENTWISE.variant(op="neg").shader)
     a, b, c = (m.tensor(np.ones(256, np.float32)) for _ in range(3))
-    push, spec = np.array([256, 0], np.uint32), np.array([256], np.uint32)  # push: n, cols
+    push, spec = np.array([256, 0, 0], np.uint32), np.array([256], np.uint32)  # push: n, cols, s (the whole block)
     first = m.algorithm([a, b], code, (1, 1, 1), spec, push)    # b = -a
     second = m.algorithm([b, c], code, (1, 1, 1), spec, push)   # c = -b: reads what first wrote
     m.sequence().record(kp.OpTensorSyncDevice([a])).eval()
