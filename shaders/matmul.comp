@@ -5,7 +5,8 @@
 // at an element offset into its buffer, so a block of rows (a vocabulary chunk of a weight matrix) is an operand.
 //
 // A linear layer's parts, each a switch (vkloss/ops/matmul.py, vkloss/ops/linear.py):
-// - BIAS and RELU: the epilogue out = relu(product + bias[column]), a layer's forward in one dispatch;
+// - BIAS, and p.relu: the epilogue out = relu(product + bias[column]), a layer's forward in one dispatch (relu a push
+//   constant, not a switch: with or without it, one pipeline to compile, 33 ms of lavapipe's for the wide variant);
 // - MASK: operand a read as (mask <= 0 ? 0 : a), mask stored as a is: the gradient through a relu whose output is
 //   mask (PyTorch's threshold_backward on the result);
 // - BIAS_SUM: invocations past the product's write bias_grad[row] = the sum over k of op(a)[row, k] (masked too):
@@ -54,9 +55,7 @@ void store(uint row, uint col, float value) {
 #if BIAS
     value += bias[col];
 #endif
-#if RELU
-    value = value < 0.0 ? 0.0 : value;  // NaN stays NaN, as PyTorch's relu
-#endif
+    if (p.relu != 0) value = value < 0.0 ? 0.0 : value;  // NaN stays NaN, as PyTorch's relu
     y[o] = value;
 }
 

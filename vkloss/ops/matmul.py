@@ -10,20 +10,20 @@ from ..registry import register_op
 
 BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
 TILE = 64  # the tiled variant's output tile per workgroup of 256 (the shader's TILE)
-def _allowed(tiled, vec4, wide, bias, relu, mask, bias_sum):
+def _allowed(tiled, vec4, wide, bias, mask, bias_sum):
     # wider accesses: the register-block kernel only; an epilogue (a forward) and a masked or bias-summing product
     # (a backward) are never one dispatch
-    return not (tiled and vec4) and access_allowed(vec4, wide) and not ((bias or relu) and (mask or bias_sum))
+    return not (tiled and vec4) and access_allowed(vec4, wide) and not (bias and (mask or bias_sum))
 
 
 MATMUL = Kernel(
     "matmul.comp", defines={"BLOCK": BLOCK}, allowed=_allowed,
     bindings=lambda mask, bias, bias_sum, **_: (["a", "b", *(["mask"] if mask else []), *(["bias"] if bias else [])],
                                                 ["out", *(["bias_grad"] if bias_sum else [])]),
-    switches={"tiled": (False, True), **ACCESS_SWITCHES, "bias": (False, True), "relu": (False, True),
+    switches={"tiled": (False, True), **ACCESS_SWITCHES, "bias": (False, True),
               "mask": (False, True), "bias_sum": (False, True)},
     push="uint m, uint n, uint k, uint k_begin, uint k_end, uint trans_a, uint trans_b, uint accumulate, "
-         "uint a_offset, uint b_offset, uint out_offset",
+         "uint a_offset, uint b_offset, uint out_offset, uint relu = 0",
 )
 K_SLICE = 16384  # k one dispatch sums: at most one loop iteration each, far below lavapipe's limit of about 65,535
 
@@ -54,7 +54,7 @@ def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=F
     width = 1 if tiled else operand_width(ctx, m, n, k, trans_a, trans_b, offsets)
     switches = dict(tiled=tiled, **access_switches(width), mask=mask is not None)
     plain = MATMUL.variant(**switches, bias_sum=bias_grad is not None)
-    last = MATMUL.variant(**switches, bias_sum=bias_grad is not None, bias=bias is not None, relu=relu)
+    last = MATMUL.variant(**switches, bias_sum=bias_grad is not None, bias=bias is not None)
     if tiled:  # workgroups of 256 (the shader's tiles are laid out for it)
         workgroup = 256
         grid = ctx.grid(ceil_div(m, TILE) * ceil_div(n, TILE) + (ceil_div(m, 256) if bias_grad is not None else 0))
@@ -66,7 +66,7 @@ def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=F
         k_end = min(k, k_begin + K_SLICE)
         push = dict(m=m, n=n, k=k, k_begin=k_begin, k_end=k_end, trans_a=trans_a, trans_b=trans_b,
                     accumulate=accumulate or k_begin > 0, a_offset=offsets[0], b_offset=offsets[1],
-                    out_offset=offsets[2])
+                    out_offset=offsets[2], relu=relu and k_end == k)
         # out is read too when accumulating: the binding table lists it as written, so the engine orders the slices
         ctx.dispatch(last if k_end == k else plain, grid, workgroup=workgroup, push=push, a=a, b=b, out=out,
                      mask=mask, bias=bias if k_end == k else None, bias_grad=bias_grad)
