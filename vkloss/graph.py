@@ -34,8 +34,7 @@ class Graph(_graph_ops.Graph):
     composed ops that would fuse (mse_loss, l1_loss: vkloss/fusion.py) op by op instead, as the tape records them.
     """
 
-    check_finite: bool = False  # settings of each Graph (below): declared here, so no op takes their names
-    fuse: bool = True
+    check_finite, fuse = False, True  # each Graph's settings (below), declared so that no op takes their names
 
     def __init__(self, device: int | str | None = None, check_finite: bool = False, fuse: bool = True):
         self.device: DeviceInfo = choose_device(device)
@@ -192,12 +191,8 @@ class Graph(_graph_ops.Graph):
             if bound.get(p.name) is not None:
                 bound[p.name] = arguments.constant_tensor(self, op, p.name, bound[p.name])
         if op.compose is not None:
-            if op.fused is not None and self.fuse:
-                from .fusion import fuses  # vkloss.fusion imports the ops, which import the graph's modules
-
-                if fuses(op, operands, bound):
-                    return self._apply(op.fused, operands, bound)  # one generated kernel
-            return op.compose(self, *operands, **bound)
+            fused = op.fused_for(operands, bound) if self.fuse else None  # one generated kernel (vkloss/fusion.py)
+            return self._apply(fused, operands, bound) if fused else op.compose(self, *operands, **bound)
         return self._apply(op, operands, bound, key)
 
     def _operand(self, op, position: int, param, value) -> Tensor | None:

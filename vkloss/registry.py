@@ -65,6 +65,14 @@ class Op:
         return Op(name=self.name, schema=self.schema, impl=impl, doc=self.doc, internal=True, module=self.module,
                   **fields)
 
+    def fused_for(self, operands: list, options: dict) -> "Op | None":
+        """`fused`, where this call's composition fuses (float32 operands, a trace): else None."""
+        if self.fused is None:
+            return None
+        from .fusion import fuses
+
+        return self.fused if fuses(self, operands, options) else None
+
     @functools.cached_property
     def operand_names(self) -> tuple:
         return tuple(p.name for p in self.schema.operands)
