@@ -41,7 +41,12 @@ source can never be patched half-way. vkloss checks `kp.vkloss_patch == PATCH_LE
     again for each product a model's forward, backward and evaluation bind to other buffers. The pipeline, with the
     layouts it was made with, goes when its last Algorithm does. `kp.shared_pipelines()` counts them.
 
-All but 7, 12, 13 and 14 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices. (Level 6 left
+15. `Manager.algorithm_u32(tensors, spirv, workgroup, spec_consts, push_consts)`, uint32 constants, makes the Algorithm
+    with the GIL released, so Python threads make several at once; the Manager's list of the Algorithms it manages
+    is then guarded by a mutex. A pipeline is compiled when its Algorithm is made, on the CPU for lavapipe (38 ms for
+    vkloss's wide matmul): vkloss compiles a step's new pipelines side by side (vkloss/runtime/algorithms.py).
+
+All but 7, 12, 13, 14 and 15 are candidates for upstream Kompute: bugs or gaps there, not vkloss choices. (Level 6 left
 out the edit of kp's setup.py that let kp's own metadata take numpy 2: vkloss no longer builds kp through it.)
 """
 from __future__ import annotations
@@ -49,7 +54,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-PATCH_LEVEL = 7
+PATCH_LEVEL = 8
 
 EDITS = {
     "src/Sequence.cpp": [
@@ -214,7 +219,24 @@ EDITS = {
          "    std::shared_ptr<vk::Pipeline> mPipeline;\n    bool mFreePipeline = false;\n"
          "    std::shared_ptr<void> mSharedPipeline; // vkloss patch 14: held while this Algorithm uses it\n"),
     ],
+    "src/include/kompute/Manager.hpp": [
+        # 15: the managed list, guarded: Algorithms may be made on several threads at once
+        ("#include <set>\n", "#include <mutex>\n#include <set>\n"),
+        ("        if (this->mManageResources) {\n            this->mManagedAlgorithms.push_back(algorithm);\n",
+         "        if (this->mManageResources) {\n"
+         "            std::lock_guard<std::mutex> guard(this->mManagedAlgorithmsLock);\n"
+         "            this->mManagedAlgorithms.push_back(algorithm);\n"),
+        ("    std::vector<std::weak_ptr<Algorithm>> mManagedAlgorithms;\n",
+         "    std::vector<std::weak_ptr<Algorithm>> mManagedAlgorithms;\n"
+         "    std::mutex mManagedAlgorithmsLock; // vkloss patch 15\n"),
+    ],
     "src/Manager.cpp": [
+        # 15
+        ("    if (this->mManageResources && this->mManagedAlgorithms.size()) {\n"
+         "        KP_LOG_DEBUG(\"Kompute Manager explicitly freeing algorithms\");\n",
+         "    std::lock_guard<std::mutex> algorithmsGuard(this->mManagedAlgorithmsLock);\n"
+         "    if (this->mManageResources && this->mManagedAlgorithms.size()) {\n"
+         "        KP_LOG_DEBUG(\"Kompute Manager explicitly freeing algorithms\");\n"),
         # 10
         ("    vk::DeviceCreateInfo deviceCreateInfo(vk::DeviceCreateFlags(),\n"
          "                                          deviceQueueCreateInfos.size(),\n"
@@ -299,6 +321,28 @@ EDITS = {
          "      .def(\"is_complete\", &kp::Sequence::isComplete)\n"),
         # 12
         ("PYBIND11_MODULE(kp, m)", "PYBIND11_MODULE(_kp, m)"),
+        # 15
+        ("#include <memory>\n", "#include <cstring>\n#include <memory>\n"),
+        ("      .def(\n        \"algorithm\",\n        [](kp::Manager& self,\n",
+         "      .def(\n"
+         "        \"algorithm_u32\",\n"
+         "        [](kp::Manager& self,\n"
+         "           const std::vector<std::shared_ptr<kp::Tensor>>& tensors,\n"
+         "           const py::bytes& spirv,\n"
+         "           const kp::Workgroup& workgroup,\n"
+         "           const py::array_t<uint32_t, py::array::c_style>& spec_consts,\n"
+         "           const py::array_t<uint32_t, py::array::c_style>& push_consts) {\n"
+         "            std::string bytes = spirv;\n"
+         "            std::vector<uint32_t> spirvVec(bytes.size() / 4);\n"
+         "            std::memcpy(spirvVec.data(), bytes.data(), spirvVec.size() * 4);\n"
+         "            std::vector<uint32_t> spec(spec_consts.data(), spec_consts.data() + spec_consts.size());\n"
+         "            std::vector<uint32_t> push(push_consts.data(), push_consts.data() + push_consts.size());\n"
+         "            py::gil_scoped_release released;\n"
+         "            return self.algorithm(tensors, spirvVec, workgroup, spec, push);\n"
+         "        },\n"
+         "        py::arg(\"tensors\"), py::arg(\"spirv\"), py::arg(\"workgroup\"),\n"
+         "        py::arg(\"spec_consts\"), py::arg(\"push_consts\"))\n"
+         "      .def(\n        \"algorithm\",\n        [](kp::Manager& self,\n"),
         # 7, and 14's count
         ("    py::module_ np = py::module_::import(\"numpy\");\n",
          "    py::module_ np = py::module_::import(\"numpy\");\n"

@@ -18,7 +18,7 @@ from .kompute import kp, require
 from ..device import DeviceInfo
 from ..errors import DeviceMemoryError
 
-KP_PATCH_LEVEL = 7  # tools/kp_patch.py's PATCH_LEVEL
+KP_PATCH_LEVEL = 8  # tools/kp_patch.py's PATCH_LEVEL
 # Share of the device's largest device-local heap that vkloss may hold (in use and pooled). VKLOSS_MEMORY_BUDGET
 # overrides it.
 MEMORY_SHARE = 0.9

@@ -27,7 +27,7 @@ def kp_op(item):
     kind = type(item)
     if kind is Dispatch:
         # Always pass push constants: without them kp reuses whatever was pushed last.
-        return kp.OpAlgoDispatch(item.kernel, item.push)
+        return kp.OpAlgoDispatch(item.kernel.result(), item.push)  # made on a compiling thread: algorithms.py
     if kind is Copy:
         return kp.OpTensorCopy([item.source.handle, item.target.handle])
     if kind is Barrier:

@@ -16,8 +16,8 @@ WRITTEN, READ = 1, 2
 
 
 class Dispatch:
-    """A kernel run: `kernel` is what the queue records (a kp algorithm), `key` identifies kernel and push
-    constants."""
+    """A kernel run: `kernel` is what the queue records (a Future of a kp Algorithm: runtime/algorithms.py, None in
+    tests without a device), `key` identifies kernel and push constants."""
 
     __slots__ = ("kernel", "push", "reads", "writes", "key")
 
