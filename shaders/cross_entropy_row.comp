@@ -28,9 +28,10 @@ void main() {
 }
 
 #elif MODE_SMALL
-void main() {
-    uint row = global_index();
-    if (row >= p.rows) return;
+// p.sum_rows (a single workgroup holds every row): the workgroup sums the rows' losses and bad flags itself, and
+// writes the loss (times p.partial_scale) to row_loss[0] and the count to bad[0]; no tree sum follows.
+#include "reduce.glsl"
+void small_row(uint row, inout vec4 sums) {
     RowTarget r = row_target(row);
     uint base = row * p.classes;
     float m = NEG_INF;
@@ -44,8 +45,13 @@ void main() {
         a_sum += a;
     }
     float log_sum = log_accurate(sum_exp);
-    row_loss[row] = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r.counted, m + log_sum);
-    flag_bad(row, r);
+    float loss = (r.counted ? a_sum * log_sum - a_dot : 0.0) + z_loss(r.counted, m + log_sum);
+    if (p.sum_rows != 0u) {
+        sums = vec4(loss, row_is_bad(r) ? 1.0 : 0.0, 0.0, 0.0);
+    } else {
+        row_loss[row] = loss;
+        flag_bad(row, r);
+    }
 #if WRITE_GRAD
     float scale = grad_scale();
     a_sum += z_coefficient(r.counted, m + log_sum);
@@ -57,6 +63,21 @@ void main() {
         store_grad(base + c, g);
     }
 #endif
+}
+
+void main() {
+    uint row = global_index();
+    vec4 sums = vec4(0.0);
+    if (row < p.rows) small_row(row, sums);
+    if (p.sum_rows != 0u) {  // the same for every invocation: the barriers below are in uniform control flow
+        sums = workgroup_sum4(sums);
+        if (gl_LocalInvocationID.x == 0u) {
+            row_loss[0] = sums.x * p.partial_scale;
+#ifdef B_BAD
+            bad[0] = sums.y;
+#endif
+        }
+    }
 }
 
 #elif MODE_ROW

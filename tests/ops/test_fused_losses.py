@@ -235,6 +235,38 @@ def test_bce_of_one_workgroup_is_one_dispatch_with_its_check(g, rng, reduction):
         g.bce_loss(P, g.tensor(y), reduction=reduction).item()
 
 
+@pytest.mark.parametrize("rows", [1, 5, 64, 256])
+@pytest.mark.parametrize("target", ["probabilities", "indices"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_of_one_workgroup_is_one_dispatch_with_its_check(g, rng, rows, target, reduction):
+    """Rows of few classes that one workgroup holds: it sums the row losses and the bad-index flags itself, and no
+    tree sum runs after the kernel (the main job's digits step: a dispatch fewer)."""
+    classes = 10
+    x = rng.normal(size=(rows, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, rows)
+    y = np.eye(classes, dtype=np.float32)[labels] if target == "probabilities" else labels.astype(np.int32)
+    X, Y = g.tensor(x, requires_grad=True), g.tensor(y, dtype=np.int32 if target == "indices" else None)
+    g.flush()
+    before = g.stats["dispatches"]
+    # class indices with ignore_index=None: no normalizer pass, so the check is all that comes with the loss
+    options = {"ignore_index": None} if target == "indices" else {}
+    loss = g.cross_entropy_loss(X, Y, reduction=reduction, **options)
+    value = loss.item()
+    assert g.stats["dispatches"] - before == 1
+    logp = f32(x) - np.log(np.exp(f32(x)).sum(axis=1, keepdims=True))
+    terms = -logp[np.arange(rows), labels]
+    assert value == pytest.approx(terms.mean() if reduction == "mean" else terms.sum(), rel=2e-6)
+    g.backward(loss)
+    softmax = np.exp(logp)
+    expected = (softmax - np.eye(classes)[labels]) / (rows if reduction == "mean" else 1)
+    np.testing.assert_allclose(X.grad.numpy(), expected, rtol=1e-5, atol=1e-7)
+    if target == "indices":
+        y[rows // 2] = 42
+        with pytest.raises(ValueError, match=r"cross_entropy_loss: 1 class indices of target"):
+            g.cross_entropy_loss(X, g.tensor(y, dtype=np.int32), reduction=reduction, **options).item()
+        assert g.cross_entropy_loss(X, Y, reduction=reduction, **options).item() == pytest.approx(value, rel=1e-6)
+
+
 def test_bce_shape_mismatch_names_both_shapes(g):
     with pytest.raises(ValueError, match=r"bce_loss.*\(2, 3\).*\(3, 2\)"):
         g.bce_loss(g.tensor(np.full((2, 3), 0.5)), g.tensor(np.ones((3, 2))))

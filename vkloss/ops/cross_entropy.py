@@ -61,7 +61,8 @@ def _kernel(source: str, modes: tuple) -> Kernel:
                             "storage": ("F32", "F16", "BF16")},
                   push="uint rows, uint classes, uint chunks = 1, uint chunk = 0, float scale = 1.0, "
                        "float smoothing = 0.0, int ignore_index = 0, uint ignore = 0, float softcap = 0.0, "
-                       "float z_scale = 0.0, uint class_offset = 0, uint total_classes = 0")
+                       "float z_scale = 0.0, uint class_offset = 0, uint total_classes = 0, uint sum_rows = 0, "
+                       "float partial_scale = 1.0")
 
 
 # two files over one header (shaders/include/cross_entropy.glsl): a row at a time, and a row in chunks
@@ -143,14 +144,23 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
                      row_z=z_out)
         if reduction != "none":
             tree_sum(ctx, z_out, rows, ctx.outs[1], 1.0 if norm is not None else scale, divide=norm)
-    row_loss = ctx.out if reduction == "none" else ctx.alloc(rows)
-    bad = ctx.alloc(rows) if index else None  # the row kernels flag class indices out of range
+    small = classes <= SMALL_ROW and storage == "F32"
+    # rows that one workgroup holds (a row an invocation): it sums their losses and bad flags itself, and no tree sum
+    # follows (a dispatch fewer, on every device)
+    summed = small and reduction != "none" and norm is None and rows <= WORKGROUP
+    row_loss = ctx.out if reduction == "none" or summed else ctx.alloc(rows)
+    bad = ctx.alloc(1 if summed else rows) if index else None  # the row kernels flag class indices out of range
     grad = casts.alloc(ctx, rows * classes, storage) if want_grad and not inplace else None
     switches = dict(target_index=index, weighted=weight is not None, norm_buffer=norm is not None)
     buffers = dict(pred=pred, target=target, weight=weight, norm=norm, grad=grad)
-    if classes <= SMALL_ROW and storage == "F32":
+    if small:
+        # summed: a workgroup just big enough (its tree sum takes log2 of it barriers, each a switch of all its SIMD
+        # batches on lavapipe)
+        workgroup = max(8, 1 << (rows - 1).bit_length()) if summed else WORKGROUP
         ctx.dispatch(variant("SMALL", write_grad=want_grad, inplace=inplace, **switches),
-                     ctx.groups_for(rows), constants=cap, push=push, row_loss=row_loss, bad=bad, **buffers)
+                     ctx.groups_for(rows, workgroup), workgroup=workgroup, constants=cap,
+                     push=dict(push, sum_rows=summed, partial_scale=scale if summed else 1.0),
+                     row_loss=row_loss, bad=bad, **buffers)
     elif classes <= ROW_LIMIT and (storage == "F32" or classes % 4 == 0):
         _one_row_a_workgroup(ctx, rows, classes, storage, softcap, dict(write_grad=want_grad, inplace=inplace,
                                                                         **switches),
@@ -158,9 +168,9 @@ def _forward(ctx, pred, target, weight=None, reduction="mean", ignore_index=-100
     else:
         _rows_in_chunks(ctx, rows, classes, storage, cap, switches, inplace, push, buffers, row_loss, bad)
     if index:
-        count_bad(ctx, bad, rows, classes, ignore_index, f"cross_entropy_loss: {{count}} class indices of target "
-                  f"(shape {target_shape}) are outside {{allowed}}, beside pred {ctx.shapes[0]}")
-    if reduction != "none":
+        count_bad(ctx, bad, 1 if summed else rows, classes, ignore_index, f"cross_entropy_loss: {{count}} class "
+                  f"indices of target (shape {target_shape}) are outside {{allowed}}, beside pred {ctx.shapes[0]}")
+    if reduction != "none" and not summed:
         tree_sum(ctx, row_loss, rows, ctx.out, 1.0 if norm is not None else scale, divide=norm)
     if want_grad:
         ctx.save_for_backward(pred if inplace else grad)
@@ -209,9 +219,11 @@ def spec_constants(softcap, values: int = 0) -> tuple:
 
 def count_bad(ctx, bad, rows: int, classes: int, ignore_index, message: str) -> None:
     """The device-side check of class indices outside [0, classes) that are not ignore_index, from per-row flags in
-    `bad` (message with {count} and {allowed})."""
-    bad_count = ctx.alloc(1)
-    tree_sum(ctx, bad, rows, bad_count, 1.0)
+    `bad` (message with {count} and {allowed}); rows=1: `bad` holds the count already."""
+    bad_count = bad
+    if rows > 1:
+        bad_count = ctx.alloc(1)
+        tree_sum(ctx, bad, rows, bad_count, 1.0)
     allowed = f"[0, {classes})" + (f" or ignore_index {ignore_index}" if ignore_index is not None else "")
     ctx.check(bad_count, message.replace("{allowed}", allowed))
 
