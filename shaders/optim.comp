@@ -5,8 +5,10 @@
 //   MODE_ADAM: t = steps[slot] + 1; m = b1 m + (1 - b1) grad; v = b2 v + (1 - b2) grad^2;
 //              param -= (lr / bias1) * m / (sqrt(v) / sqrt(bias2) + eps), bias_i = 1 - b_i^t
 // Slot j is one parameter with its gradient and state. Invocations run through the slots in order (p.end_j: where
-// slot j's end): each moves one access of ACCESS_WIDTH floats (access.glsl), and a slot whose size is not a multiple
-// of that ends with one invocation per element left, through float views of the same buffers.
+// slot j's end): each moves p.items accesses of ACCESS_WIDTH floats (access.glsl) in turn (vkloss/launch.py
+// update_accesses: one on GPUs, more on CPU devices, which run every slot's branch for each SIMD batch), and a slot
+// whose size is not a multiple of ACCESS_WIDTH ends with one invocation per element left, through float views of the
+// same buffers.
 // Adam's step counts live on the device (steps, one per parameter of the optimizer; p.index_j is slot j's), so nothing
 // in the push constants changes from step to step and a recorded step replays as it is: the first invocation of a
 // slot writes t to next_steps, which the optimizer then copies over steps (a write beside the reads would race).
@@ -86,22 +88,24 @@ float one_minus_exp(float x) {
 #error "optim.comp: define MODE_SGD or MODE_ADAM"
 #endif
 
-// Invocation `local` of slot j: an access of the slot's bulk, or one element of its tail.
+// Invocation `local` of slot j: p.items accesses of the slot's bulk, or one element of its tail.
 #define UPDATE_SLOT(j, local) { \
     STEP_BIASES(j, local) \
-    uint bulk = p.size_##j / ACCESS_WIDTH; \
-    if (local < bulk) { \
-        ELEMENT g[PER_LOAD], w[PER_LOAD], s1[PER_LOAD], s2[PER_LOAD]; \
-        LOAD_SPLIT(grad_##j, local, g); \
-        LOAD_SPLIT(param_##j, local, w); \
-        LOAD_SPLIT(state1_##j, local, s1); \
-        LOAD_STATE2(j, local, s2); \
-        [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) UPDATE_VALUE(ELEMENT, g[h], w[h], s1[h], s2[h]) \
-        STORE_STATE2(j, local, s2); \
-        STORE_JOINED(state1_##j, local, s1); \
-        STORE_JOINED(param_##j, local, w); \
+    uint bulk = p.size_##j / ACCESS_WIDTH, runs = (bulk + p.items - 1) / p.items; \
+    if ((local) < runs) { \
+        for (uint at = (local) * p.items; at < min(bulk, (local) * p.items + p.items); ++at) { \
+            ELEMENT g[PER_LOAD], w[PER_LOAD], s1[PER_LOAD], s2[PER_LOAD]; \
+            LOAD_SPLIT(grad_##j, at, g); \
+            LOAD_SPLIT(param_##j, at, w); \
+            LOAD_SPLIT(state1_##j, at, s1); \
+            LOAD_STATE2(j, at, s2); \
+            [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) UPDATE_VALUE(ELEMENT, g[h], w[h], s1[h], s2[h]) \
+            STORE_STATE2(j, at, s2); \
+            STORE_JOINED(state1_##j, at, s1); \
+            STORE_JOINED(param_##j, at, w); \
+        } \
     } else { \
-        uint e = bulk * ACCESS_WIDTH + (local - bulk); \
+        uint e = bulk * ACCESS_WIDTH + ((local) - runs); \
         float g = grad_tail_##j[e], w = param_tail_##j[e], s1 = state1_tail_##j[e], s2 = 0.0; \
         LOAD_TAIL2(j, e, s2); \
         UPDATE_VALUE(float, g, w, s1, s2) \

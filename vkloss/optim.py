@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from . import kernels
+from .launch import ceil_div
 from .tensor import Tensor
 
 GROUP = 8  # parameters one dispatch updates at most: optim.comp's slots
@@ -34,7 +35,7 @@ def _bindings(mode, count, **_):
 OPTIM = kernels.Kernel(
     "optim.comp", switches={"mode": ("SGD", "ADAM"), "count": tuple(range(1, GROUP + 1)), **kernels.ACCESS_SWITCHES},
     allowed=lambda mode, count, vec4, wide: vec4 and kernels.access_allowed(vec4, wide),  # 4 or 8, and a float tail
-    push=SLOT_FIELDS + "float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
+    push=SLOT_FIELDS + "uint items, float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
          "float log_beta1 = 0.0, float log_beta2 = 0.0",
     bindings=_bindings,
 )
@@ -106,12 +107,14 @@ class Optimizer:
         self.engine.end_of_step()
 
     def _dispatch(self, indices: list) -> None:
-        """One dispatch over these parameters: each an access of 4 (or 8) floats an invocation, then its tail."""
+        """One dispatch over these parameters: each `update_accesses()` accesses of 4 (or 8) floats an invocation,
+        then its tail, a float an invocation."""
         width = 8 if self.engine.launch.wide_loads() else 4
-        push, buffers, end = self._push(), {}, 0
+        items = self.engine.launch.update_accesses()
+        push, buffers, end = dict(self._push(), items=items), {}, 0
         for slot, index in enumerate(indices):
             param = self.params[index]
-            end += param.size // width + param.size % width
+            end += ceil_div(param.size // width, items) + param.size % width
             push.update({f"end_{slot}": end, f"size_{slot}": param.size, f"index_{slot}": index})
             buffers.update({f"grad_{slot}": param.grad.buffer, f"param_{slot}": param.buffer,
                             **{f"{name}_{slot}": state[index] for name, state in self._slot_state().items()}})

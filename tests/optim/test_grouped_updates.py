@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import vkloss
-from vkloss import optim
+from vkloss import launch, optim
 
 try:
     import torch
@@ -41,7 +41,10 @@ def train_both(make_vk, make_torch, rng, skip=lambda step, index: False, steps=5
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
-def test_ten_parameters_of_odd_sizes_match_pytorch(rng, kind):
+@pytest.mark.parametrize("accesses", [None, 1, 3])  # this device's choice; a GPU's; one that divides no size
+def test_ten_parameters_of_odd_sizes_match_pytorch(rng, kind, accesses, monkeypatch):
+    if accesses is not None:  # accesses an invocation moves in turn (LaunchPolicy.update_accesses)
+        monkeypatch.setattr(launch.LaunchPolicy, "update_accesses", lambda self: accesses)
     if kind == "sgd":
         train_both(lambda p: optim.SGD(p, lr=0.1, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
                    rng)
