@@ -35,8 +35,8 @@ def _bindings(mode, count, **_):
 OPTIM = kernels.Kernel(
     "optim.comp", switches={"mode": ("SGD", "ADAM"), "count": tuple(range(1, GROUP + 1)), **kernels.ACCESS_SWITCHES},
     allowed=lambda mode, count, vec4, wide: vec4 and kernels.access_allowed(vec4, wide),  # 4 or 8, and a float tail
-    push=SLOT_FIELDS + "uint items, float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, float eps = 0.0, "
-         "float log_beta1 = 0.0, float log_beta2 = 0.0",
+    push=SLOT_FIELDS + "uint items, float lr, float momentum = 0.0, float beta1 = 0.0, float beta2 = 0.0, "
+         "float eps = 0.0, float log_beta1 = 0.0, float log_beta2 = 0.0",
     bindings=_bindings,
 )
 
