@@ -197,3 +197,36 @@ def test_a_captured_step_of_a_closed_graph_says_so():
     g.close()
     with pytest.raises(RuntimeError, match="closed"):
         step()
+
+
+def test_replays_run_two_at_a_time_and_each_read_gives_its_own_step(g, rng):
+    """A replay goes while the one before it still runs (the device goes on without waiting for the host): each
+    replay's host copies land in staging of their own, taken in turn, and its inputs' uploads wait for the replay
+    before it on the queue. Read late, in any order, every copy holds its own step's value."""
+    w = g.parameter(np.zeros(8))
+    x = g.tensor(np.zeros(8))
+    opt = optim.SGD([w], lr=0.5)
+
+    @g.capture
+    def step():
+        opt.zero_grad()
+        loss = g.sum_all(g.mul(w, x))
+        g.backward(loss)  # d/dw = x
+        opt.step()
+        return loss
+
+    inputs = [rng.standard_normal(8).astype(np.float32) for _ in range(9)]
+    expected, weights, copies = [], np.zeros(8, np.float32), []
+    for i, batch in enumerate(inputs):
+        x.copy_(batch)
+        copies.append(step().item_async())
+        expected.append(float(np.dot(weights, batch)))
+        weights = weights - np.float32(0.5) * batch
+        if i >= 3:  # recorded and replayed by now: two in flight, none waited for
+            assert len(g.engine.queue.in_flight) == 2
+    assert copies[-2].result() == pytest.approx(expected[-2], rel=1e-5, abs=1e-6)
+    assert len(g.engine.queue.in_flight) == 1  # the last step's read waited for its own step, not the next one
+    for copy, value in reversed(list(zip(copies, expected))):
+        assert copy.result() == pytest.approx(value, rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(w.numpy(), weights, rtol=1e-5, atol=1e-6)
+    assert step().item() == pytest.approx(float(np.dot(weights, inputs[-1])), rel=1e-5)  # x holds the last batch

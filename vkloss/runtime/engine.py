@@ -2,7 +2,7 @@
 
     context  (the device's kp.Manager and memory budget, one per device and process)
     memory   (blocks and their pool)           recorder (items, hazards, barriers; plain Python)
-    algorithms (kernels bound to blocks)       queue    (sequences, the submission in flight, replay)
+    algorithms (kernels bound to blocks)       queue    (sequences, submissions in flight, replay)
     host_copies (versions and copy jobs; plain Python)
 
 Calls run one way: the engine asks the layers; the pool asks for room through callbacks; the recorder never
@@ -22,7 +22,8 @@ from ..errors import CaptureError, DeviceMemoryError
 from ..launch import WORKGROUP, LaunchPolicy
 from .algorithms import Algorithms
 from .buffer import Buffer, push_constants
-from .capture import CapturedWork, StepRecording
+from . import queue as queue_module
+from .capture import CapturedWork, Ending, StepRecording
 from .context import context
 from .host_copies import CopyJob, PendingRead
 from .memory import Pool
@@ -269,8 +270,8 @@ class Engine:
                 return True  # lost: result() says so
             if not all(job.submitted for job in jobs):
                 self.submit()
-            if self.queue.poll():
-                self.wait()
+            while self.queue.in_flight and self.queue.oldest_complete():
+                self._finish_oldest()
             return all(job.done for job in jobs)
 
     def finish(self, jobs: list[CopyJob]) -> None:
@@ -281,14 +282,15 @@ class Engine:
             if not self.closed:
                 if not all(job.submitted for job in jobs):
                     self.submit()
-                self.wait()
+                while self.queue.in_flight and not all(job.done for job in jobs):
+                    self._finish_oldest()  # oldest first: a later step still in flight goes on running
             if not all(job.done for job in jobs):
                 raise RuntimeError("the read was lost: its Graph was closed before the values were copied")
 
     # ---- submitting ------------------------------------------------------------------------------------------
     def submit(self, timed: bool = False) -> None:
-        """Submit everything recorded, without waiting for it (after waiting for the submission before it, if it
-        still runs). `timed`: in a sequence of its own with GPU timestamps (see flush)."""
+        """Submit everything recorded, without waiting for it (after waiting for the submissions before it, if
+        they still run). `timed`: in a sequence of its own with GPU timestamps (see flush)."""
         with self._lock:
             if self._capture is not None:
                 raise CaptureError("a captured step cannot wait for the device inside it (a flush, a host read, or "
@@ -303,19 +305,22 @@ class Engine:
                 job.submitted = True
             self.queue.submit(items, blocks, jobs, timed=timed)
 
-    def wait(self) -> None:
-        """Wait for the submission in flight, if any, and hand its copies to the host."""
+    def wait(self, keep: int = 0) -> None:
+        """Wait for the submissions in flight, oldest first, until `keep` are left, and hand their copies to the
+        host."""
         with self._lock:
-            finished = self.queue.wait()
-            if finished is None:
-                return
-            jobs, seconds = finished
-            if seconds is not None:
-                self.last_gpu_seconds = seconds
-            for job in jobs:
-                staging = job.staging
-                job.take()
-                self.pool.give_back(staging)
+            while len(self.queue.in_flight) > keep:
+                self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        """Wait for the oldest submission in flight and hand its copies to the host."""
+        jobs, seconds = self.queue.wait()
+        if seconds is not None:
+            self.last_gpu_seconds = seconds
+        for job in jobs:
+            staging = job.staging
+            job.take()
+            self.pool.give_back(staging)
 
     # ---- captured steps --------------------------------------------------------------------------------------
     def begin_capture(self) -> None:
@@ -330,22 +335,27 @@ class Engine:
         every block it uses pinned until `release_capture`."""
         with self._lock:
             recording = self._capture
-            out = []
-            for buffer in outputs:
-                staging = self.pool.take_staging(buffer.size, buffer.dtype)
-                self._record(Copy(buffer.block, staging))
-                out.append((CapturedWork.weak(buffer), staging))
-            counts = []
-            for buffer in checks:
-                counts.append(self.pool.take_staging(buffer.size, buffer.dtype))
-                self._record(Copy(buffer.block, counts[-1]))
             self._capture = None
             self._step_ended = False
+            # endings, each with staging blocks of its own, taken in turn: a replay's copies land where the replay
+            # before it (maybe still in flight, its values not yet taken) did not. Made while the step's items are
+            # still recorded, so no staging block they use is taken for them.
+            endings = [self._ending(outputs, checks) for _ in range(queue_module.DEPTH)]
             items, blocks = self.recorder.take()
-            work = CapturedWork(items, blocks, list(recording.written.values()), out, counts)
-            for block in blocks:
+            work = CapturedWork(items, blocks, list(recording.written.values()), endings)
+            for block in blocks + [block for ending in endings for block in ending.blocks]:
                 self.pool.pin(block, work)
             return work
+
+    def _ending(self, outputs: list[Buffer], checks: list[Buffer]) -> Ending:
+        """A captured step's host copies of `outputs` and `checks` into new staging blocks."""
+        out = [(CapturedWork.weak(buffer), self.pool.take_staging(buffer.size, buffer.dtype)) for buffer in outputs]
+        counts = [self.pool.take_staging(buffer.size, buffer.dtype) for buffer in checks]
+        sources = tuple(dict.fromkeys(buffer.block for buffer in (*outputs, *checks)))
+        stagings = tuple(staging for _, staging in out) + tuple(counts)
+        copies = [Copy(buffer.block, staging) for buffer, staging in zip((*outputs, *checks), stagings)]
+        items = ([Barrier(sources)] if sources else []) + copies + ([Barrier(stagings, True)] if stagings else [])
+        return Ending(items, list(sources + stagings), out, counts)
 
     def abort_capture(self) -> None:
         """The step failed while it was recorded: what it recorded stays recorded, to run as eager work would."""
@@ -359,31 +369,39 @@ class Engine:
         return self._capture is not None and buffer.block in self._capture.allocated
 
     def replay(self, work: CapturedWork) -> tuple[list, list]:
-        """Submit a captured step after what is recorded (copy_ into its inputs, ...), in one submission. Returns
-        this replay's host copies: one CopyJob per output, and one per check count."""
+        """Submit a captured step after what is recorded (copy_ into its inputs, ...), in one submission, while the
+        replay before it may still run (queue.py: the device then goes on to this one without waiting for the
+        host). Returns this replay's host copies: one CopyJob per output, and one per check count."""
         with self._lock:
             self._check_open("a captured step")
             prefix, prefix_blocks = self.recorder.take()
+            ending = work.next_ending()
             shared = tuple(block for block in prefix_blocks if block in work.block_set)
-            items = prefix + ([Barrier(shared)] if shared else []) + work.items
+            items = prefix + ([Barrier(shared)] if shared else []) + work.items + ending.items
+            blocks = prefix_blocks + work.blocks + ending.blocks
             jobs, self._jobs = self._jobs, []
-            self.wait()
+            self.wait(keep=queue_module.DEPTH - 1)
+            # after the work in flight on the queue: a barrier on every block both use
+            running = self.queue.blocks_in_flight()
+            after = tuple(dict.fromkeys(block for block in blocks if block in running))
+            if after:
+                items = [Barrier(after)] + items
             for ref in work.written:  # the replay writes them: older host values go stale
                 buffer = ref()
                 if buffer is not None:
                     buffer.version += 1
             outputs = []
-            for ref, staging in work.outputs:
+            for ref, staging in ending.outputs:
                 buffer = ref()
                 job = CopyJob(buffer, buffer.version if buffer is not None else 0, staging)
                 if buffer is not None:
                     buffer.copy_job = job
                 outputs.append(job)
-            checks = [CopyJob(None, 0, staging) for staging in work.checks]
+            checks = [CopyJob(None, 0, staging) for staging in ending.checks]
             for job in (*jobs, *outputs, *checks):
                 job.submitted = True
             self._step_ended = False
-            self.queue.submit(items, prefix_blocks + work.blocks, jobs + outputs + checks)
+            self.queue.submit(items, blocks, jobs + outputs + checks, overlap=True)
             return outputs, checks
 
     def release_capture(self, work: CapturedWork) -> None:
@@ -391,7 +409,7 @@ class Engine:
         if self.closed:
             return
         with self._lock:
-            for block in work.blocks:
+            for block in work.blocks + [block for ending in work.endings for block in ending.blocks]:
                 if block.serial in self.pool.blocks:
                     self.pool.unpin(block, work)
 
@@ -418,7 +436,8 @@ class Engine:
                 self.flush()
             finally:
                 try:
-                    self.queue.wait()  # an interrupted flush may have left one in flight
+                    while self.queue.wait() is not None:  # an interrupted flush may have left some in flight
+                        pass
                 finally:
                     self.closed = True
                     self._jobs = []

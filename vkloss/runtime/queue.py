@@ -1,8 +1,11 @@
-"""Submitting recorded work to the device: kp Sequences, the one submission in flight, its fence, and replay.
+"""Submitting recorded work to the device: kp Sequences, the submissions in flight, their fences, and replay.
 
-At most one submission is in flight; the next waits for its fence first (a submission boundary, which also orders
-the two submissions' buffers). A submission whose items repeat an earlier one exactly (same kernels, blocks and push
-constants: a training step) replays that one's recorded Sequence instead of recording it again.
+Eager work goes one submission at a time: the next waits for every fence first (a submission boundary, which also
+orders the two submissions' buffers). A captured step's replay may go while the replay before it still runs
+(`overlap`), so the device goes from one step to the next without waiting for the host: the engine then begins it
+with a barrier on the blocks both use, which orders it after the earlier one on the queue. At most DEPTH are in
+flight. A submission whose items repeat an earlier one exactly (same kernels, blocks and push constants: a training
+step) replays that one's recorded Sequence instead of recording it again.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from .kompute import kp
 from .recorder import Barrier, Copy, Dispatch
 
 REPLAY_CACHE_SIZE = 16  # recorded submissions kept for replay (a training step alternates between a few at most)
+DEPTH = 2  # submissions in flight at most: a replayed step, and the one after it
 
 # Vulkan's flag bits, for kp.OpMemoryBarrier.
 _SHADER_READ, _SHADER_WRITE, _TRANSFER_READ, _TRANSFER_WRITE, _HOST_READ = 0x20, 0x40, 0x800, 0x1000, 0x2000
@@ -39,35 +43,43 @@ def kp_op(item):
 
 
 class Submission:
-    """What is in flight: its sequence, the blocks it uses, and what waits for it to finish (`payload`)."""
+    """What is in flight: its sequence, the blocks it uses, and what waits for it to finish (`payload`). `own`: a
+    sequence recorded for this submission alone (its cached twin was still in flight), destroyed once it has run."""
 
-    __slots__ = ("sequence", "blocks", "payload", "timed")
+    __slots__ = ("sequence", "blocks", "payload", "timed", "own")
 
-    def __init__(self, sequence, blocks: set, payload, timed: bool):
-        self.sequence, self.blocks, self.payload, self.timed = sequence, blocks, payload, timed
+    def __init__(self, sequence, blocks: set, payload, timed: bool, own: bool = False):
+        self.sequence, self.blocks, self.payload, self.timed, self.own = sequence, blocks, payload, timed, own
 
 
 class Queue:
     def __init__(self, manager, timestamp_period_ns: float = 0.0):
         self._manager = manager
         self._period = timestamp_period_ns
-        self.in_flight: Submission | None = None
+        self.in_flight: list[Submission] = []  # oldest first
         self._replays: OrderedDict = OrderedDict()  # submission key -> its recorded Sequence
         self._replays_by_block: dict[int, set] = {}
         self._spare: list = []
         self.submissions = self.replays = self.dispatches = 0
 
     def busy(self, block) -> bool:
-        """Whether the submission in flight uses `block`."""
-        return self.in_flight is not None and block in self.in_flight.blocks
+        """Whether a submission in flight uses `block`."""
+        return any(block in submission.blocks for submission in self.in_flight)
 
-    def submit(self, items: list, blocks: list, payload=None, timed: bool = False) -> None:
-        """Submit `items` (the previous submission must be finished: `wait` first). `payload` comes back from the
-        `wait` that finishes this one. `timed`: in a sequence of its own with timestamps around it."""
-        assert self.in_flight is None, "wait for the submission in flight first"
+    def blocks_in_flight(self) -> set:
+        return set().union(*(submission.blocks for submission in self.in_flight))
+
+    def submit(self, items: list, blocks: list, payload=None, timed: bool = False, overlap: bool = False) -> None:
+        """Submit `items`. `payload` comes back from the `wait` that finishes this one. `timed`: in a sequence of its
+        own with timestamps around it. Without `overlap` nothing may be in flight (`wait` first); with it, fewer
+        than DEPTH, and `items` must begin with a barrier on the blocks they share with those."""
+        assert len(self.in_flight) < (DEPTH if overlap else 1), "wait for the submissions in flight first"
         key = tuple(item.key for item in items)
         sequence = None if timed else self._replays.get(key)
-        if sequence is not None:
+        own = False
+        if sequence is not None and any(s.sequence is sequence for s in self.in_flight):
+            sequence, own = self.record(items), True  # a Sequence is submitted again only once it has run
+        elif sequence is not None:
             self._replays.move_to_end(key)
             self.replays += 1
         elif timed:
@@ -81,20 +93,9 @@ class Queue:
         # In flight before the call: a KeyboardInterrupt arrives between bytecodes, so after the submission, and
         # the queue still waits for it; one that arrives before it is submitted in `finally`. Every recorded item
         # runs: a flush is one submission.
-        self.in_flight = Submission(sequence, set(blocks), payload, timed)
+        self.in_flight.append(Submission(sequence, set(blocks), payload, timed, own))
         try:
             sequence.eval_async()  # the patched binding: submit what is recorded, no re-recording, no wait
-        finally:
-            if not sequence.is_running():
-                sequence.eval_async()
-
-    def submit_sequence(self, sequence, blocks, payload=None) -> None:
-        """Submit a sequence recorded elsewhere (a captured step) as it is."""
-        assert self.in_flight is None, "wait for the submission in flight first"
-        self.submissions += 1
-        self.in_flight = Submission(sequence, blocks, payload, False)
-        try:
-            sequence.eval_async()
         finally:
             if not sequence.is_running():
                 sequence.eval_async()
@@ -119,23 +120,23 @@ class Queue:
             self._spare.append(old)
         return sequence
 
-    def poll(self) -> bool:
-        """Whether nothing is in flight any more (the fence says so; nothing waits)."""
-        return self.in_flight is None or self.in_flight.sequence.is_complete()
+    def oldest_complete(self) -> bool:
+        """Whether the oldest submission in flight has finished (its fence says so; nothing waits)."""
+        return self.in_flight[0].sequence.is_complete()
 
     def wait(self):
-        """Wait for the submission in flight, if any: (its payload, its device seconds or None), or None when
-        nothing was in flight."""
-        submission = self.in_flight
-        if submission is None:
+        """Wait for the oldest submission in flight, if any: (its payload, its device seconds or None), or None
+        when nothing was in flight."""
+        if not self.in_flight:
             return None
-        self.in_flight = None
+        submission = self.in_flight.pop(0)
         sequence = submission.sequence
         sequence.eval_await()
         seconds = None
         if submission.timed:
             ticks = sequence.get_timestamps()
             seconds = (ticks[-1] - ticks[0]) * self._period * 1e-9
+        if submission.timed or submission.own:
             sequence.destroy()
         return submission.payload, seconds
 
