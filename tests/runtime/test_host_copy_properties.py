@@ -1,5 +1,6 @@
-"""Random interleavings of writes (copy_, optimizer steps), reads, deferred reads, waits and flushes on one tensor:
-every read gives what a host model of its values says, as of the moment the read was made."""
+"""Random interleavings of writes (copy_, optimizer steps, eager or captured), reads, deferred reads, waits and
+flushes on one tensor: every read gives what a host model of its values says, as of the moment the read was made.
+Captured steps replay two at a time, so a read may be made while the step before still runs."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
@@ -9,7 +10,7 @@ SIZE = 4
 # what goes wrong is a read, a write and another read of the same tensor, then the first read's result: those come
 # most often, so that short interleavings of them are tried many times over
 ACTIONS = ("copy", "copy", "step", "read", "read", "read_async", "read_async", "oldest_result", "oldest_result",
-           "newest_result", "done", "flush", "submit")
+           "newest_result", "done", "flush", "submit", "captured", "captured")
 
 
 @settings(max_examples=300, deadline=None)
@@ -22,6 +23,15 @@ def test_every_read_gives_the_modelled_value_of_its_time(actions, fills):
         opt = vkloss.optim.SGD([p], lr=0.5)  # steps by 0.5 * 2: exact in float32 for small integers
         c = g.tensor(np.full(SIZE, 2.0))
         pending = []  # (HostCopy, the values it must give)
+
+        @g.capture
+        def captured_step():
+            opt.zero_grad()
+            loss = g.sum_all(g.mul(p, c))
+            g.backward(loss)  # d/dp = c
+            opt.step()
+            return loss
+
         for action, fill in zip(actions, fills):
             if action == "copy":
                 model = np.array(fill, np.float64)
@@ -30,6 +40,9 @@ def test_every_read_gives_the_modelled_value_of_its_time(actions, fills):
                 opt.zero_grad()
                 g.backward(g.sum_all(g.mul(p, c)))  # d/dp = c
                 opt.step()
+                model = model - 1.0
+            elif action == "captured":  # recorded on its first calls, then replayed; its loss read later
+                pending.append((captured_step().numpy_async(), np.array(2.0 * model.sum())))
                 model = model - 1.0
             elif action == "read":
                 np.testing.assert_array_equal(p.numpy(), model)
@@ -47,3 +60,4 @@ def test_every_read_gives_the_modelled_value_of_its_time(actions, fills):
         for copy, want in pending:
             np.testing.assert_array_equal(copy.result(), want)
         np.testing.assert_array_equal(p.numpy(), model)
+        captured_step.release()
