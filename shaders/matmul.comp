@@ -10,12 +10,39 @@
 // - MASK: operand a read as (mask <= 0 ? 0 : a), mask stored as a is: the gradient through a relu whose output is
 //   mask (PyTorch's threshold_backward on the result);
 // - BIAS_SUM: invocations past the product's write bias_grad[row] = the sum over k of op(a)[row, k] (masked too):
-//   a layer's bias gradient in the dispatch of its weight gradient.
+//   a layer's bias gradient in the dispatch of its weight gradient;
+// - PAIR: the invocations (workgroups, tiled) past those compute a second product, out2[m2, n2] = op(a)[m2, k2] @
+//   op(b2)[k2, n2] with op from trans_a2 and trans_b2, no offsets and no epilogue: a layer's input gradient in the
+//   same dispatch, a (the upstream gradient, masked) read by both.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
 // Bindings (B_*) and the push block come from the kernel's declaration in vkloss/ops/matmul.py.
 layout(push_constant) uniform Push { PUSH_CONSTANTS } p;
+
+// The product this invocation computes: p's, or (PAIR) the second one. Every function below reads its sizes here.
+struct Product { uint m, n, k, k_begin, k_end, trans_a, trans_b, a_offset, b_offset, out_offset; };
+Product q;
+bool second;
+void take_first() {  // main's first call
+    q = Product(p.m, p.n, p.k, p.k_begin, p.k_end, p.trans_a, p.trans_b, p.a_offset, p.b_offset, p.out_offset);
+    second = false;
+}
+#if PAIR
+void take_second() {
+    q = Product(p.m2, p.n2, p.k2, 0u, p.k2, p.trans_a2, p.trans_b2, 0u, 0u, 0u);
+    second = true;
+}
+
+// The first product's share of the dispatch is a unit (a workgroup, or an invocation) per `side` x `side` part of
+// out, then `sums` units of bias sums: index i within it stays, i past it is the second product's i - share.
+uint pair_index(uint i, uint side, uint sums) {
+    uint share = ((q.m + side - 1) / side) * ((q.n + side - 1) / side) + sums;
+    if (i < share) return i;
+    take_second();
+    return i - share;
+}
+#endif
 #if VEC4
 #include "access.glsl"
 layout(set = 0, binding = B_A) readonly buffer A { STORED a_data[]; };
@@ -23,24 +50,39 @@ layout(set = 0, binding = B_B) readonly buffer B { STORED b_data[]; };
 #if MASK
 layout(set = 0, binding = B_MASK) readonly buffer Mask { STORED mask_data[]; };
 #endif
+#if PAIR
+layout(set = 0, binding = B_B2) readonly buffer B2 { STORED b2_data[]; };
+#endif
 #else
 layout(set = 0, binding = B_A) readonly buffer A { float a[]; };
 layout(set = 0, binding = B_B) readonly buffer B { float b[]; };
 #if MASK
 layout(set = 0, binding = B_MASK) readonly buffer Mask { float mask[]; };
 #endif
+#if PAIR
+layout(set = 0, binding = B_B2) readonly buffer B2 { float b2[]; };
+#endif
 
 float a_at(uint row, uint kk) {
-    uint at = p.trans_a != 0 ? p.a_offset + kk * p.m + row : p.a_offset + row * p.k + kk;
+    uint at = q.trans_a != 0 ? q.a_offset + kk * q.m + row : q.a_offset + row * q.k + kk;
 #if MASK
     return mask[at] <= 0.0 ? 0.0 : a[at];
 #else
     return a[at];
 #endif
 }
-float b_at(uint kk, uint col) { return p.trans_b != 0 ? b[p.b_offset + col * p.k + kk] : b[p.b_offset + kk * p.n + col]; }
+float b_at(uint kk, uint col) {
+    uint at = q.trans_b != 0 ? q.b_offset + col * q.k + kk : q.b_offset + kk * q.n + col;
+#if PAIR
+    if (second) return b2[at];
+#endif
+    return b[at];
+}
 #endif
 layout(set = 0, binding = B_OUT) buffer Out { float y[]; };
+#if PAIR
+layout(set = 0, binding = B_OUT2) writeonly buffer Out2 { float y2[]; };
+#endif
 #if BIAS
 layout(set = 0, binding = B_BIAS) readonly buffer Bias { float bias[]; };
 #endif
@@ -50,7 +92,13 @@ layout(set = 0, binding = B_BIAS_GRAD) buffer BiasGrad { float bias_grad[]; };
 
 // out[row, column] (+)= value, through the epilogue.
 void store(uint row, uint col, float value) {
-    uint o = p.out_offset + row * p.n + col;
+    uint o = q.out_offset + row * q.n + col;
+#if PAIR
+    if (second) {  // no epilogue
+        y2[o] = value;
+        return;
+    }
+#endif
     if (p.accumulate != 0) value += y[o];
 #if BIAS
     value += bias[col];
@@ -82,32 +130,36 @@ uvec2 slice_position(uint e, bool k_inner) {
 }
 
 void main() {
-    uint tiles_n = (p.n + TILE - 1) / TILE;
+    take_first();
     uint t = workgroup_index();
+#if PAIR
+    t = pair_index(t, TILE, BIAS_SUM != 0 ? (q.m + 255u) / 256u : 0u);  // uniform across the workgroup
+#endif
+    uint tiles_n = (q.n + TILE - 1) / TILE;
 #if BIAS_SUM
-    uint tiles = ((p.m + TILE - 1) / TILE) * tiles_n;
-    if (t >= tiles) {  // the workgroups past the product's tiles: one row sum per invocation (uniform: no barrier)
+    uint tiles = ((q.m + TILE - 1) / TILE) * tiles_n;
+    if (!second && t >= tiles) {  // workgroups past the product's tiles: a row sum an invocation (uniform: no barrier)
         uint row = (t - tiles) * 256u + gl_LocalInvocationID.x;
-        if (row < p.m) {
+        if (row < q.m) {
             float s = 0.0;
-            for (uint kk = p.k_begin; kk < p.k_end; ++kk) s += a_at(row, kk);
+            for (uint kk = q.k_begin; kk < q.k_end; ++kk) s += a_at(row, kk);
             store_bias_sum(row, s);
         }
         return;
     }
 #endif
     uint row0 = (t / tiles_n) * TILE, col0 = (t % tiles_n) * TILE;
-    if (row0 >= p.m) return;  // uniform across the workgroup
+    if (row0 >= q.m) return;  // uniform across the workgroup
     uint lid = gl_LocalInvocationID.x;
     uint block_row = 4u * (lid / 16u), block_col = 4u * (lid % 16u);  // WG is 256: a 16 x 16 grid of 4 x 4 blocks
     float acc[4][4];
     [[unroll]] for (uint r = 0; r < 4; ++r) [[unroll]] for (uint c = 0; c < 4; ++c) acc[r][c] = 0.0;
-    for (uint k0 = p.k_begin; k0 < p.k_end; k0 += DEPTH) {
+    for (uint k0 = q.k_begin; k0 < q.k_end; k0 += DEPTH) {
         [[unroll]] for (uint e = lid; e < DEPTH * TILE; e += 256) {
-            uvec2 at = slice_position(e, p.trans_a == 0);
-            a_tile[at.x][at.y] = k0 + at.x < p.k_end && row0 + at.y < p.m ? a_at(row0 + at.y, k0 + at.x) : 0.0;
-            uvec2 bt = slice_position(e, p.trans_b != 0);
-            b_tile[bt.x][bt.y] = k0 + bt.x < p.k_end && col0 + bt.y < p.n ? b_at(k0 + bt.x, col0 + bt.y) : 0.0;
+            uvec2 at = slice_position(e, q.trans_a == 0);
+            a_tile[at.x][at.y] = k0 + at.x < q.k_end && row0 + at.y < q.m ? a_at(row0 + at.y, k0 + at.x) : 0.0;
+            uvec2 bt = slice_position(e, q.trans_b != 0);
+            b_tile[bt.x][bt.y] = k0 + bt.x < q.k_end && col0 + bt.y < q.n ? b_at(k0 + bt.x, col0 + bt.y) : 0.0;
         }
         barrier();
         [[unroll]] for (uint kk = 0; kk < DEPTH; ++kk) {
@@ -123,7 +175,7 @@ void main() {
     [[unroll]] for (uint r = 0; r < 4; ++r) {
         [[unroll]] for (uint c = 0; c < 4; ++c) {
             uint row = row0 + block_row + r, col = col0 + block_col + c;
-            if (row < p.m && col < p.n) store(row, col, acc[r][c]);
+            if (row < q.m && col < q.n) store(row, col, acc[r][c]);
         }
     }
 }
@@ -139,7 +191,7 @@ void main() {
 #error "matmul.comp: the VEC4 kernel reads a block's rows or columns as whole accesses of 4 or 8"
 #endif
 
-// Access `at` of operand a (a_side) or b, as STEPS floats in `values`.
+// Access `at` of operand a (a_side) or b (b2 for the second product), as STEPS floats in `values`.
 void load_access(bool a_side, uint at, out float values[STEPS]) {
     ELEMENT parts[PER_LOAD];
     if (a_side) {
@@ -150,7 +202,15 @@ void load_access(bool a_side, uint at, out float values[STEPS]) {
         [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) parts[h] = mix(parts[h], ELEMENT(0.0), lessThanEqual(masks[h], ELEMENT(0.0)));
 #endif
     } else {
+#if PAIR
+        if (second) {
+            LOAD_SPLIT(b2_data, at, parts);
+        } else {
+            LOAD_SPLIT(b_data, at, parts);
+        }
+#else
         LOAD_SPLIT(b_data, at, parts);
+#endif
     }
     [[unroll]] for (uint h = 0; h < PER_LOAD; ++h) [[unroll]] for (uint q = 0; q < 4; ++q) values[4 * h + q] = parts[h][q];
 }
@@ -161,20 +221,20 @@ void load_access(bool a_side, uint at, out float values[STEPS]) {
 void bias_sum(uint i, bool a_k_inner) {
     float values[STEPS];
     if (a_k_inner) {
-        if (i >= p.m) return;
+        if (i >= q.m) return;
         float s = 0.0;
-        for (uint k0 = p.k_begin; k0 < p.k_end; k0 += STEPS) {
-            load_access(true, (p.a_offset + i * p.k + k0) / STEPS, values);
+        for (uint k0 = q.k_begin; k0 < q.k_end; k0 += STEPS) {
+            load_access(true, (q.a_offset + i * q.k + k0) / STEPS, values);
             [[unroll]] for (uint q = 0; q < STEPS; ++q) s += values[q];
         }
         store_bias_sum(i, s);
     } else {
         uint row0 = i * STEPS;
-        if (row0 >= p.m) return;
+        if (row0 >= q.m) return;
         float s[STEPS];
         [[unroll]] for (uint q = 0; q < STEPS; ++q) s[q] = 0.0;
-        for (uint kk = p.k_begin; kk < p.k_end; ++kk) {
-            load_access(true, (p.a_offset + kk * p.m + row0) / STEPS, values);
+        for (uint kk = q.k_begin; kk < q.k_end; ++kk) {
+            load_access(true, (q.a_offset + kk * q.m + row0) / STEPS, values);
             [[unroll]] for (uint q = 0; q < STEPS; ++q) s[q] += values[q];
         }
         [[unroll]] for (uint q = 0; q < STEPS; ++q) store_bias_sum(row0 + q, s[q]);
@@ -198,7 +258,7 @@ void load_operand(bool k_inner, bool a_side, uint offset, uint stride, uint line
             [[unroll]] for (uint s = 0; s < BLOCK / STEPS; ++s) {
                 // lines % STEPS == 0, so a part past the end repeats the last access: computed, never written
                 uint line = min(first + s * STEPS, lines - STEPS);
-                if (k0 + j < p.k_end) {  // k need not be a multiple of STEPS here: zero past k_end
+                if (k0 + j < q.k_end) {  // k need not be a multiple of STEPS here: zero past k_end
                     load_access(a_side, (offset + (k0 + j) * stride + line) / STEPS, values);
                 } else {
                     [[unroll]] for (uint q = 0; q < STEPS; ++q) values[q] = 0.0;
@@ -210,31 +270,35 @@ void load_operand(bool k_inner, bool a_side, uint offset, uint stride, uint line
 }
 
 void main() {
-    uint blocks_n = (p.n + BLOCK - 1) / BLOCK;
+    take_first();
     uint i = global_index();
-    bool a_k_inner = p.trans_a == 0, b_k_inner = p.trans_b != 0;
+#if PAIR
+    i = pair_index(i, BLOCK, BIAS_SUM != 0 ? (q.trans_a == 0 ? q.m : q.m / STEPS) : 0u);
+#endif
+    uint blocks_n = (q.n + BLOCK - 1) / BLOCK;
+    bool a_k_inner = q.trans_a == 0, b_k_inner = q.trans_b != 0;
 #if BIAS_SUM
-    uint blocks = ((p.m + BLOCK - 1) / BLOCK) * blocks_n;
-    if (i >= blocks) {
+    uint blocks = ((q.m + BLOCK - 1) / BLOCK) * blocks_n;
+    if (!second && i >= blocks) {
         bias_sum(i - blocks, a_k_inner);
         return;
     }
 #endif
     uint row0 = (i / blocks_n) * BLOCK, col0 = (i % blocks_n) * BLOCK;
-    if (row0 >= p.m) return;
+    if (row0 >= q.m) return;
     float acc[BLOCK][BLOCK];  // acc[r][c]: out[row0 + r][col0 + c]
     [[unroll]] for (uint r = 0; r < BLOCK; ++r) [[unroll]] for (uint c = 0; c < BLOCK; ++c) acc[r][c] = 0.0;
-    for (uint k0 = p.k_begin; k0 < p.k_end; k0 += STEPS) {
+    for (uint k0 = q.k_begin; k0 < q.k_end; k0 += STEPS) {
         float av[STEPS][BLOCK], bv[STEPS][BLOCK];
-        load_operand(a_k_inner, true, p.a_offset, a_k_inner ? p.k : p.m, p.m, row0, k0, av);
-        load_operand(b_k_inner, false, p.b_offset, b_k_inner ? p.k : p.n, p.n, col0, k0, bv);
+        load_operand(a_k_inner, true, q.a_offset, a_k_inner ? q.k : q.m, q.m, row0, k0, av);
+        load_operand(b_k_inner, false, q.b_offset, b_k_inner ? q.k : q.n, q.n, col0, k0, bv);
         [[unroll]] for (uint j = 0; j < STEPS; ++j)
             [[unroll]] for (uint r = 0; r < BLOCK; ++r)
                 [[unroll]] for (uint c = 0; c < BLOCK; ++c) acc[r][c] += av[j][r] * bv[j][c];
     }
     [[unroll]] for (uint r = 0; r < BLOCK; ++r)
         [[unroll]] for (uint c = 0; c < BLOCK; ++c)
-            if (row0 + r < p.m && col0 + c < p.n) store(row0 + r, col0 + c, acc[r][c]);
+            if (row0 + r < q.m && col0 + c < q.n) store(row0 + r, col0 + c, acc[r][c]);
 }
 #else
 #ifndef BLOCK
@@ -244,30 +308,34 @@ void main() {
 // larger blocks ran several times faster (docs/performance.md, "Kernel choices"). The block's rows and columns are
 // clamped at the edges, and only the real ones written.
 void main() {
-    uint blocks_n = (p.n + BLOCK - 1) / BLOCK;
+    take_first();
     uint i = global_index();
+#if PAIR
+    i = pair_index(i, BLOCK, BIAS_SUM != 0 ? q.m : 0u);
+#endif
+    uint blocks_n = (q.n + BLOCK - 1) / BLOCK;
 #if BIAS_SUM
-    uint blocks = ((p.m + BLOCK - 1) / BLOCK) * blocks_n;
-    if (i >= blocks) {  // one row sum per invocation past the product's blocks
+    uint blocks = ((q.m + BLOCK - 1) / BLOCK) * blocks_n;
+    if (!second && i >= blocks) {  // one row sum per invocation past the product's blocks
         uint row = i - blocks;
-        if (row < p.m) {
+        if (row < q.m) {
             float s = 0.0;
-            for (uint kk = p.k_begin; kk < p.k_end; ++kk) s += a_at(row, kk);
+            for (uint kk = q.k_begin; kk < q.k_end; ++kk) s += a_at(row, kk);
             store_bias_sum(row, s);
         }
         return;
     }
 #endif
     uint row0 = (i / blocks_n) * BLOCK, col0 = (i % blocks_n) * BLOCK;
-    if (row0 >= p.m) return;
+    if (row0 >= q.m) return;
     uint rows[BLOCK], cols[BLOCK];
     [[unroll]] for (uint j = 0; j < BLOCK; ++j) {
-        rows[j] = min(row0 + j, p.m - 1);
-        cols[j] = min(col0 + j, p.n - 1);
+        rows[j] = min(row0 + j, q.m - 1);
+        cols[j] = min(col0 + j, q.n - 1);
     }
     float acc[BLOCK][BLOCK];  // acc[r][c]: out[row0 + r][col0 + c]
     [[unroll]] for (uint r = 0; r < BLOCK; ++r) [[unroll]] for (uint c = 0; c < BLOCK; ++c) acc[r][c] = 0.0;
-    for (uint kk = p.k_begin; kk < p.k_end; ++kk) {
+    for (uint kk = q.k_begin; kk < q.k_end; ++kk) {
         float av[BLOCK], bv[BLOCK];
         [[unroll]] for (uint j = 0; j < BLOCK; ++j) {
             av[j] = a_at(rows[j], kk);
@@ -277,6 +345,6 @@ void main() {
     }
     [[unroll]] for (uint r = 0; r < BLOCK; ++r)
         [[unroll]] for (uint c = 0; c < BLOCK; ++c)
-            if (row0 + r < p.m && col0 + c < p.n) store(row0 + r, col0 + c, acc[r][c]);
+            if (row0 + r < q.m && col0 + c < q.n) store(row0 + r, col0 + c, acc[r][c]);
 }
 #endif

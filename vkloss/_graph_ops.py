@@ -54,6 +54,7 @@ SCHEMAS = {
     'linear': "linear(Tensor x, Tensor weight, Tensor? bias=None, *, str{none|relu} activation='none') -> Tensor",
     'linear_grad_input': 'linear_grad_input(Tensor grad, Tensor weight, Tensor? mask=None) -> Tensor',
     'linear_grad_weight': 'linear_grad_weight(Tensor grad, Tensor x, Tensor? mask=None) -> (Tensor, Tensor)',
+    'linear_grads': 'linear_grads(Tensor grad, Tensor x, Tensor weight, Tensor? mask=None) -> (Tensor, Tensor, Tensor)',
     'linear_cross_entropy_with_bias': "linear_cross_entropy_with_bias(Float hidden, Float weight, Index target, Float bias, *, str{mean|sum} reduction='mean', int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)",
     'linear_cross_entropy_rows': 'linear_cross_entropy_rows(Float hidden, Float weight, Index target, Float bias, *, int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0, float? softcap=None, bool return_z_loss=False) -> (Tensor, Tensor)',
     'linear_cross_entropy_backward': 'linear_cross_entropy_backward(Tensor grad, Float hidden, Float weight, Index target, Float bias, *, int ignore_index=-100, float label_smoothing=0.0, Tensor? weight_classes=None, float lse_square_scale=0.0, float? softcap=None) -> (Tensor, Tensor, Tensor)',
@@ -431,7 +432,7 @@ class Graph:
         in_features], weight [out_features, in_features] (nn.Linear's layout), bias [out_features] or None. One
         dispatch: the bias and the relu are the product's epilogue. d/dx = g @ weight, d/dweight = g.T @ x,
         d/dbias = g summed over the batch, with g the upstream gradient where the output is positive (relu) or
-        everywhere (none); the weight's and the bias's gradients come from one dispatch.
+        everywhere (none); all three gradients come from one dispatch.
         """
         return self._call_bound('linear', {'x': x, 'weight': weight, 'bias': bias, 'activation': activation})
 
@@ -628,6 +629,22 @@ class Ops:
         linear's backward to its weight and bias, in one dispatch.
         """
         return self._call_bound('linear_grad_weight', {'grad': grad, 'x': x, 'mask': mask})
+
+    def linear_grads(
+        self,
+        grad: Tensor,
+        x: Tensor,
+        weight: Tensor,
+        mask: Tensor | np.ndarray | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """
+        linear_grads(Tensor grad, Tensor x, Tensor weight, Tensor? mask=None) -> (Tensor, Tensor, Tensor)
+
+        (g @ weight [batch, in_features], g.T @ x [out_features, in_features], g summed over the batch
+        [out_features]), g = grad where mask > 0: linear's backward to its input, weight and bias, in one
+        dispatch.
+        """
+        return self._call_bound('linear_grads', {'grad': grad, 'x': x, 'weight': weight, 'mask': mask})
 
     def linear_cross_entropy_backward(
         self,

@@ -152,7 +152,7 @@ def make_model(g, task: Task, data: Data, rng, bfloat16: bool = False):
 
 def network(g, params, x):
     """The MLP: linear layers (weights in nn.Linear's layout), relu between them; the output is logits (or the
-    regression value). Each layer is one dispatch forward and two backward (g.linear)."""
+    regression value). Each layer is one dispatch forward and one backward (g.linear)."""
     h = x
     for i in range(0, len(params), 2):
         h = g.linear(h, params[i], params[i + 1], activation="relu" if i + 2 < len(params) else "none")

@@ -1,4 +1,4 @@
-"""g.linear: nn.Linear's layout, its bias and relu in the product's epilogue, its gradients in two dispatches; at odd
+"""g.linear: nn.Linear's layout, its bias and relu in the product's epilogue, its gradients in one dispatch; at odd
 sizes, on both matmul kernels, at every access width and across k slices, against float64 (and PyTorch where
 installed)."""
 import numpy as np
@@ -63,20 +63,30 @@ def test_k_in_slices_keeps_the_epilogue_for_the_last(g, rng, tiles, monkeypatch)
     run(g, rng, 100, 100, 30, "relu", True)
 
 
-def test_forward_is_one_dispatch_and_backward_two(rng):
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, True),
+                                   (True, False, True)], ids=["all", "x only", "weight and bias", "x and bias"])
+def test_forward_is_one_dispatch_and_backward_one(rng, needs):
+    """Whatever needs a gradient: the input's, weight's and bias's come from one dispatch (matmul.comp's PAIR where
+    the input's and the weight's or bias's both do)."""
+    x, weight, bias, upstream = (rng.standard_normal(shape) for shape in ((8, 5), (4, 5), (4,), (8, 4)))
     with vkloss.Graph() as g:
-        x = g.tensor(rng.standard_normal((8, 5)), requires_grad=True)
-        w, b = g.parameter(rng.standard_normal((4, 5))), g.parameter(rng.standard_normal(4))
-        upstream = g.tensor(rng.standard_normal((8, 4)))
+        tx, tw, tb = (g.tensor(a, requires_grad=need) for a, need in zip((x, weight, bias), needs))
+        tu = g.tensor(upstream)
         g.flush()
         before = g.stats["dispatches"]
-        out = g.linear(x, w, b, activation="relu")
+        out = g.linear(tx, tw, tb, activation="relu")
         g.flush()
         assert g.stats["dispatches"] - before == 1
         before = g.stats["dispatches"]
-        g.backward(g.sum_all(g.mul(out, upstream)))  # mul, sum_all, its expand and mul's backward: four of them
+        g.backward(g.sum_all(g.mul(out, tu)))  # mul, sum_all, its expand and mul's backward: four of them
         g.flush()
-        assert g.stats["dispatches"] - before == 4 + 2
+        assert g.stats["dispatches"] - before == 4 + 1
+        want = linear64(f32(x), f32(weight), f32(bias), "relu", f32(upstream))[1:]
+        for tensor, need, value in zip((tx, tw, tb), needs, want):
+            if need:
+                np.testing.assert_allclose(tensor.grad.numpy(), value, rtol=1e-5, atol=1e-5)
+            else:
+                assert tensor.grad is None
 
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")

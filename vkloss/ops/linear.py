@@ -1,10 +1,11 @@
 """A linear layer in nn.Linear's layout, its bias and activation in the matmul's epilogue: one dispatch forward, and
-two backward (the input's gradient; the weight's with the bias's beside it). shaders/matmul.comp."""
+one backward (the weight's gradient with the bias's beside it, then the input's, in matmul.comp's PAIR variant).
+shaders/matmul.comp."""
 from __future__ import annotations
 
 from ..implementations import ForwardKernel
 from ..registry import register_op
-from .matmul import MATMUL, matmul_into
+from .matmul import MATMUL, linear_grads_into, matmul_into
 
 ACTIVATIONS = ("none", "relu")
 
@@ -29,9 +30,12 @@ def _backward(ctx, grad):
     x, weight, bias = ctx.inputs
     g = ctx.g
     mask = ctx.output if ctx.attrs["activation"] == "relu" else None  # y > 0 where the relu let the gradient through
-    grad_x = g.ops.linear_grad_input(grad, weight, mask) if ctx.needs[0] else None
-    grad_weight = grad_bias = None
-    if ctx.needs[1] or ctx.needs[2]:
+    grad_x = grad_weight = grad_bias = None
+    if ctx.needs[0] and (ctx.needs[1] or ctx.needs[2]):
+        grad_x, grad_weight, grad_bias = g.ops.linear_grads(grad, x, weight, mask)
+    elif ctx.needs[0]:
+        grad_x = g.ops.linear_grad_input(grad, weight, mask)
+    elif ctx.needs[1] or ctx.needs[2]:
         grad_weight, grad_bias = g.ops.linear_grad_weight(grad, x, mask)
     return grad_x, grad_weight if ctx.needs[1] else None, grad_bias if ctx.needs[2] else None
 
@@ -43,7 +47,7 @@ register_op(
         "in_features], weight [out_features, in_features] (nn.Linear's layout), bias [out_features] or None. One "
         "dispatch: the bias and the relu are the product's epilogue. d/dx = g @ weight, d/dweight = g.T @ x, "
         "d/dbias = g summed over the batch, with g the upstream gradient where the output is positive (relu) or "
-        "everywhere (none); the weight's and the bias's gradients come from one dispatch.",
+        "everywhere (none); all three gradients come from one dispatch.",
 )
 
 
@@ -83,4 +87,26 @@ register_op(
     ForwardKernel(shape=_grad_weight_shape, forward=_grad_weight_forward, kernels=(MATMUL,)), internal=True,
     doc="(g.T @ x [out_features, in_features], g summed over the batch [out_features]), g = grad where mask > 0: "
         "linear's backward to its weight and bias, in one dispatch.",
+)
+
+
+def _grads_shape(grad, x, weight, mask=None):
+    if (len(grad) != 2 or len(x) != 2 or len(weight) != 2 or grad[0] != x[0] or grad[1] != weight[0]
+            or x[1] != weight[1] or mask not in (None, grad)):
+        raise ValueError(f"linear_grads: needs grad [batch, out_features], x [batch, in_features], weight "
+                         f"[out_features, in_features] and a mask like grad; got {grad}, {x}, {weight} and {mask}")
+    return x, weight, (weight[0],)
+
+
+def _grads_forward(ctx, grad, x, weight, mask=None):
+    (batch, outputs), (_, features) = ctx.shapes[0], ctx.shapes[1]
+    grad_x, grad_weight, grad_bias = ctx.outs
+    linear_grads_into(ctx, grad, x, weight, grad_x, grad_weight, grad_bias, batch, outputs, features, mask)
+
+
+register_op(
+    "linear_grads(Tensor grad, Tensor x, Tensor weight, Tensor? mask=None) -> (Tensor, Tensor, Tensor)",
+    ForwardKernel(shape=_grads_shape, forward=_grads_forward, kernels=(MATMUL,)), internal=True,
+    doc="(g @ weight [batch, in_features], g.T @ x [out_features, in_features], g summed over the batch "
+        "[out_features]), g = grad where mask > 0: linear's backward to its input, weight and bias, in one dispatch.",
 )

@@ -10,20 +10,26 @@ from ..registry import register_op
 
 BLOCK = 8  # each invocation computes a BLOCK x BLOCK block of the product (the shader's BLOCK define)
 TILE = 64  # the tiled variant's output tile per workgroup of 256 (the shader's TILE)
-def _allowed(tiled, vec4, wide, bias, mask, bias_sum):
+def _allowed(tiled, vec4, wide, bias, mask, bias_sum, pair):
     # wider accesses: the register-block kernel only; an epilogue (a forward) and a masked or bias-summing product
-    # (a backward) are never one dispatch
-    return not (tiled and vec4) and access_allowed(vec4, wide) and not (bias and (mask or bias_sum))
+    # (a backward) are never one dispatch; a pair is a linear layer's backward: the weight's gradient with the bias's
+    # beside it, then the input's
+    return (not (tiled and vec4) and access_allowed(vec4, wide) and not (bias and (mask or bias_sum))
+            and (not pair or bias_sum))
+
+
+def _bindings(mask, bias, bias_sum, pair, **_):
+    return (["a", "b", *(["mask"] if mask else []), *(["bias"] if bias else []), *(["b2"] if pair else [])],
+            ["out", *(["bias_grad"] if bias_sum else []), *(["out2"] if pair else [])])
 
 
 MATMUL = Kernel(
-    "matmul.comp", defines={"BLOCK": BLOCK}, allowed=_allowed,
-    bindings=lambda mask, bias, bias_sum, **_: (["a", "b", *(["mask"] if mask else []), *(["bias"] if bias else [])],
-                                                ["out", *(["bias_grad"] if bias_sum else [])]),
+    "matmul.comp", defines={"BLOCK": BLOCK}, allowed=_allowed, bindings=_bindings,
     switches={"tiled": (False, True), **ACCESS_SWITCHES, "bias": (False, True),
-              "mask": (False, True), "bias_sum": (False, True)},
+              "mask": (False, True), "bias_sum": (False, True), "pair": (False, True)},
     push="uint m, uint n, uint k, uint k_begin, uint k_end, uint trans_a, uint trans_b, uint accumulate, "
-         "uint a_offset, uint b_offset, uint out_offset, uint relu = 0",
+         "uint a_offset, uint b_offset, uint out_offset, uint relu = 0, "
+         "uint m2 = 0, uint n2 = 0, uint k2 = 0, uint trans_a2 = 0, uint trans_b2 = 0",
 )
 K_SLICE = 16384  # k one dispatch sums: at most one loop iteration each, far below lavapipe's limit of about 65,535
 
@@ -70,6 +76,33 @@ def matmul_into(ctx, a, b, out, m: int, n: int, k: int, trans_a=False, trans_b=F
         # out is read too when accumulating: the binding table lists it as written, so the engine orders the slices
         ctx.dispatch(last if k_end == k else plain, grid, workgroup=workgroup, push=push, a=a, b=b, out=out,
                      mask=mask, bias=bias if k_end == k else None, bias_grad=bias_grad)
+
+
+def linear_grads_into(ctx, grad, x, weight, grad_x, grad_weight, grad_bias, batch: int, outputs: int,
+                      features: int, mask=None) -> None:
+    """A linear layer's backward: grad_weight [outputs, features] = g.T @ x with grad_bias [outputs] = g summed over
+    the batch, and grad_x [batch, features] = g @ weight, g = grad [batch, outputs] where mask > 0. One dispatch (the
+    PAIR variant) where neither product's k needs slices; else the two products apart."""
+    if max(batch, outputs) > K_SLICE:
+        matmul_into(ctx, grad, x, grad_weight, outputs, features, batch, trans_a=True, mask=mask, bias_grad=grad_bias)
+        matmul_into(ctx, grad, weight, grad_x, batch, features, outputs, mask=mask)
+        return
+    tiled = use_tiles(ctx.device)
+    width = 1 if tiled else min(operand_width(ctx, outputs, features, batch, True, False, (0, 0)),
+                                operand_width(ctx, batch, features, outputs, False, False, (0, 0)))
+    variant = MATMUL.variant(tiled=tiled, **access_switches(width), mask=mask is not None, bias_sum=True, pair=True)
+    if tiled:  # the weight's tiles, its bias sums (256 rows a workgroup), the input's tiles
+        workgroup = 256
+        grid = ctx.grid(ceil_div(outputs, TILE) * ceil_div(features, TILE) + ceil_div(outputs, 256)
+                        + ceil_div(batch, TILE) * ceil_div(features, TILE))
+    else:  # the weight's blocks, its bias sums (`width` rows an invocation: g is read transposed), the input's
+        workgroup = ctx.block_workgroup()
+        grid = ctx.groups_for(ceil_div(outputs, BLOCK) * ceil_div(features, BLOCK) + outputs // width
+                              + ceil_div(batch, BLOCK) * ceil_div(features, BLOCK), workgroup)
+    push = dict(m=outputs, n=features, k=batch, k_begin=0, k_end=batch, trans_a=True, trans_b=False,
+                accumulate=False, a_offset=0, b_offset=0, out_offset=0, m2=batch, n2=features, k2=outputs)
+    ctx.dispatch(variant, grid, workgroup=workgroup, push=push, a=grad, b=x, b2=weight, out=grad_weight,
+                 out2=grad_x, mask=mask, bias_grad=grad_bias)
 
 
 def _matmul_shape(a, b):
