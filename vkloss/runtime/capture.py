@@ -35,6 +35,10 @@ class CapturedWork:
         self.endings = endings
         self._turn = 0
 
+    def pinned_blocks(self) -> list:
+        """Every block the capture holds out of the pool: its items' and each ending's."""
+        return self.blocks + [block for ending in self.endings for block in ending.blocks]
+
     def next_ending(self) -> Ending:
         """The ending for the next replay: each in turn."""
         ending = self.endings[self._turn]

@@ -343,7 +343,7 @@ class Engine:
             endings = [self._ending(outputs, checks) for _ in range(queue_module.DEPTH)]
             items, blocks = self.recorder.take()
             work = CapturedWork(items, blocks, list(recording.written.values()), endings)
-            for block in blocks + [block for ending in endings for block in ending.blocks]:
+            for block in work.pinned_blocks():
                 self.pool.pin(block, work)
             return work
 
@@ -409,7 +409,7 @@ class Engine:
         if self.closed:
             return
         with self._lock:
-            for block in work.blocks + [block for ending in work.endings for block in ending.blocks]:
+            for block in work.pinned_blocks():
                 if block.serial in self.pool.blocks:
                     self.pool.unpin(block, work)
 
