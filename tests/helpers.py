@@ -22,6 +22,16 @@ def device_gradients(g, fn, arrays):
     return [t.grad.numpy().astype(np.float64) for t in tensors]
 
 
+def dot_step(g, opt, w, x):
+    """One training step on loss = sum(w * x) (d/dw = x), PyTorch's order: zero_grad, forward, backward, step.
+    Returns the loss."""
+    opt.zero_grad()
+    loss = g.sum_all(g.mul(w, x))
+    g.backward(loss)
+    opt.step()
+    return loss
+
+
 def dispatched_widths(g, family):
     """The float32 values an access of each dispatched `family` variant moved (8, 4 or 1), in dispatch order, from
     the names conftest.py's `forced` Graph records in g.names."""

@@ -5,6 +5,7 @@ import pytest
 
 import vkloss
 from vkloss import optim
+from helpers import dot_step
 
 
 def mlp(g, rng, sizes=(64, 64, 10)):
@@ -207,14 +208,7 @@ def test_replays_run_two_at_a_time_and_each_read_gives_its_own_step(g, rng):
     x = g.tensor(np.zeros(8))
     opt = optim.SGD([w], lr=0.5)
 
-    @g.capture
-    def step():
-        opt.zero_grad()
-        loss = g.sum_all(g.mul(w, x))
-        g.backward(loss)  # d/dw = x
-        opt.step()
-        return loss
-
+    step = g.capture(lambda: dot_step(g, opt, w, x))  # d/dw = x
     inputs = [rng.standard_normal(8).astype(np.float32) for _ in range(9)]
     expected, weights, copies = [], np.zeros(8, np.float32), []
     for i, batch in enumerate(inputs):

@@ -5,6 +5,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 import vkloss
+from helpers import dot_step
 
 SIZE = 4
 # what goes wrong is a read, a write and another read of the same tensor, then the first read's result: those come
@@ -23,23 +24,13 @@ def test_every_read_gives_the_modelled_value_of_its_time(actions, fills):
         opt = vkloss.optim.SGD([p], lr=0.5)  # steps by 0.5 * 2: exact in float32 for small integers
         c = g.tensor(np.full(SIZE, 2.0))
         pending = []  # (HostCopy, the values it must give)
-
-        @g.capture
-        def captured_step():
-            opt.zero_grad()
-            loss = g.sum_all(g.mul(p, c))
-            g.backward(loss)  # d/dp = c
-            opt.step()
-            return loss
-
+        captured_step = g.capture(lambda: dot_step(g, opt, p, c))  # d/dp = c
         for action, fill in zip(actions, fills):
             if action == "copy":
                 model = np.array(fill, np.float64)
                 p.copy_(model)
             elif action == "step":
-                opt.zero_grad()
-                g.backward(g.sum_all(g.mul(p, c)))  # d/dp = c
-                opt.step()
+                dot_step(g, opt, p, c)
                 model = model - 1.0
             elif action == "captured":  # recorded on its first calls, then replayed; its loss read later
                 pending.append((captured_step().numpy_async(), np.array(2.0 * model.sum())))
